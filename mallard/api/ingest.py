@@ -1,0 +1,152 @@
+"""``/api/event`` as a lean ASGI endpoint, in front of the Quart app.
+
+Ingestion is the hot path: it reads the body itself (enforcing the 64 KB limit
+while reading), and answers without going through the framework's request and
+response objects. Every answer carries ``Access-Control-Allow-Origin: *``.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from mallard.ingest.pipeline import Ingestor, Refused, RequestFacts
+from mallard.ingest.validation import (
+    MAX_BODY_BYTES,
+    EventInput,
+    InvalidEvent,
+    parse_body,
+    parse_query,
+)
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+log = logging.getLogger("mallard.ingest")
+
+EVENT_PATH = "/api/event"
+# The smallest transparent GIF: 1x1, one transparent colour, 43 bytes.
+PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
+assert len(PIXEL_GIF) == 43
+
+CORS = (b"access-control-allow-origin", b"*")
+PREFLIGHT_HEADERS = [
+    CORS,
+    (b"access-control-allow-methods", b"POST, GET, OPTIONS"),
+    (b"access-control-allow-headers", b"Content-Type"),
+    (b"access-control-max-age", b"86400"),
+]
+PIXEL_HEADERS = [
+    CORS,
+    (b"content-type", b"image/gif"),
+    (b"content-length", str(len(PIXEL_GIF)).encode()),
+    (b"cache-control", b"no-store"),
+]
+ACCEPTED_HEADERS = [CORS, (b"content-length", b"0")]
+_WANTED_HEADERS = {
+    b"content-length", b"user-agent", b"origin", b"x-forwarded-for", b"x-real-ip",
+}
+
+
+class BodyTooLarge(InvalidEvent):
+    def __init__(self) -> None:
+        super().__init__(413, f"request body exceeds {MAX_BODY_BYTES} bytes")
+
+
+async def _respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> None:
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": body})
+
+
+async def _respond_error(send: Send, error: InvalidEvent) -> None:
+    body = json.dumps({"error": error.message}).encode()
+    headers = [
+        CORS,
+        (b"content-type", b"application/json"),
+        (b"content-length", str(len(body)).encode()),
+    ]
+    if isinstance(error, Refused) and error.retry_after is not None:
+        headers.append((b"retry-after", str(error.retry_after).encode()))
+    await _respond(send, error.status, headers, body)
+
+
+async def _read_body(receive: Receive, declared_length: bytes | None) -> bytes:
+    if declared_length is not None:
+        try:
+            if int(declared_length) > MAX_BODY_BYTES:
+                raise BodyTooLarge()
+        except ValueError:
+            raise InvalidEvent(400, "Content-Length is not a number") from None
+    chunks = []
+    size = 0
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise InvalidEvent(400, "client disconnected before sending the body")
+        chunk = message.get("body", b"")
+        size += len(chunk)
+        if size > MAX_BODY_BYTES:
+            raise BodyTooLarge()
+        chunks.append(chunk)
+        if not message.get("more_body", False):
+            return b"".join(chunks)
+
+
+class IngestEndpoint:
+    """ASGI app: ``/api/event`` here, every other path to ``fallback`` (the Quart app)."""
+
+    def __init__(self, ingestor: Ingestor, fallback: ASGIApp) -> None:
+        self._ingestor = ingestor
+        self._fallback = fallback
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"] != EVENT_PATH:
+            await self._fallback(scope, receive, send)
+            return
+        method = scope["method"]
+        if method == "OPTIONS":
+            await _respond(send, 204, PREFLIGHT_HEADERS)
+            return
+        if method not in ("POST", "GET", "HEAD"):
+            error = InvalidEvent(405, f"{method} is not allowed on {EVENT_PATH}; use POST or GET")
+            await _respond_error(send, error)
+            return
+        headers: dict[bytes, bytes] = {}
+        for name, value in scope["headers"]:
+            if name in _WANTED_HEADERS:
+                headers.setdefault(name, value)  # the first occurrence wins
+        try:
+            event: EventInput
+            if method == "POST":
+                event = parse_body(await _read_body(receive, headers.get(b"content-length")))
+            else:
+                event = parse_query(scope["query_string"])
+            self._ingestor.ingest(event, _request_facts(scope, headers))
+        except InvalidEvent as error:
+            await _respond_error(send, error)
+            return
+        if method == "POST":
+            await _respond(send, 202, ACCEPTED_HEADERS)
+        else:
+            await _respond(send, 200, PIXEL_HEADERS, PIXEL_GIF if method == "GET" else b"")
+
+
+def _text(value: bytes | None) -> str | None:
+    return value.decode("latin-1") if value is not None else None
+
+
+def _request_facts(scope: Scope, headers: dict[bytes, bytes]) -> RequestFacts:
+    client = scope.get("client")
+    return RequestFacts(
+        peer=client[0] if client else None,
+        user_agent=_text(headers.get(b"user-agent")) or "",
+        origin=_text(headers.get(b"origin")),
+        forwarded_for=_text(headers.get(b"x-forwarded-for")),
+        real_ip=_text(headers.get(b"x-real-ip")),
+    )

@@ -1,0 +1,242 @@
+"""Settings: built-in defaults < TOML file < environment < command-line flags.
+
+Every setting is declared once in ``SETTINGS`` with its parser. A value that does
+not parse raises :class:`ConfigError` naming the setting, which the CLI turns
+into one line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import tomllib
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+from mallard.ingest.validation import SITE_ID_PATTERN
+
+ENV_PREFIX = "MALLARD_"
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+class ConfigError(Exception):
+    """A setting has a value Mallard cannot use; the message names the setting."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 8000
+    data_dir: Path = Path("./data")
+    secret: str | None = None
+    site_ids: tuple[str, ...] = ()
+    filter_bots: bool = True
+    rate_limit: float = 0.0
+    rate_burst: float | None = None
+    flush_count: int = 1000
+    flush_interval: float = 60.0
+    queue_size: int = 10_000
+    shutdown_timeout: float = 30.0
+    trusted_proxies: tuple[Network, ...] = (
+        ipaddress.ip_network("127.0.0.0/8"),
+        ipaddress.ip_network("::1/128"),
+    )
+    admin_password: str | None = None
+    log_format: str = "text"
+    geoip_db: Path | None = None
+
+    @property
+    def effective_rate_burst(self) -> float:
+        """The token bucket's size: ``rate_burst`` when set, else ``rate_limit``."""
+        return self.rate_burst if self.rate_burst is not None else self.rate_limit
+
+
+# --- value parsers: each takes a TOML value or a string, returns the typed value ---
+
+
+def _text(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {value!r}")
+    return value
+
+
+def _optional_text(value: Any) -> str | None:
+    text = _text(value)
+    return text or None
+
+
+def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
+    def parse(value: Any) -> int:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        try:
+            number = int(value) if isinstance(value, int) else int(str(value).strip())
+        except ValueError:
+            raise ValueError(f"expected a whole number, got {value!r}") from None
+        if number < minimum or (maximum is not None and number > maximum):
+            bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
+            raise ValueError(f"must be {bounds}, got {number}")
+        return number
+
+    return parse
+
+
+def _number(minimum: float, *, inclusive: bool = True) -> Callable[[Any], float]:
+    def parse(value: Any) -> float:
+        if isinstance(value, bool):
+            raise ValueError(f"expected a number, got {value!r}")
+        try:
+            number = float(value) if isinstance(value, int | float) else float(str(value).strip())
+        except ValueError:
+            raise ValueError(f"expected a number, got {value!r}") from None
+        if number != number or number in (float("inf"), float("-inf")):
+            raise ValueError(f"expected a finite number, got {value!r}")
+        if number < minimum or (not inclusive and number == minimum):
+            raise ValueError(f"must be {'>=' if inclusive else '>'} {minimum:g}, got {number:g}")
+        return number
+
+    return parse
+
+
+def _optional_number(minimum: float) -> Callable[[Any], float | None]:
+    parse = _number(minimum)
+
+    def parse_optional(value: Any) -> float | None:
+        if isinstance(value, str) and not value.strip():
+            return None
+        return parse(value)
+
+    return parse_optional
+
+
+_TRUE = {"true", "1", "yes"}
+_FALSE = {"false", "0", "no"}
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in _TRUE:
+        return True
+    if text in _FALSE:
+        return False
+    raise ValueError(f"expected true/false/1/0/yes/no, got {value!r}")
+
+
+def _string_list(value: Any) -> list[str]:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    if isinstance(value, list) and all(isinstance(item, str) for item in value):
+        return [item.strip() for item in value if item.strip()]
+    raise ValueError(f"expected a list of strings or a comma-separated string, got {value!r}")
+
+
+def _site_ids(value: Any) -> tuple[str, ...]:
+    sites = _string_list(value)
+    for site in sites:
+        if not SITE_ID_PATTERN.fullmatch(site):
+            raise ValueError(f"{site!r} is not a valid site id (letters, digits, . - _ : only)")
+    return tuple(site.lower() for site in sites)
+
+
+def _networks(value: Any) -> tuple[Network, ...]:
+    networks = []
+    for item in _string_list(value):
+        try:
+            networks.append(ipaddress.ip_network(item, strict=False))
+        except ValueError:
+            raise ValueError(f"{item!r} is not an IP address or CIDR network") from None
+    return tuple(networks)
+
+
+def _path(value: Any) -> Path:
+    text = _text(value).strip()
+    if not text:
+        raise ValueError("must not be empty")
+    return Path(text).expanduser()
+
+
+def _existing_file(value: Any) -> Path | None:
+    if isinstance(value, str) and not value.strip():
+        return None
+    path = _path(value)
+    if not path.is_file():
+        raise ValueError(f"{str(path)!r} is not a readable file")
+    return path
+
+
+def _choice(*choices: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        text = _text(value).strip().lower()
+        if text not in choices:
+            raise ValueError(f"must be one of {', '.join(choices)}, got {value!r}")
+        return text
+
+    return parse
+
+
+SETTINGS: dict[str, Callable[[Any], Any]] = {
+    "host": lambda value: _text(value).strip() or "127.0.0.1",
+    "port": _integer(0, 65535),
+    "data_dir": _path,
+    "secret": _optional_text,
+    "site_ids": _site_ids,
+    "filter_bots": _boolean,
+    "rate_limit": _number(0),
+    "rate_burst": _optional_number(1),
+    "flush_count": _integer(1),
+    "flush_interval": _number(0, inclusive=False),
+    "queue_size": _integer(1),
+    "shutdown_timeout": _number(0, inclusive=False),
+    "trusted_proxies": _networks,
+    "admin_password": _optional_text,
+    "log_format": _choice("text", "json"),
+    "geoip_db": _existing_file,
+}
+
+
+def read_toml(path: Path) -> dict[str, Any]:
+    """Read a TOML settings file; any problem is a ConfigError naming the file."""
+    try:
+        with path.open("rb") as file:
+            return tomllib.load(file)
+    except OSError as error:
+        raise ConfigError(f"config: cannot read {str(path)!r}: {error.strerror}") from None
+    except tomllib.TOMLDecodeError as error:
+        raise ConfigError(f"config: {str(path)!r} is not valid TOML: {error}") from None
+
+
+def load_settings(
+    *,
+    config_file: Path | None = None,
+    environ: Mapping[str, str] | None = None,
+    flags: Mapping[str, Any] | None = None,
+) -> Settings:
+    """Merge every source by precedence (flag > env > TOML > default) and validate."""
+    environ = os.environ if environ is None else environ
+    raw: dict[str, tuple[str, Any]] = {}  # setting -> (where it came from, value)
+
+    if config_file is not None:
+        for key, value in read_toml(config_file).items():
+            if key not in SETTINGS:
+                raise ConfigError(f"{key}: unknown setting in {str(config_file)!r}")
+            raw[key] = (f"{key} (in {config_file})", value)
+    for key in SETTINGS:
+        env_name = ENV_PREFIX + key.upper()
+        if env_name in environ:
+            raw[key] = (env_name, environ[env_name])
+    for key, value in (flags or {}).items():
+        if value is not None:
+            raw[key] = ("--" + key.replace("_", "-"), value)
+
+    values = {}
+    for key, (source, value) in raw.items():
+        try:
+            values[key] = SETTINGS[key](value)
+        except ValueError as error:
+            raise ConfigError(f"{source}: {error}") from None
+    return Settings(**values)

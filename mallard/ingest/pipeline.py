@@ -1,0 +1,119 @@
+"""The ingestion decision for one request, after the body has been read.
+
+Order of checks, so that invalid floods never spend a site's rate budget:
+validation (400/422, done by the caller while parsing), Origin (403), bot
+filter (silently dropped), rate limit (429), queue space (503).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from enum import Enum
+from urllib.parse import urlsplit
+
+import trio
+
+from mallard.config import Settings
+from mallard.ingest.client import client_ip
+from mallard.ingest.enrich import build_event
+from mallard.ingest.geo import GeoLookup
+from mallard.ingest.ratelimit import RateLimiter
+from mallard.ingest.useragent import analyse
+from mallard.ingest.validation import EventInput, InvalidEvent
+from mallard.ingest.visitor import VisitorIds
+from mallard.storage.schema import Event
+
+RETRY_AFTER_FULL_QUEUE = 1
+
+
+class Refused(InvalidEvent):
+    """A valid event the server will not take now; may carry a Retry-After."""
+
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
+        super().__init__(status, message)
+        self.retry_after = retry_after
+
+
+class Outcome(Enum):
+    STORED = "stored"
+    BOT = "bot"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestFacts:
+    """What ingestion needs from the HTTP request besides the event itself."""
+
+    peer: str | None
+    user_agent: str = ""
+    origin: str | None = None
+    forwarded_for: str | None = None
+    real_ip: str | None = None
+
+
+def origin_allowed(origin: str | None, site_ids: tuple[str, ...]) -> bool:
+    """No allowlist, or no Origin (a server-side call), or the Origin's host is listed."""
+    if not site_ids or origin is None:
+        return True
+    try:
+        host = urlsplit(origin.strip()).hostname
+    except ValueError:
+        return False
+    return host is not None and host in site_ids
+
+
+class Ingestor:
+    """Turns validated events into stored rows on the writer's channel."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        events: trio.MemorySendChannel[Event],
+        *,
+        visitors: VisitorIds,
+        limiter: RateLimiter,
+        geo: GeoLookup,
+        clock: Callable[[], int] = time.time_ns,
+    ) -> None:
+        self._settings = settings
+        self._events = events
+        self._visitors = visitors
+        self._limiter = limiter
+        self._geo = geo
+        self._clock = clock
+
+    def ingest(self, event: EventInput, request: RequestFacts) -> Outcome:
+        """Queue the event for storage, or raise :class:`Refused`."""
+        settings = self._settings
+        if not origin_allowed(request.origin, settings.site_ids):
+            raise Refused(403, "Origin is not in the site_ids allowlist")
+        user_agent = analyse(request.user_agent)
+        if settings.filter_bots and user_agent.is_bot:
+            return Outcome.BOT
+        now_ns = self._clock()
+        wait = self._limiter.acquire(event.domain, now_ns / 1e9)
+        if wait:
+            raise Refused(429, f"rate limit exceeded for {event.domain}", retry_after=_ceil(wait))
+        ip = client_ip(
+            request.peer, request.forwarded_for, request.real_ip, settings.trusted_proxies
+        )
+        row = build_event(
+            event,
+            timestamp_us=now_ns // 1000,
+            visitor_id=self._visitors.visitor_id(ip or "", request.user_agent, now_ns / 1e9),
+            user_agent=user_agent,
+            location=self._geo.locate(ip),
+        )
+        try:
+            self._events.send_nowait(row)
+        except trio.WouldBlock:
+            raise Refused(
+                503, "the server is busy writing; retry shortly", RETRY_AFTER_FULL_QUEUE
+            ) from None
+        return Outcome.STORED
+
+
+def _ceil(seconds: float) -> int:
+    whole = int(seconds)
+    return whole if whole == seconds else whole + 1

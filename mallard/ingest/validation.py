@@ -1,0 +1,235 @@
+"""Validation of incoming events, exactly as the ingestion spec sets it out.
+
+Pure functions: bytes or query strings in, an :class:`EventInput` out, or an
+:class:`InvalidEvent` carrying the HTTP status and a message that names the
+offending field. Checks run in the spec's order of precedence: unparseable
+body (400), missing field (422), empty or invalid field (400).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from decimal import ROUND_HALF_EVEN, Decimal, InvalidOperation
+from typing import Any
+from urllib.parse import parse_qsl, urlsplit
+
+import iso4217
+
+MAX_BODY_BYTES = 64 * 1024
+SITE_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,256}")
+MAX_LENGTH = {"d": 256, "n": 256, "u": 2048, "r": 2048, "p": 4096}
+MAX_SCREEN_WIDTH = 100_000
+MAX_REVENUE = Decimal("9999999999.99")  # DECIMAL(12, 2)
+CENTS = Decimal("0.01")
+
+
+class InvalidEvent(Exception):
+    """The request cannot become an event; ``status`` is the HTTP answer."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+@dataclass(frozen=True, slots=True)
+class EventInput:
+    """A validated event as the client described it, before enrichment."""
+
+    domain: str
+    name: str
+    url: str
+    referrer: str | None = None
+    screen_width: int | None = None
+    props: str | None = None  # canonical JSON text of an object
+    revenue_amount: Decimal | None = None
+    revenue_currency: str | None = None
+    hash_mode: bool = False
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not valid JSON")
+
+
+def _loads(text: str | bytes) -> Any:
+    """``json.loads`` that refuses NaN and Infinity, which JSON does not have."""
+    return json.loads(text, parse_constant=_reject_constant)
+
+
+def parse_body(body: bytes) -> EventInput:
+    """Validate a POST body (JSON, whatever its Content-Type)."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidEvent(400, "body is not valid UTF-8") from None
+    try:
+        data = _loads(text)
+    except ValueError as error:
+        raise InvalidEvent(400, f"body is not valid JSON: {error}") from None
+    if not isinstance(data, dict):
+        raise InvalidEvent(400, "body must be a JSON object")
+    return validate_fields(data)
+
+
+def parse_query(query_string: bytes | str) -> EventInput:
+    """Validate the pixel endpoint's query string; ``n`` defaults to pageview."""
+    if isinstance(query_string, bytes):
+        try:
+            query_string = query_string.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidEvent(400, "query string is not valid UTF-8") from None
+    params = dict(parse_qsl(query_string, keep_blank_values=True))
+    fields: dict[str, Any] = {"n": "pageview"}
+    fields.update({key: params[key] for key in ("d", "n", "u", "r") if key in params})
+    if params.get("w"):
+        fields["w"] = _parse_number_text("w", params["w"])
+    return validate_fields(fields)
+
+
+def _parse_number_text(field: str, text: str) -> float:
+    try:
+        number = float(text)
+    except ValueError:
+        raise InvalidEvent(400, f"{field} must be a number") from None
+    return number
+
+
+def validate_fields(data: dict[str, Any]) -> EventInput:
+    """Check a decoded event object field by field; unknown fields are ignored."""
+    missing = [field for field in ("d", "n", "u") if data.get(field) is None]
+    if missing:
+        raise InvalidEvent(422, f"missing required field: {', '.join(missing)}")
+
+    domain = _required_text(data, "d")
+    if not SITE_ID_PATTERN.fullmatch(domain):
+        raise InvalidEvent(400, "d may contain only letters, digits, '.', '-', '_' and ':'")
+    name = _required_text(data, "n")
+    url = _required_text(data, "u")
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        parts = urlsplit("")
+    if not parts.scheme or not parts.hostname:
+        raise InvalidEvent(400, "u must be an absolute URL such as https://example.com/page")
+
+    revenue_amount, revenue_currency = _revenue(data)
+    return EventInput(
+        domain=domain.lower(),
+        name=name,
+        url=url,
+        referrer=_optional_text(data, "r"),
+        screen_width=_screen_width(data.get("w")),
+        props=_props(data.get("p")),
+        revenue_amount=revenue_amount,
+        revenue_currency=revenue_currency,
+        hash_mode=data.get("h") in (1, "1"),  # Plausible's hash-based routing flag
+    )
+
+
+def _required_text(data: dict[str, Any], field: str) -> str:
+    value = data[field]
+    if not isinstance(value, str):
+        raise InvalidEvent(400, f"{field} must be a string")
+    if not value.strip():
+        raise InvalidEvent(400, f"{field} must not be empty")
+    if len(value) > MAX_LENGTH[field]:
+        raise InvalidEvent(400, f"{field} exceeds {MAX_LENGTH[field]} characters")
+    return value
+
+
+def _optional_text(data: dict[str, Any], field: str) -> str | None:
+    value = data.get(field)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(400, f"{field} must be a string")
+    if len(value) > MAX_LENGTH[field]:
+        raise InvalidEvent(400, f"{field} exceeds {MAX_LENGTH[field]} characters")
+    return value or None
+
+
+def _finite_number(field: str, value: Any) -> float | int:
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise InvalidEvent(400, f"{field} must be a number")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidEvent(400, f"{field} must be a finite number")
+    return value
+
+
+def _screen_width(value: Any) -> int | None:
+    if value is None:
+        return None
+    width = _finite_number("w", value)
+    if width < 0 or width > MAX_SCREEN_WIDTH:
+        raise InvalidEvent(400, f"w must be between 0 and {MAX_SCREEN_WIDTH} pixels")
+    return int(width)
+
+
+def _props(value: Any) -> str | None:
+    """Props arrive as a JSON-encoded string (the spec) or an object (Plausible)."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        if len(value) > MAX_LENGTH["p"]:
+            raise InvalidEvent(400, f"p exceeds {MAX_LENGTH['p']} characters")
+        if not value.strip():
+            return None
+        try:
+            value = _loads(value)
+        except ValueError:
+            raise InvalidEvent(400, "p must be a JSON-encoded object") from None
+    if not isinstance(value, dict):
+        raise InvalidEvent(400, "p must be a JSON object")
+    if not value:
+        return None
+    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+    if len(text) > MAX_LENGTH["p"]:
+        raise InvalidEvent(400, f"p exceeds {MAX_LENGTH['p']} characters")
+    return text
+
+
+def _revenue(data: dict[str, Any]) -> tuple[Decimal | None, str | None]:
+    """``ra``/``rc`` from the spec, or Plausible's ``revenue: {amount, currency}``."""
+    amount: Any = data.get("ra")
+    currency: Any = data.get("rc")
+    field_amount, field_currency = "ra", "rc"
+    plausible = data.get("revenue")
+    if amount is None and currency is None and plausible is not None:
+        if not isinstance(plausible, dict):
+            raise InvalidEvent(400, "revenue must be an object with amount and currency")
+        amount, currency = plausible.get("amount"), plausible.get("currency")
+        field_amount, field_currency = "revenue.amount", "revenue.currency"
+        if isinstance(amount, str):  # Plausible allows the amount as a decimal string
+            amount = _parse_number_text(field_amount, amount)
+    return _revenue_amount(field_amount, amount), _currency(field_currency, currency)
+
+
+def _revenue_amount(field: str, value: Any) -> Decimal | None:
+    if value is None:
+        return None
+    number = _finite_number(field, value)
+    try:
+        amount = Decimal(str(number)).quantize(CENTS, rounding=ROUND_HALF_EVEN)
+    except InvalidOperation:
+        raise InvalidEvent(400, f"{field} is out of range") from None
+    if abs(amount) > MAX_REVENUE:
+        raise InvalidEvent(400, f"{field} must be at most {MAX_REVENUE} in absolute value")
+    return amount
+
+
+def _currency(field: str, value: Any) -> str | None:
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise InvalidEvent(400, f"{field} must be a string")
+    if len(value) > 3:
+        raise InvalidEvent(400, f"{field} must be at most 3 characters")
+    code = value.upper()
+    try:
+        iso4217.Currency(code)
+    except ValueError:
+        raise InvalidEvent(400, f"{field} must be an ISO 4217 currency code") from None
+    return code

@@ -1,0 +1,141 @@
+"""The one nursery: everything Mallard runs while it serves.
+
+Reading :func:`serve` tells what runs: the signal watcher, periodic upkeep
+(idle rate-limit buckets, ended visits), the writer that turns accepted events
+into Parquet, and hypercorn serving the app. On SIGINT/SIGTERM (or ``stop``)
+hypercorn stops accepting and finishes its requests, the event channel closes,
+the writer flushes everything it was given, and ``serve`` returns.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+
+import hypercorn.trio
+import trio
+from hypercorn.config import Config as HypercornConfig
+
+from mallard.api.app import create_app
+from mallard.api.ingest import IngestEndpoint
+from mallard.config import Settings
+from mallard.ingest.geo import GeoLookup
+from mallard.ingest.pipeline import Ingestor
+from mallard.ingest.ratelimit import RateLimiter
+from mallard.ingest.visitor import VisitorIds, load_or_create_secret
+from mallard.query.engine import QueryEngine
+from mallard.storage.layout import DataLayout
+from mallard.storage.schema import Event
+from mallard.storage.writer import EventWriter
+
+log = logging.getLogger("mallard.server")
+
+UPKEEP_INTERVAL = 60.0
+
+
+class ShutdownTimeout(Exception):
+    """Graceful shutdown took longer than ``shutdown_timeout``."""
+
+
+def hypercorn_config(settings: Settings) -> HypercornConfig:
+    config = HypercornConfig()
+    host = f"[{settings.host}]" if ":" in settings.host else settings.host
+    config.bind = [f"{host}:{settings.port}"]
+    config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
+    config.graceful_timeout = settings.shutdown_timeout
+    return config
+
+
+async def serve(
+    settings: Settings,
+    *,
+    stop: trio.Event | None = None,
+    task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Serve until SIGINT/SIGTERM or ``stop``; then flush everything and return.
+
+    ``task_status.started`` receives the URL the server listens on.
+    """
+    stop = stop or trio.Event()
+    layout = DataLayout(settings.data_dir)
+    layout.create()
+    secret = settings.secret.encode() if settings.secret else load_or_create_secret(layout.keys)
+    visitors = VisitorIds(secret)
+    limiter = RateLimiter(settings.rate_limit, settings.effective_rate_burst)
+    writer = EventWriter(
+        layout, flush_count=settings.flush_count, flush_interval=settings.flush_interval
+    )
+    engine = QueryEngine(layout)
+    events_send, events_receive = trio.open_memory_channel[Event](settings.queue_size)
+    ingestor = Ingestor(
+        settings,
+        events_send,
+        visitors=visitors,
+        limiter=limiter,
+        geo=GeoLookup(settings.geoip_db),
+    )
+    app = IngestEndpoint(ingestor, create_app(writer=writer, engine=engine))
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(_stop_on_signals, stop)
+        nursery.start_soon(_bound_shutdown, stop, nursery.cancel_scope, settings.shutdown_timeout)
+        nursery.start_soon(_every, UPKEEP_INTERVAL, limiter.forget_idle)
+        nursery.start_soon(_every, UPKEEP_INTERVAL, visitors.forget_inactive)
+        async with trio.open_nursery() as pipeline:  # done once the writer has flushed all
+            pipeline.start_soon(writer.run, events_receive)
+            binds = await pipeline.start(_serve_http, app, settings, stop, events_send)
+            log.info("listening on %s", binds[0], extra={"url": binds[0]})
+            task_status.started(binds[0])
+        nursery.cancel_scope.cancel()
+    engine.close()
+    if nursery.cancel_scope.cancelled_caught and writer.pending:
+        raise ShutdownTimeout(
+            f"shutdown took longer than {settings.shutdown_timeout:g}s; "
+            f"{writer.pending} events were not flushed"
+        )
+    log.info("stopped; all accepted events are flushed")
+
+
+async def _serve_http(
+    app: IngestEndpoint,
+    settings: Settings,
+    stop: trio.Event,
+    events: trio.MemorySendChannel[Event],
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Hypercorn until ``stop`` and its requests are done; then close ``events``.
+
+    Closing the channel tells the writer that no more events will come.
+    """
+    async with events:
+        await hypercorn.trio.serve(
+            app,  # type: ignore[arg-type]
+            hypercorn_config(settings),
+            shutdown_trigger=stop.wait,
+            task_status=task_status,
+        )
+
+
+async def _stop_on_signals(stop: trio.Event) -> None:
+    if threading.current_thread() is not threading.main_thread():
+        return  # signal handlers can only be installed from the main thread
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async for signum in signals:
+            if not stop.is_set():
+                log.info("received %s: finishing requests and flushing", signal.Signals(signum).name)
+                stop.set()
+
+
+async def _bound_shutdown(stop: trio.Event, scope: trio.CancelScope, timeout: float) -> None:
+    await stop.wait()
+    scope.deadline = trio.current_time() + timeout
+
+
+async def _every(interval: float, task: Callable[[float], object]) -> None:
+    while True:
+        await trio.sleep(interval)
+        task(time.time())

@@ -1,0 +1,53 @@
+"""Where things live under ``data_dir``: the only module that builds those paths."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+EPOCH = dt.date(1970, 1, 1)
+
+
+def day_to_date(day: int) -> dt.date:
+    return EPOCH + dt.timedelta(days=day)
+
+
+@dataclass(frozen=True)
+class DataLayout:
+    """The folders below ``data_dir``: events (Hive-partitioned Parquet), keys, tmp."""
+
+    root: Path
+
+    @property
+    def events(self) -> Path:
+        return self.root / "events"
+
+    @property
+    def keys(self) -> Path:
+        return self.root / "keys"
+
+    @property
+    def tmp(self) -> Path:
+        """Files are written here first and renamed into place when complete."""
+        return self.root / "tmp"
+
+    @property
+    def events_glob(self) -> str:
+        """What DuckDB reads: every event file, partitions included."""
+        return str(self.events / "**" / "*.parquet")
+
+    def partition(self, site_id: str, day: int) -> Path:
+        return self.events / f"site_id={site_id}" / f"date={day_to_date(day).isoformat()}"
+
+    def create(self) -> None:
+        for folder in (self.events, self.tmp):
+            folder.mkdir(parents=True, exist_ok=True)
+        self.keys.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def unique_file_name(suffix: str = ".parquet") -> str:
+    """Sorts by creation time and never collides, even across processes and hosts."""
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}-{uuid.uuid4().hex[:12]}{suffix}"

@@ -1,0 +1,99 @@
+"""The stored event: one Arrow schema, one in-memory row type, one conversion.
+
+The writer, the query engine and the tests all import from here, so the shape
+of an event on disk is defined in exactly one place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from decimal import Decimal
+from typing import NamedTuple
+
+import pyarrow as pa
+
+REVENUE_TYPE = pa.decimal128(12, 2)
+TIMESTAMP_TYPE = pa.timestamp("us", tz="UTC")
+
+EVENT_SCHEMA = pa.schema(
+    [
+        pa.field("site_id", pa.string(), nullable=False),
+        pa.field("visitor_id", pa.int64(), nullable=False),
+        pa.field("timestamp", TIMESTAMP_TYPE, nullable=False),
+        pa.field("event_name", pa.string(), nullable=False),
+        pa.field("pathname", pa.string(), nullable=False),
+        pa.field("hostname", pa.string(), nullable=False),
+        pa.field("referrer", pa.string()),
+        pa.field("referrer_source", pa.string()),
+        pa.field("utm_source", pa.string()),
+        pa.field("utm_medium", pa.string()),
+        pa.field("utm_campaign", pa.string()),
+        pa.field("utm_content", pa.string()),
+        pa.field("utm_term", pa.string()),
+        pa.field("browser", pa.string()),
+        pa.field("browser_version", pa.string()),
+        pa.field("os", pa.string()),
+        pa.field("os_version", pa.string()),
+        pa.field("device_type", pa.string()),
+        pa.field("screen_width", pa.int32()),
+        pa.field("country_code", pa.string()),
+        pa.field("region", pa.string()),
+        pa.field("city", pa.string()),
+        pa.field("props", pa.string()),
+        pa.field("revenue_amount", REVENUE_TYPE),
+        pa.field("revenue_currency", pa.string()),
+    ]
+)
+
+MICROS_PER_DAY = 86_400_000_000
+
+
+class Event(NamedTuple):
+    """One accepted event, held as a tuple until it is flushed.
+
+    Fields are in ``EVENT_SCHEMA`` order; ``timestamp`` is microseconds since
+    the Unix epoch (UTC). A tuple costs a fraction of a dict per event.
+    """
+
+    site_id: str
+    visitor_id: int
+    timestamp: int
+    event_name: str
+    pathname: str
+    hostname: str
+    referrer: str | None
+    referrer_source: str | None
+    utm_source: str | None
+    utm_medium: str | None
+    utm_campaign: str | None
+    utm_content: str | None
+    utm_term: str | None
+    browser: str | None
+    browser_version: str | None
+    os: str | None
+    os_version: str | None
+    device_type: str | None
+    screen_width: int | None
+    country_code: str | None
+    region: str | None
+    city: str | None
+    props: str | None
+    revenue_amount: Decimal | None
+    revenue_currency: str | None
+
+    @property
+    def day(self) -> int:
+        """Days since the epoch of the event's UTC timestamp: its date partition."""
+        return self.timestamp // MICROS_PER_DAY
+
+
+assert Event._fields == tuple(EVENT_SCHEMA.names), "Event and EVENT_SCHEMA must agree"
+
+
+def events_to_table(events: Sequence[Event]) -> pa.Table:
+    """Turn buffered rows into an Arrow table of ``EVENT_SCHEMA``."""
+    columns = list(zip(*events, strict=True)) if events else [()] * len(EVENT_SCHEMA)
+    arrays = [
+        pa.array(column, type=field.type) for column, field in zip(columns, EVENT_SCHEMA, strict=True)
+    ]
+    return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
