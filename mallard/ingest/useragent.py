@@ -44,7 +44,7 @@ def _version(major: str | None, minor: str | None) -> str | None:
 
 
 def _device_class(user_agent: str, os_family: str | None, device_family: str | None) -> str | None:
-    if not user_agent:
+    if not user_agent or os_family is None:  # not a browser on a known system
         return None
     if device_family == "iPad" or "Tablet" in user_agent:
         return "Tablet"
