@@ -50,7 +50,11 @@ PIXEL_HEADERS = [
 ]
 ACCEPTED_HEADERS = [CORS, (b"content-length", b"0")]
 _WANTED_HEADERS = {
-    b"content-length", b"user-agent", b"origin", b"x-forwarded-for", b"x-real-ip",
+    b"content-length",
+    b"user-agent",
+    b"origin",
+    b"x-forwarded-for",
+    b"x-real-ip",
 }
 
 
@@ -59,7 +63,9 @@ class BodyTooLarge(InvalidEvent):
         super().__init__(413, f"request body exceeds {MAX_BODY_BYTES} bytes")
 
 
-async def _respond(send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b"") -> None:
+async def _respond(
+    send: Send, status: int, headers: list[tuple[bytes, bytes]], body: bytes = b""
+) -> None:
     await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
 

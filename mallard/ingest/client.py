@@ -15,9 +15,12 @@ def _parse_ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None
     elif text.count(":") == 1:  # "203.0.113.9:1234"
         text = text.split(":", 1)[0]
     try:
-        return ipaddress.ip_address(text)
+        address = ipaddress.ip_address(text)
     except ValueError:
         return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped:
+        return address.ipv4_mapped  # "::ffff:127.0.0.1" from a dual-stack socket
+    return address
 
 
 def client_ip(

@@ -30,8 +30,10 @@ class GeoLookup:
 
     def __init__(self, mmdb_path: Path | None = None) -> None:
         self._reader = maxminddb.open_database(str(mmdb_path)) if mmdb_path else None
-        self._fallback = None if self._reader else GeoIP2Fast(
-            geoip2fast_data_file="geoip2fast-ipv6.dat.gz", verbose=False
+        self._fallback = (
+            None
+            if self._reader
+            else GeoIP2Fast(geoip2fast_data_file="geoip2fast-ipv6.dat.gz", verbose=False)
         )
 
     def locate(self, ip: str | None) -> Location:

@@ -53,14 +53,20 @@ class RequestFacts:
 
 
 def origin_allowed(origin: str | None, site_ids: tuple[str, ...]) -> bool:
-    """No allowlist, or no Origin (a server-side call), or the Origin's host is listed."""
+    """No allowlist, or no Origin (a server-side call), or the Origin's host is listed.
+
+    A listed ``host:port`` site id matches only that port; a bare host any port.
+    """
     if not site_ids or origin is None:
         return True
     try:
-        host = urlsplit(origin.strip()).hostname
+        parts = urlsplit(origin.strip())
+        host, port = parts.hostname, parts.port
     except ValueError:
         return False
-    return host is not None and host in site_ids
+    if host is None:
+        return False
+    return host in site_ids or (port is not None and f"{host}:{port}" in site_ids)
 
 
 class Ingestor:

@@ -31,9 +31,9 @@ class RateLimiter:
         if bucket is None:
             bucket = self._buckets[site_id] = TokenBucket(self.burst, now)
         else:
-            elapsed = max(now - bucket.updated, 0.0)
-            bucket.tokens = min(self.burst, bucket.tokens + elapsed * self.rate)
-            bucket.updated = now
+            if now > bucket.updated:  # a clock stepping back must not mint tokens later
+                bucket.tokens = min(self.burst, bucket.tokens + (now - bucket.updated) * self.rate)
+                bucket.updated = now
         if bucket.tokens >= 1.0:
             bucket.tokens -= 1.0
             return 0.0

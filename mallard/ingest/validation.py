@@ -129,10 +129,19 @@ def validate_fields(data: dict[str, Any]) -> EventInput:
     )
 
 
+def _check_unicode(field: str, text: str) -> None:
+    """JSON escapes can smuggle in lone surrogates, which no UTF-8 file can hold."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InvalidEvent(400, f"{field} contains an invalid Unicode escape") from None
+
+
 def _required_text(data: dict[str, Any], field: str) -> str:
     value = data[field]
     if not isinstance(value, str):
         raise InvalidEvent(400, f"{field} must be a string")
+    _check_unicode(field, value)
     if not value.strip():
         raise InvalidEvent(400, f"{field} must not be empty")
     if len(value) > MAX_LENGTH[field]:
@@ -146,6 +155,7 @@ def _optional_text(data: dict[str, Any], field: str) -> str | None:
         return None
     if not isinstance(value, str):
         raise InvalidEvent(400, f"{field} must be a string")
+    _check_unicode(field, value)
     if len(value) > MAX_LENGTH[field]:
         raise InvalidEvent(400, f"{field} exceeds {MAX_LENGTH[field]} characters")
     return value or None
@@ -169,10 +179,15 @@ def _screen_width(value: Any) -> int | None:
 
 
 def _props(value: Any) -> str | None:
-    """Props arrive as a JSON-encoded string (the spec) or an object (Plausible)."""
+    """Props arrive as a JSON-encoded string (the spec) or an object (Plausible).
+
+    The length limit applies to the text as sent; what is stored is the
+    canonical JSON text of the object.
+    """
     if value is None:
         return None
-    if isinstance(value, str):
+    sent_as_text = isinstance(value, str)
+    if sent_as_text:
         if len(value) > MAX_LENGTH["p"]:
             raise InvalidEvent(400, f"p exceeds {MAX_LENGTH['p']} characters")
         if not value.strip():
@@ -185,8 +200,12 @@ def _props(value: Any) -> str | None:
         raise InvalidEvent(400, "p must be a JSON object")
     if not value:
         return None
-    text = json.dumps(value, separators=(",", ":"), ensure_ascii=False)
-    if len(text) > MAX_LENGTH["p"]:
+    try:  # numbers too large for a float become Infinity, which JSON does not have
+        text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    except ValueError:
+        raise InvalidEvent(400, "p contains a number out of range") from None
+    _check_unicode("p", text)
+    if not sent_as_text and len(text) > MAX_LENGTH["p"]:
         raise InvalidEvent(400, f"p exceeds {MAX_LENGTH['p']} characters")
     return text
 

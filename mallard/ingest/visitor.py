@@ -25,24 +25,41 @@ VISIT_TIMEOUT_SECONDS = 30 * 60
 
 
 def load_or_create_secret(keys_dir: Path) -> bytes:
-    """The HMAC key kept in ``keys_dir/secret`` (mode 0600), created on first use."""
+    """The HMAC key kept in ``keys_dir/secret`` (mode 0600), created on first use.
+
+    The file is written aside and linked into place, so no process ever reads
+    it half-written; several processes starting at once agree on one key.
+    """
     path = keys_dir / "secret"
-    try:
-        return path.read_bytes().strip()
-    except FileNotFoundError:
-        pass
+    existing = _read_secret(path)
+    if existing:
+        return existing
     keys_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
     secret = os.urandom(32).hex().encode()
-    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL
+    staging = keys_dir / f".secret-{os.getpid()}-{os.urandom(4).hex()}"
+    fd = os.open(staging, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
     try:
-        fd = os.open(path, flags, stat.S_IRUSR | stat.S_IWUSR)
-    except FileExistsError:  # another process created it first: use theirs
-        return path.read_bytes().strip()
-    with os.fdopen(fd, "wb") as file:
-        file.write(secret)
-        file.flush()
-        os.fsync(file.fileno())
+        with os.fdopen(fd, "wb") as file:
+            file.write(secret)
+            file.flush()
+            os.fsync(file.fileno())
+        try:
+            os.link(staging, path)
+        except FileExistsError:
+            existing = _read_secret(path)
+            if existing:  # another process won the race: use its key
+                return existing
+            os.replace(staging, path)  # an empty file left by a crash: replace it
+    finally:
+        staging.unlink(missing_ok=True)
     return secret
+
+
+def _read_secret(path: Path) -> bytes | None:
+    try:
+        return path.read_bytes().strip() or None
+    except FileNotFoundError:
+        return None
 
 
 def daily_visitor_id(secret: bytes, ip: str, user_agent: str, day: int) -> int:

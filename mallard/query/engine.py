@@ -28,7 +28,9 @@ class QueryEngine:
         finally:
             cursor.close()
 
-    async def fetchall(self, sql: str, parameters: list[Any] | None = None) -> list[tuple[Any, ...]]:
+    async def fetchall(
+        self, sql: str, parameters: list[Any] | None = None
+    ) -> list[tuple[Any, ...]]:
         return await trio.to_thread.run_sync(self._run, sql, parameters, limiter=self._limiter)
 
     async def ping(self) -> bool:

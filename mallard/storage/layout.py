@@ -50,4 +50,6 @@ class DataLayout:
 
 def unique_file_name(suffix: str = ".parquet") -> str:
     """Sorts by creation time and never collides, even across processes and hosts."""
-    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}-{uuid.uuid4().hex[:12]}{suffix}"
+    return (
+        f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}-{uuid.uuid4().hex[:12]}{suffix}"
+    )

@@ -94,6 +94,7 @@ def events_to_table(events: Sequence[Event]) -> pa.Table:
     """Turn buffered rows into an Arrow table of ``EVENT_SCHEMA``."""
     columns = list(zip(*events, strict=True)) if events else [()] * len(EVENT_SCHEMA)
     arrays = [
-        pa.array(column, type=field.type) for column, field in zip(columns, EVENT_SCHEMA, strict=True)
+        pa.array(column, type=field.type)
+        for column, field in zip(columns, EVENT_SCHEMA, strict=True)
     ]
     return pa.Table.from_arrays(arrays, schema=EVENT_SCHEMA)
