@@ -40,13 +40,23 @@ def _serve(settings: Settings) -> int:
     configure_logging(settings.log_format)
     try:
         trio.run(serve, settings)
-    except ShutdownTimeout as error:
-        print(f"mallard: {error}", file=sys.stderr)
-        return 1
-    except OSError as error:  # e.g. the port is taken, the data dir is not writable
-        print(f"mallard: cannot start: {error}", file=sys.stderr)
+    except Exception as error:
+        cause = _single_cause(error)
+        if isinstance(cause, ShutdownTimeout):
+            print(f"mallard: {cause}", file=sys.stderr)
+        elif isinstance(cause, OSError):  # the port is taken, the data dir is not writable…
+            print(f"mallard: cannot start: {cause}", file=sys.stderr)
+        else:
+            raise
         return 1
     return 0
+
+
+def _single_cause(error: BaseException) -> BaseException:
+    """The one exception inside nested nursery exception groups, if there is just one."""
+    while isinstance(error, BaseExceptionGroup) and len(error.exceptions) == 1:
+        error = error.exceptions[0]
+    return error
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,140 @@
+"""``mallard serve`` as a real process: start-up validation, signals, exit codes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
+import httpx
+import pytest
+
+from mallard.config import SETTINGS, load_settings
+from tests.conftest import BROWSER_UA, SEED_EVENT, read_events, start_process
+
+REPO = Path(__file__).resolve().parent.parent
+SETTING_LINE = re.compile(r"^(# )?[a-z_]+ = ")
+
+
+def run_mallard(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLARD_")}
+    environment.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "mallard", *args],
+        capture_output=True,
+        text=True,
+        env=environment,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("args", "env", "named"),
+    [
+        (["--port", "abc"], {}, "--port"),
+        (["--port", "70000"], {}, "--port"),
+        ([], {"MALLARD_PORT": "abc"}, "MALLARD_PORT"),
+        ([], {"MALLARD_FLUSH_COUNT": "-5"}, "MALLARD_FLUSH_COUNT"),
+        ([], {"MALLARD_LOG_FORMAT": "xml"}, "MALLARD_LOG_FORMAT"),
+        ([], {"MALLARD_FILTER_BOTS": "perhaps"}, "MALLARD_FILTER_BOTS"),
+        ([], {"MALLARD_FLUSH_INTERVAL": "soon"}, "MALLARD_FLUSH_INTERVAL"),
+        ([], {"MALLARD_TRUSTED_PROXIES": "10.0.0.0/33"}, "MALLARD_TRUSTED_PROXIES"),
+        ([], {"MALLARD_SITE_IDS": "ok.com,bad/site"}, "MALLARD_SITE_IDS"),
+        ([], {"MALLARD_GEOIP_DB": "/no/such/file.mmdb"}, "MALLARD_GEOIP_DB"),
+        (["--config", "/no/such/mallard.toml"], {}, "config"),
+    ],
+)
+def test_bad_setting_stops_startup_with_one_line(
+    tmp_path: Path, args: list[str], env: dict[str, str], named: str
+) -> None:
+    result = run_mallard("serve", "--data-dir", str(tmp_path), *args, env=env)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert named in lines[0]
+    assert "Traceback" not in result.stderr
+
+
+@pytest.mark.parametrize(
+    "content", ['port = "abc"\n', "port = \n", "flush_count = -1\n", 'colour = "blue"\n']
+)
+def test_bad_toml_stops_startup(tmp_path: Path, content: str) -> None:
+    config = tmp_path / "mallard.toml"
+    config.write_text(content)
+    result = run_mallard("serve", "--config", str(config), "--data-dir", str(tmp_path))
+    assert result.returncode == 2
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+
+
+def test_example_config_documents_every_setting() -> None:
+    example = REPO / "config" / "mallard.toml"
+    text = example.read_text()
+    for key in SETTINGS:
+        assert f"# {key} =" in text or f"\n{key} =" in text, f"{key} is not in {example}"
+    uncommented = "\n".join(
+        line.removeprefix("# ") for line in text.splitlines() if SETTING_LINE.match(line)
+    )
+    documented = tomllib.loads(uncommented)
+    assert set(documented) == set(SETTINGS)
+    load_settings(config_file=example, environ={})  # the file as shipped is valid
+
+
+def test_flags_beat_env_beat_toml(tmp_path: Path) -> None:
+    config = tmp_path / "mallard.toml"
+    config.write_text('host = "127.0.0.2"\nport = 1\nlog_format = "json"\n')
+    server = start_process(
+        tmp_path / "data",
+        "--config", str(config), "--host", "127.0.0.1",
+        env={"MALLARD_PORT": "2", "MALLARD_LOG_FORMAT": "text"},
+    )  # fmt: skip
+    try:
+        assert server.url.startswith("http://127.0.0.1:")  # --host beat the file
+        assert not server.url.endswith((":1", ":2"))  # --port 0 beat env and file
+        assert not server.log.lstrip().startswith("{")  # env's text beat the file's json
+    finally:
+        server.signal(signal.SIGTERM)
+        assert server.wait() == 0
+
+
+def test_json_logs(tmp_path: Path) -> None:
+    server = start_process(tmp_path / "data", env={"MALLARD_LOG_FORMAT": "json"})
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    records = [json.loads(line) for line in server.log.splitlines() if line.strip()]
+    assert any("listening on http://" in record["message"] for record in records)
+    assert all({"time", "level", "message"} <= set(record) for record in records)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signal_flushes_everything_and_exits_0(tmp_path: Path, signum: int) -> None:
+    data_dir = tmp_path / "data"
+    server = start_process(data_dir, env={"MALLARD_FLUSH_INTERVAL": "3600"})
+    with httpx.Client(headers={"User-Agent": BROWSER_UA}) as client:
+        for index in range(50):
+            body = {**SEED_EVENT, "u": f"https://example.com/page/{index}"}
+            assert client.post(f"{server.url}/api/event", json=body).status_code == 202
+    assert read_events(data_dir) == []  # still buffered
+    server.signal(signum)
+    assert server.wait(timeout=30) == 0
+    stored = sorted(event["pathname"] for event in read_events(data_dir))
+    assert stored == sorted(f"/page/{index}" for index in range(50))
+    assert "stopped; all accepted events are flushed" in server.log
+
+
+def test_port_in_use_is_one_line(tmp_path: Path) -> None:
+    first = start_process(tmp_path / "one")
+    try:
+        port = first.url.rsplit(":", 1)[1]
+        result = run_mallard("serve", "--port", port, "--data-dir", str(tmp_path / "two"))
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        assert "cannot start" in result.stderr
+    finally:
+        first.signal(signal.SIGTERM)
+        first.wait()
