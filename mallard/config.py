@@ -39,6 +39,7 @@ class Settings:
     flush_count: int = 1000
     flush_interval: float = 60.0
     queue_size: int = 10_000
+    durability: str = "wal"
     shutdown_timeout: float = 30.0
     trusted_proxies: tuple[Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"),
@@ -191,6 +192,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "flush_count": _integer(1),
     "flush_interval": _number(0, inclusive=False),
     "queue_size": _integer(1),
+    "durability": _choice("wal", "memory"),
     "shutdown_timeout": _number(0, inclusive=False),
     "trusted_proxies": _networks,
     "admin_password": _optional_text,

@@ -29,6 +29,7 @@ from mallard.ingest.visitor import VisitorIds, load_or_create_secret
 from mallard.query.engine import QueryEngine
 from mallard.storage.layout import DataLayout
 from mallard.storage.schema import Event
+from mallard.storage.wal import recover
 from mallard.storage.writer import EventWriter
 
 log = logging.getLogger("mallard.server")
@@ -68,14 +69,19 @@ async def serve(
     secret = settings.secret.encode() if settings.secret else load_or_create_secret(layout.keys)
     visitors = VisitorIds(secret)
     limiter = RateLimiter(settings.rate_limit, settings.effective_rate_burst)
+    await _replay_write_ahead_logs(layout)
     writer = EventWriter(
-        layout, flush_count=settings.flush_count, flush_interval=settings.flush_interval
+        layout,
+        flush_count=settings.flush_count,
+        flush_interval=settings.flush_interval,
+        durability=settings.durability,  # type: ignore[arg-type]
     )
     engine = QueryEngine(layout)
     events_send, events_receive = trio.open_memory_channel[Event](settings.queue_size)
     ingestor = Ingestor(
         settings,
         events_send,
+        writer=writer,
         visitors=visitors,
         limiter=limiter,
         geo=GeoLookup(settings.geoip_db),
@@ -100,6 +106,25 @@ async def serve(
             f"{writer.pending} events were not flushed"
         )
     log.info("stopped; all accepted events are flushed")
+
+
+async def _replay_write_ahead_logs(layout: DataLayout) -> None:
+    """Before serving: what stopped or crashed writers left in their WAL goes to Parquet."""
+    report = await trio.to_thread.run_sync(recover, layout)
+    if report.segments:
+        log.info(
+            "replayed %d events from %d WAL segments of %d writers into %d files in %.1f ms",
+            report.events,
+            report.segments,
+            report.writers,
+            report.files,
+            report.seconds * 1000,
+            extra={
+                "events": report.events,
+                "segments": report.segments,
+                "duration_ms": report.seconds * 1000,
+            },
+        )
 
 
 async def _serve_http(

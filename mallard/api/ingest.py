@@ -133,7 +133,7 @@ class IngestEndpoint:
                 event = parse_body(await _read_body(receive, headers.get(b"content-length")))
             else:
                 event = parse_query(scope["query_string"])
-            self._ingestor.ingest(event, _request_facts(scope, headers))
+            await self._ingestor.ingest(event, _request_facts(scope, headers))
         except InvalidEvent as error:
             await _respond_error(send, error)
             return

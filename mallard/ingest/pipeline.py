@@ -24,8 +24,9 @@ from mallard.ingest.useragent import analyse
 from mallard.ingest.validation import EventInput, InvalidEvent
 from mallard.ingest.visitor import VisitorIds
 from mallard.storage.schema import Event
+from mallard.storage.writer import EventWriter
 
-RETRY_AFTER_FULL_QUEUE = 1
+RETRY_AFTER = 1  # seconds, for 503 answers
 
 
 class Refused(InvalidEvent):
@@ -77,6 +78,7 @@ class Ingestor:
         settings: Settings,
         events: trio.MemorySendChannel[Event],
         *,
+        writer: EventWriter,
         visitors: VisitorIds,
         limiter: RateLimiter,
         geo: GeoLookup,
@@ -84,13 +86,18 @@ class Ingestor:
     ) -> None:
         self._settings = settings
         self._events = events
+        self._writer = writer
+        self._sent = 0  # events enqueued: the writer numbers them in the same order
         self._visitors = visitors
         self._limiter = limiter
         self._geo = geo
         self._clock = clock
 
-    def ingest(self, event: EventInput, request: RequestFacts) -> Outcome:
-        """Queue the event for storage, or raise :class:`Refused`."""
+    async def ingest(self, event: EventInput, request: RequestFacts) -> Outcome:
+        """Queue the event for storage, or raise :class:`Refused`.
+
+        With the write-ahead log, returns only once the event is durable.
+        """
         settings = self._settings
         if not origin_allowed(request.origin, settings.site_ids):
             raise Refused(403, "Origin is not in the site_ids allowlist")
@@ -114,10 +121,15 @@ class Ingestor:
         try:
             self._events.send_nowait(row)
         except trio.WouldBlock:
-            raise Refused(
-                503, "the server is busy writing; retry shortly", RETRY_AFTER_FULL_QUEUE
-            ) from None
+            raise _busy() from None
+        self._sent += 1
+        if self._writer.durable and not await self._writer.wait_durable(self._sent):
+            raise _busy()
         return Outcome.STORED
+
+
+def _busy() -> Refused:
+    return Refused(503, "the server cannot store events right now; retry shortly", RETRY_AFTER)
 
 
 def _ceil(seconds: float) -> int:

@@ -30,6 +30,11 @@ class DataLayout:
         return self.root / "keys"
 
     @property
+    def wal(self) -> Path:
+        """Write-ahead logs: one folder per writer process."""
+        return self.root / "wal"
+
+    @property
     def tmp(self) -> Path:
         """Files are written here first and renamed into place when complete."""
         return self.root / "tmp"
@@ -43,13 +48,19 @@ class DataLayout:
         return self.events / f"site_id={site_id}" / f"date={day_to_date(day).isoformat()}"
 
     def create(self) -> None:
-        for folder in (self.events, self.tmp):
+        for folder in (self.events, self.wal, self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
         self.keys.mkdir(parents=True, exist_ok=True, mode=0o700)
 
 
-def unique_file_name(suffix: str = ".parquet") -> str:
-    """Sorts by creation time and never collides, even across processes and hosts."""
-    return (
-        f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S%f}-{os.getpid()}-{uuid.uuid4().hex[:12]}{suffix}"
-    )
+def new_writer_id() -> str:
+    """Names one writer (one process run): sorts by start time, never collides.
+
+    Parquet files are named ``<writer id>-<batch number>.parquet``, so a file's
+    name says which write-ahead log segment it came from.
+    """
+    return f"{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+
+
+def batch_name(writer_id: str, batch: int) -> str:
+    return f"{writer_id}-{batch:08d}"

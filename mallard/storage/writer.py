@@ -1,141 +1,221 @@
-"""Buffered events to ZSTD Parquet, one file per site and UTC day per flush.
+"""From the event channel to the write-ahead log and ZSTD Parquet.
 
-Two tasks cooperate: the *collector* drains the event channel in batches and
-cuts a batch at ``flush_count`` events or every ``flush_interval`` seconds; the
-*flusher* writes each batch in a worker thread so the event loop never blocks
-on disk or encoding. While a batch is being written the collector keeps
-filling the next one; if that one is full too, the collector stops draining
-and the event channel fills up, which the ingestion handler turns into 503
-responses. Memory therefore stays bounded by the channel size plus two batches.
+Two tasks cooperate. The *collector* drains the event channel in groups; with
+``durability = "wal"`` it appends each group to the write-ahead log with one
+fsync (group commit) and only then lets the handlers of that group answer 202.
+It adds the events to the current batch and cuts the batch at ``flush_count``
+events or every ``flush_interval`` seconds. The *flusher* writes each cut
+batch to Parquet in a worker thread, then retires its WAL segment.
+
+Back-pressure: if the flusher falls behind (slow or failing disk) and a second
+batch is full, the collector stops taking on events. With the WAL it refuses
+the groups it drains (their handlers answer 503); in memory mode it stops
+draining, the channel fills, and handlers answer 503 when they cannot enqueue.
+Either way memory stays bounded and no event is answered 202 and then dropped.
 """
 
 from __future__ import annotations
 
 import logging
-import os
 import time
-from collections import defaultdict
-from collections.abc import Sequence
-from pathlib import Path
+from collections import deque
+from typing import Literal
 
-import pyarrow.parquet as pq
 import trio
 
-from mallard.storage.layout import DataLayout, unique_file_name
-from mallard.storage.schema import Event, events_to_table
+from mallard.storage.layout import DataLayout, batch_name, new_writer_id
+from mallard.storage.parquet import write_batch
+from mallard.storage.schema import Event
+from mallard.storage.wal import WriteAheadLog
 
 log = logging.getLogger("mallard.writer")
 
-MAX_RETRY_DELAY = 30.0
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_parquet_atomically(events: Sequence[Event], destination: Path, tmp_dir: Path) -> None:
-    """Write ``events`` as one ZSTD Parquet file that appears at ``destination`` whole."""
-    staging = tmp_dir / destination.name
-    pq.write_table(events_to_table(events), staging, compression="zstd")
-    with open(staging, "rb") as file:
-        os.fsync(file.fileno())
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(staging, destination)
-    _fsync_dir(destination.parent)
-
-
-def write_partitions(events: Sequence[Event], layout: DataLayout) -> list[Path]:
-    """Write a batch as one file per (site, UTC day); returns the files written."""
-    groups: dict[tuple[str, int], list[Event]] = defaultdict(list)
-    for event in events:
-        groups[event.site_id, event.day].append(event)
-    written = []
-    for (site_id, day), group in sorted(groups.items()):
-        destination = layout.partition(site_id, day) / unique_file_name()
-        write_parquet_atomically(group, destination, layout.tmp)
-        written.append(destination)
-    return written
+Durability = Literal["wal", "memory"]
+MAX_RETRY_DELAY = 5.0
+HANDOFF_RETRY = 0.05  # seconds between tries to hand a batch to a busy flusher
+REFUSALS_REMEMBERED = 1024  # long enough for every waiting handler to look
 
 
 class EventWriter:
-    """Collects events from a channel and flushes them to Parquet."""
+    """Collects events from a channel, makes them durable, flushes them to Parquet."""
 
-    def __init__(self, layout: DataLayout, *, flush_count: int, flush_interval: float) -> None:
+    def __init__(
+        self,
+        layout: DataLayout,
+        *,
+        flush_count: int,
+        flush_interval: float,
+        durability: Durability = "wal",
+    ) -> None:
         self.layout = layout
         self.flush_count = flush_count
         self.flush_interval = flush_interval
-        self.failing = False  # a flush is failing and being retried
-        self._batch: list[Event] = []  # being collected
-        self._cut: list[list[Event]] = []  # cut batches, oldest first, until written
+        self.writer_id = new_writer_id()
+        self._wal = WriteAheadLog(layout, self.writer_id) if durability == "wal" else None
+        self.flush_failing = False
+        self.wal_failing = False
+        self._batch: list[Event] = []  # being collected: batch number self._batch_number
+        self._batch_number = 0
+        self._cut: deque[list[Event]] = deque()  # handed to the flusher, oldest first
+        # Group commit: events are numbered in channel order, from 1.
+        self._received = 0  # taken from the channel
+        self._resolved = 0  # durable or refused
+        self._refused: deque[tuple[int, int]] = deque(maxlen=REFUSALS_REMEMBERED)
+        self._commit = trio.Event()
+
+    @property
+    def durable(self) -> bool:
+        """True when a 202 waits for the write-ahead log."""
+        return self._wal is not None
+
+    @property
+    def failing(self) -> bool:
+        return self.flush_failing or self.wal_failing
 
     @property
     def pending(self) -> int:
         """Events taken from the channel and not yet in Parquet."""
         return len(self._batch) + sum(len(batch) for batch in self._cut)
 
+    def unflushed(self) -> list[Event]:
+        """A snapshot of the accepted events not yet in Parquet (read-your-writes)."""
+        return [event for batch in self._cut for event in batch] + self._batch
+
+    async def wait_durable(self, sequence: int) -> bool:
+        """Wait until event number ``sequence`` is in the WAL (True) or refused (False)."""
+        while self._resolved < sequence:
+            await self._commit.wait()
+        return not any(first <= sequence <= last for first, last in self._refused)
+
     async def run(self, events: trio.MemoryReceiveChannel[Event]) -> None:
         """Run until ``events`` is closed and everything received is flushed."""
-        batches_send, batches_receive = trio.open_memory_channel[list[Event]](0)
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(self._flush_batches, batches_receive)
-            async with batches_send:
-                await self._collect(events, batches_send)
+        batches_send, batches_receive = trio.open_memory_channel[tuple[int, list[Event]]](0)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(self._flush_batches, batches_receive)
+                async with batches_send:
+                    await self._collect(events, batches_send)
+        finally:
+            if self._wal is not None:
+                self._wal.close()
+
+    # --- collector ---
 
     async def _collect(
         self,
         events: trio.MemoryReceiveChannel[Event],
-        batches: trio.MemorySendChannel[list[Event]],
+        batches: trio.MemorySendChannel[tuple[int, list[Event]]],
     ) -> None:
         deadline = trio.current_time() + self.flush_interval
         closed = False
         while not closed:
+            group: list[Event] = []
             with trio.move_on_at(deadline):
                 try:
-                    self._batch.append(await events.receive())
+                    group.append(await events.receive())
                 except trio.EndOfChannel:
                     closed = True
-                while len(self._batch) < self.flush_count:  # take what is already waiting
+                while True:  # take what is already waiting: that is the group
                     try:
-                        self._batch.append(events.receive_nowait())
+                        group.append(events.receive_nowait())
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
-            if closed or len(self._batch) >= self.flush_count or trio.current_time() >= deadline:
-                batch, self._batch = self._batch, []
-                if batch:
-                    self._cut.append(batch)
-                    await batches.send(batch)
-                deadline = trio.current_time() + self.flush_interval
+            if group:
+                await self._take(group)
+            due = len(self._batch) >= self.flush_count or trio.current_time() >= deadline
+            if closed or due:
+                # Memory mode waits for the flusher: that is its back-pressure.
+                handed_off = await self._cut_batch(batches, wait=closed or not self.durable)
+                delay = self.flush_interval if handed_off else HANDOFF_RETRY
+                deadline = trio.current_time() + delay
 
-    async def _flush_batches(self, batches: trio.MemoryReceiveChannel[list[Event]]) -> None:
-        async for batch in batches:
-            await self._flush_with_retry(batch)
-            self._cut.pop(0)
+    async def _take(self, group: list[Event]) -> None:
+        first = self._received + 1
+        self._received += len(group)
+        if self._wal is None:
+            self._batch.extend(group)  # already answered 202 when enqueued
+            return
+        if len(self._batch) >= 2 * self.flush_count:  # the flusher is behind: refuse
+            self._resolve(refused=(first, self._received))
+            return
+        try:
+            await trio.to_thread.run_sync(self._wal.append, self._batch_number, group)
+        except OSError as error:
+            if not self.wal_failing:
+                log.error("write-ahead log append failed, answering 503: %s", error)
+                self.wal_failing = True
+            self._resolve(refused=(first, self._received))
+            return
+        if self.wal_failing:
+            log.warning("write-ahead log works again")
+            self.wal_failing = False
+        self._batch.extend(group)
+        self._resolve()
 
-    async def _flush_with_retry(self, batch: list[Event]) -> None:
-        delay = 0.5
+    def _resolve(self, refused: tuple[int, int] | None = None) -> None:
+        if refused is not None:
+            self._refused.append(refused)
+        self._resolved = self._received
+        commit, self._commit = self._commit, trio.Event()
+        commit.set()
+
+    async def _cut_batch(
+        self, batches: trio.MemorySendChannel[tuple[int, list[Event]]], *, wait: bool
+    ) -> bool:
+        """Hand the current batch to the flusher; False if it is busy and ``wait`` is off."""
+        if not self._batch:
+            return True
+        batch = self._batch
+        self._cut.append(batch)
+        try:
+            if wait:
+                await batches.send((self._batch_number, batch))
+            else:
+                batches.send_nowait((self._batch_number, batch))
+        except trio.WouldBlock:
+            self._cut.pop()
+            return False
+        self._batch = []
+        self._batch_number += 1
+        return True
+
+    # --- flusher ---
+
+    async def _flush_batches(
+        self, batches: trio.MemoryReceiveChannel[tuple[int, list[Event]]]
+    ) -> None:
+        async for number, batch in batches:
+            await self._flush_with_retry(number, batch)
+            if self._wal is not None:
+                try:
+                    await trio.to_thread.run_sync(self._wal.retire, number)
+                except OSError as error:  # harmless: replay skips what is in Parquet
+                    log.warning("could not delete WAL segment %d: %s", number, error)
+            self._cut.popleft()
+
+    async def _flush_with_retry(self, number: int, batch: list[Event]) -> None:
+        name = batch_name(self.writer_id, number)
+        delay = 0.25
         while True:
             started = time.perf_counter()
             try:
-                files = await trio.to_thread.run_sync(write_partitions, batch, self.layout)
+                files = await trio.to_thread.run_sync(write_batch, batch, self.layout, name)
             except Exception as error:  # keep the batch and retry: nothing accepted is dropped
-                if not self.failing:
+                if not self.flush_failing:
                     log.error("flush of %d events failed, retrying: %s", len(batch), error)
-                    self.failing = True
+                    self.flush_failing = True
                 await trio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY)
                 continue
-            if self.failing:
+            if self.flush_failing:
                 log.warning("flushing works again")
-                self.failing = False
+                self.flush_failing = False
+            elapsed_ms = (time.perf_counter() - started) * 1000
             log.info(
                 "flushed %d events into %d files in %.1f ms",
                 len(batch),
                 len(files),
-                (time.perf_counter() - started) * 1000,
-                extra={"events": len(batch), "files": len(files)},
+                elapsed_ms,
+                extra={"events": len(batch), "files": len(files), "duration_ms": elapsed_ms},
             )
             return

@@ -1,0 +1,245 @@
+"""The write-ahead log: every accepted event is on disk before its 202.
+
+Each writer (one server process) owns a folder ``wal/<writer id>/`` holding a
+``lock`` file it keeps locked while it runs, and numbered segments. Segment N
+holds exactly the events of Parquet batch N: when batch N's Parquet files are
+in place, segment N is deleted. A segment is a sequence of records::
+
+    u32 payload length | u32 CRC-32 of payload | payload (JSON array of events)
+
+one record per group commit, appended and fsynced before any handler whose
+event it holds is answered. A torn or corrupt record ends the segment: the
+records before it are intact, and the bad tail was never acknowledged.
+
+Recovery replays the segments of every writer whose lock is free (a process
+that stopped or died), writing the Parquet files a batch lacks. Parquet files
+are named after their segment and appear atomically, so replay skips files
+that already exist: whatever step a crash interrupted, each event reaches
+Parquet exactly once.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import struct
+import time
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from decimal import Decimal
+from pathlib import Path
+from typing import IO
+
+from mallard.storage.layout import DataLayout, batch_name
+from mallard.storage.parquet import fsync_dir, write_batch
+from mallard.storage.schema import Event
+
+log = logging.getLogger("mallard.wal")
+
+HEADER = struct.Struct("<II")
+SEGMENT_SUFFIX = ".wal"
+REVENUE_INDEX = Event._fields.index("revenue_amount")
+
+
+def encode_events(events: Sequence[Event]) -> bytes:
+    """One record's payload: the events as a compact JSON array of arrays."""
+    return json.dumps(events, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+
+
+def decode_events(payload: bytes) -> list[Event]:
+    events = []
+    for fields in json.loads(payload):
+        revenue = fields[REVENUE_INDEX]
+        if revenue is not None:
+            fields[REVENUE_INDEX] = Decimal(revenue)
+        events.append(Event(*fields))
+    return events
+
+
+def frame(payload: bytes) -> bytes:
+    return HEADER.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+@dataclass
+class SegmentContents:
+    events: list[Event]
+    records: int
+    bad_tail: str | None = None  # what was wrong after the last good record
+
+
+def read_segment(path: Path) -> SegmentContents:
+    """Every intact record of a segment; stops at the first torn or corrupt one."""
+    data = path.read_bytes()
+    contents = SegmentContents([], 0)
+    offset = 0
+    while offset < len(data):
+        if offset + HEADER.size > len(data):
+            contents.bad_tail = f"torn header at byte {offset}"
+            break
+        length, checksum = HEADER.unpack_from(data, offset)
+        payload = data[offset + HEADER.size : offset + HEADER.size + length]
+        if len(payload) < length:
+            contents.bad_tail = f"torn record at byte {offset}"
+            break
+        if zlib.crc32(payload) != checksum:
+            contents.bad_tail = f"checksum mismatch at byte {offset}"
+            break
+        try:
+            contents.events.extend(decode_events(payload))
+        except (ValueError, TypeError) as error:
+            contents.bad_tail = f"undecodable record at byte {offset}: {error}"
+            break
+        contents.records += 1
+        offset += HEADER.size + length
+    return contents
+
+
+class WriteAheadLog:
+    """One writer's log: its locked folder and its current segment."""
+
+    def __init__(self, layout: DataLayout, writer_id: str) -> None:
+        # Locked before it gets its real name, so recovery in another process
+        # never mistakes a starting writer for a dead one.
+        starting = layout.wal / f".{writer_id}"
+        starting.mkdir(parents=True)
+        lock = _lock(starting / "lock")
+        assert lock is not None, "nobody else knows this folder yet"
+        self._lock = lock
+        self.folder = layout.wal / writer_id
+        starting.rename(self.folder)
+        fsync_dir(layout.wal)
+        self._segment: IO[bytes] | None = None
+        self._segment_number = -1
+        self._good_size = 0
+
+    def segment_path(self, number: int) -> Path:
+        return self.folder / f"{number:08d}{SEGMENT_SUFFIX}"
+
+    def append(self, number: int, events: Sequence[Event]) -> None:
+        """Append one record to segment ``number`` and fsync it (blocking: run in a thread).
+
+        On failure the segment is cut back to its last good record, so a later
+        append never follows garbage.
+        """
+        if self._segment_number != number:
+            self._open(number)
+        assert self._segment is not None
+        record = frame(encode_events(events))
+        try:
+            self._segment.write(record)
+            self._segment.flush()
+            os.fsync(self._segment.fileno())
+        except OSError:
+            self._truncate_to_good_size()
+            raise
+        self._good_size += len(record)
+
+    def _open(self, number: int) -> None:
+        self.close_segment()
+        path = self.segment_path(number)
+        self._segment = open(path, "ab")  # noqa: SIM115 - kept open across appends
+        self._segment_number = number
+        self._good_size = self._segment.tell()
+        fsync_dir(self.folder)
+
+    def _truncate_to_good_size(self) -> None:
+        path = self.segment_path(self._segment_number)
+        segment, self._segment, self._segment_number = self._segment, None, -1
+        assert segment is not None
+        with contextlib.suppress(OSError):  # what failed to reach the file is cut off below
+            segment.close()
+        try:
+            os.truncate(path, self._good_size)
+        except OSError as error:
+            log.error("cannot cut a failed write off %s: %s", path, error)
+
+    def retire(self, number: int) -> None:
+        """Segment ``number`` is in Parquet: delete it (blocking)."""
+        if self._segment_number == number:
+            self.close_segment()
+        self.segment_path(number).unlink(missing_ok=True)
+
+    def close_segment(self) -> None:
+        if self._segment is not None:
+            self._segment.close()
+            self._segment, self._segment_number = None, -1
+
+    def close(self) -> None:
+        """Stop writing; the folder goes when it holds no segment any more."""
+        self.close_segment()
+        if not any(self.folder.glob(f"*{SEGMENT_SUFFIX}")):
+            shutil.rmtree(self.folder, ignore_errors=True)
+        os.close(self._lock)
+
+
+def _lock(path: Path) -> int | None:
+    """An exclusive lock held until the process ends; None if someone holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return None
+    return fd
+
+
+@dataclass
+class RecoveryReport:
+    writers: int = 0
+    segments: int = 0
+    events: int = 0
+    files: int = 0
+    seconds: float = 0.0
+
+
+def _orphaned_writers(layout: DataLayout) -> Iterator[tuple[Path, int]]:
+    """WAL folders whose writer is gone, each with its lock now held by us."""
+    if not layout.wal.exists():
+        return
+    for folder in sorted(layout.wal.iterdir()):
+        if not folder.is_dir() or folder.name.startswith("."):
+            continue
+        lock = _lock(folder / "lock")
+        if lock is not None:
+            yield folder, lock
+
+
+def recover(layout: DataLayout) -> RecoveryReport:
+    """Replay the segments of stopped or crashed writers into Parquet (blocking)."""
+    started = time.perf_counter()
+    report = RecoveryReport()
+    for folder, lock in _orphaned_writers(layout):
+        try:
+            report.writers += 1
+            writer_id = folder.name
+            for segment in sorted(folder.glob(f"*{SEGMENT_SUFFIX}")):
+                contents = read_segment(segment)
+                if contents.bad_tail:
+                    log.warning(
+                        "WAL segment %s: %s; the %d records before it are recovered",
+                        segment,
+                        contents.bad_tail,
+                        contents.records,
+                        extra={"segment": str(segment), "records": contents.records},
+                    )
+                name = batch_name(writer_id, int(segment.stem))
+                report.files += len(write_batch(contents.events, layout, name))
+                report.events += len(contents.events)
+                report.segments += 1
+                segment.unlink()
+            _remove_staging_files(layout, writer_id)
+            shutil.rmtree(folder)
+        finally:
+            os.close(lock)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _remove_staging_files(layout: DataLayout, writer_id: str) -> None:
+    for leftover in layout.tmp.glob(f"{writer_id}-*"):
+        leftover.unlink(missing_ok=True)
