@@ -1,23 +1,30 @@
-"""The baseline for the ingestion benchmark: the least a quart-trio app can do per event.
+"""Baselines for the ingestion benchmark: the least a server can do per event.
 
-``POST /api/event`` parses the JSON body and answers ``202`` with an empty body; nothing
-is validated, enriched or stored. Run on hypercorn's trio worker, in one process, as
-Mallard runs (the benchmark runner starts it so)::
+``app`` is a quart-trio app whose ``POST /api/event`` parses the JSON body and answers
+``202`` with an empty body; nothing is validated, enriched or stored. ``asgi_app`` does
+the same as a raw ASGI callable, without the framework (``--app asgi``). Both run on
+hypercorn's trio worker in one process.
 
-    python -m hypercorn -k trio -w 0 --bind 127.0.0.1:0 benchmarks.bare_app:app
+The benchmark runner starts it as ``python benchmarks/bare_app.py --port 0``: that serves
+through ``hypercorn.trio.serve`` in-process, configured as ``mallard serve`` configures
+it, logs ``listening on http://HOST:PORT`` the same way and stops gracefully on SIGTERM.
+By hand, from the repository root, the hypercorn command line does the same serving::
 
-(run from the repository root; ``-w 0`` keeps hypercorn in one process instead of a
-supervisor plus a worker, so the measured RSS is that of the one serving process).
-``python benchmarks/bare_app.py --port 0`` does the same through ``hypercorn.trio.serve``
-and logs ``listening on http://HOST:PORT`` like ``mallard serve``.
+    python -m hypercorn -k trio -w 0 --bind 127.0.0.1:8001 benchmarks.bare_app:app
+
+(``-w 0`` keeps one process instead of a supervisor plus a spawned worker; in that mode
+hypercorn installs no signal handler, so SIGTERM kills it rather than stopping it).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
+import json
 import logging
 import signal
 import sys
+from typing import Any
 
 import trio
 from quart import request
@@ -32,13 +39,47 @@ async def event() -> tuple[str, int]:
     return "", 202
 
 
-async def _serve(host: str, port: int) -> None:
+async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
+    """The same endpoint as a raw ASGI callable: hypercorn's own ceiling, no framework.
+
+    Mallard's ``/api/event`` is also plain ASGI in front of its Quart app, so this is the
+    fairer "nothing but HTTP and JSON" reference for it (``--app asgi``).
+    """
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    body = b""
+    while True:
+        message = await receive()
+        body += message.get("body", b"")
+        if not message.get("more_body"):
+            break
+    if scope["path"] == "/api/event" and scope["method"] == "POST":
+        json.loads(body)
+        status = 202
+    else:
+        status = 404
+    headers = [(b"content-length", b"0")]
+    await send({"type": "http.response.start", "status": status, "headers": headers})
+    await send({"type": "http.response.body", "body": b""})
+
+
+APPS = {"quart": app, "asgi": asgi_app}
+
+
+async def _serve(host: str, port: int, served: Any) -> None:
     import hypercorn.trio
     from hypercorn.config import Config
 
-    config = Config()
+    config = Config()  # as mallard.server configures hypercorn: no access log
     config.bind = [f"{host}:{port}"]
     config.accesslog = None
+    config.errorlog = logging.getLogger("hypercorn.error")
     stop = trio.Event()
 
     async def stop_on_signals() -> None:
@@ -48,23 +89,23 @@ async def _serve(host: str, port: int) -> None:
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(stop_on_signals)
-        binds = await nursery.start(
-            lambda task_status: hypercorn.trio.serve(
-                app, config, shutdown_trigger=stop.wait, task_status=task_status
+        async with trio.open_nursery() as http:  # done when hypercorn has shut down
+            serve = functools.partial(
+                hypercorn.trio.serve, served, config, shutdown_trigger=stop.wait
             )
-        )
-        print(f"bare app: listening on {binds[0]}", file=sys.stderr, flush=True)
-        await stop.wait()
-        nursery.cancel_scope.deadline = trio.current_time() + 10
+            binds = await http.start(serve)
+            print(f"bare app: listening on {binds[0]}", file=sys.stderr, flush=True)
+        nursery.cancel_scope.cancel()
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
+    parser.add_argument("--app", choices=sorted(APPS), default="quart")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    trio.run(_serve, args.host, args.port)
+    trio.run(_serve, args.host, args.port, APPS[args.app])
 
 
 if __name__ == "__main__":
