@@ -76,7 +76,7 @@ async def serve(
         flush_interval=settings.flush_interval,
         durability=settings.durability,  # type: ignore[arg-type]
     )
-    engine = QueryEngine(layout)
+    engine = QueryEngine(layout, pending=writer.unflushed)
     events_send, events_receive = trio.open_memory_channel[Event](settings.queue_size)
     ingestor = Ingestor(
         settings,

@@ -1,0 +1,418 @@
+"""The query model: Plausible's Stats API v2 request, parsed and validated.
+
+:func:`parse_query` turns the JSON body of ``POST /api/v2/query`` into a
+:class:`Query`, or raises :class:`QueryError` with a message naming the bad
+part. Everything downstream (SQL building, the dashboard's endpoints) works on
+:class:`Query` objects only.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+import zoneinfo
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+from mallard.ingest.validation import SITE_ID_PATTERN
+
+EVENT_METRICS = ("visitors", "pageviews", "events", "total_revenue", "average_revenue")
+VISIT_METRICS = ("visits", "views_per_visit", "bounce_rate", "visit_duration")
+DERIVED_METRICS = ("percentage", "conversion_rate")
+METRICS = EVENT_METRICS + VISIT_METRICS + DERIVED_METRICS
+
+# dimension -> column of the event (or of its visit) it groups by
+EVENT_DIMENSIONS = {
+    "event:page": "pathname",
+    "event:hostname": "hostname",
+    "event:name": "event_name",
+    "event:goal": "event_name",
+}
+VISIT_DIMENSIONS = {
+    "visit:entry_page": "entry_page",
+    "visit:exit_page": "exit_page",
+    "visit:source": "referrer_source",
+    "visit:referrer": "referrer",
+    "visit:utm_source": "utm_source",
+    "visit:utm_medium": "utm_medium",
+    "visit:utm_campaign": "utm_campaign",
+    "visit:utm_content": "utm_content",
+    "visit:utm_term": "utm_term",
+    "visit:device": "device_type",
+    "visit:browser": "browser",
+    "visit:browser_version": "browser_version",
+    "visit:os": "os",
+    "visit:os_version": "os_version",
+    "visit:country": "country_code",
+    "visit:region": "region",
+    "visit:city": "city",
+}
+TIME_DIMENSIONS = ("time", "time:hour", "time:day", "time:week", "time:month")
+PROPS_PREFIX = "event:props:"
+PROP_KEY = re.compile(r"[A-Za-z0-9_.\-:$ ]{1,128}")
+
+FILTER_OPERATORS = ("is", "is_not", "contains", "contains_not", "matches", "matches_not")
+DATE_PRESETS = ("day", "24h", "7d", "28d", "30d", "91d", "month", "6mo", "12mo", "year", "all")
+MAX_LIMIT = 10_000
+MAX_FILTER_DEPTH = 8
+
+
+class QueryError(ValueError):
+    """The query cannot be answered as asked; the message names the bad part."""
+
+
+@dataclass(frozen=True)
+class Condition:
+    operator: str
+    dimension: str
+    values: tuple[str, ...]
+    case_sensitive: bool = True
+
+
+@dataclass(frozen=True)
+class Combination:
+    operator: Literal["and", "or", "not"]
+    children: tuple[Filter, ...]
+
+
+Filter = Condition | Combination
+
+
+@dataclass(frozen=True)
+class DateRange:
+    """A resolved range: ``[start, end)`` in UTC, and the local dates it covers."""
+
+    start: dt.datetime
+    end: dt.datetime
+    first_day: dt.date
+    last_day: dt.date
+
+
+@dataclass(frozen=True)
+class Query:
+    site_id: str
+    metrics: tuple[str, ...]
+    date_range: DateRange
+    timezone: str = "UTC"
+    dimensions: tuple[str, ...] = ()
+    filters: tuple[Filter, ...] = ()
+    order_by: tuple[tuple[str, str], ...] = ()
+    limit: int = MAX_LIMIT
+    offset: int = 0
+    time_labels: bool = False
+    total_rows: bool = False
+    comparison: str | None = None  # "previous_period" or "year_over_year"
+    raw: dict[str, Any] = field(default_factory=dict, compare=False)
+
+    def with_range(self, date_range: DateRange) -> Query:
+        return replace(self, date_range=date_range)
+
+    @property
+    def time_dimension(self) -> str | None:
+        return next((d for d in self.dimensions if d in TIME_DIMENSIONS), None)
+
+
+def dimension_exists(name: str) -> bool:
+    if name in EVENT_DIMENSIONS or name in VISIT_DIMENSIONS or name in TIME_DIMENSIONS:
+        return True
+    return name.startswith(PROPS_PREFIX) and bool(PROP_KEY.fullmatch(name[len(PROPS_PREFIX) :]))
+
+
+def validate_site_id(value: Any) -> str:
+    if not isinstance(value, str) or not SITE_ID_PATTERN.fullmatch(value):
+        raise QueryError("site_id must be a site id: letters, digits, '.', '-', '_', ':'")
+    return value.lower()
+
+
+def validate_timezone(value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise QueryError("timezone must be an IANA time zone name such as Europe/Berlin")
+    try:
+        zoneinfo.ZoneInfo(value)
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
+        raise QueryError(f"timezone {value!r} is not a known IANA time zone") from None
+    return value
+
+
+def parse_query(body: Any, *, default_timezone: str = "UTC", today: dt.date | None = None) -> Query:
+    """Validate a Stats API v2 request body."""
+    if not isinstance(body, dict):
+        raise QueryError("the query must be a JSON object")
+    unknown = set(body) - {
+        "site_id", "metrics", "date_range", "dimensions", "filters", "order_by",
+        "pagination", "include", "timezone", "date",
+    }  # fmt: skip
+    if unknown:
+        raise QueryError(f"unknown query field(s): {', '.join(sorted(unknown))}")
+    site_id = validate_site_id(body.get("site_id"))
+    timezone = validate_timezone(body.get("timezone", default_timezone))
+    metrics = _metrics(body.get("metrics"))
+    dimensions = _dimensions(body.get("dimensions", []))
+    filters = tuple(_filter(item, f"filters[{i}]") for i, item in enumerate(_list(body, "filters")))
+    date_range = resolve_date_range(body.get("date_range"), timezone, today=today)
+    order_by = _order_by(body.get("order_by", []), metrics, dimensions)
+    limit, offset = _pagination(body.get("pagination", {}))
+    include = body.get("include", {})
+    if not isinstance(include, dict):
+        raise QueryError("include must be an object")
+    comparison = _comparison(include.get("comparisons"))
+    if (
+        "conversion_rate" in metrics
+        and not _has_goal_filter(filters)
+        and not any(d in ("event:goal", "event:name") for d in dimensions)
+    ):
+        raise QueryError("metric conversion_rate needs an event:goal filter or dimension")
+    if "percentage" in metrics and not dimensions:
+        raise QueryError("metric percentage needs at least one dimension")
+    return Query(
+        site_id=site_id,
+        metrics=metrics,
+        date_range=date_range,
+        timezone=timezone,
+        dimensions=dimensions,
+        filters=filters,
+        order_by=order_by,
+        limit=limit,
+        offset=offset,
+        time_labels=_flag(include, "time_labels"),
+        total_rows=_flag(include, "total_rows"),
+        comparison=comparison,
+        raw=body,
+    )
+
+
+def _list(body: dict[str, Any], name: str) -> list[Any]:
+    value = body.get(name, [])
+    if not isinstance(value, list):
+        raise QueryError(f"{name} must be a list")
+    return value
+
+
+def _flag(include: dict[str, Any], name: str) -> bool:
+    value = include.get(name, False)
+    if not isinstance(value, bool):
+        raise QueryError(f"include.{name} must be true or false")
+    return value
+
+
+def _metrics(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list) or not value:
+        raise QueryError('metrics must be a non-empty list, e.g. ["visitors"]')
+    for metric in value:
+        if metric not in METRICS:
+            raise QueryError(f"unknown metric {metric!r}; known: {', '.join(METRICS)}")
+    if len(set(value)) != len(value):
+        raise QueryError("metrics must not repeat")
+    return tuple(value)
+
+
+def _dimensions(value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise QueryError("dimensions must be a list")
+    for dimension in value:
+        if not isinstance(dimension, str) or not dimension_exists(dimension):
+            raise QueryError(f"unknown dimension {dimension!r}")
+    if sum(d in TIME_DIMENSIONS for d in value) > 1:
+        raise QueryError("at most one time dimension")
+    if len(set(value)) != len(value):
+        raise QueryError("dimensions must not repeat")
+    return tuple(value)
+
+
+def _filter(value: Any, where: str, depth: int = 0) -> Filter:
+    if depth > MAX_FILTER_DEPTH:
+        raise QueryError(f"{where}: filters nest too deeply")
+    if not isinstance(value, list) or not value:
+        raise QueryError(f'{where} must be a list like ["is", "visit:country", ["DE"]]')
+    operator = value[0]
+    if operator in ("and", "or"):
+        if len(value) != 2 or not isinstance(value[1], list) or not value[1]:
+            raise QueryError(f"{where}: {operator} takes a non-empty list of filters")
+        children = tuple(
+            _filter(child, f"{where}[1][{i}]", depth + 1) for i, child in enumerate(value[1])
+        )
+        return Combination(operator, children)
+    if operator == "not":
+        if len(value) != 2:
+            raise QueryError(f"{where}: not takes one filter")
+        return Combination("not", (_filter(value[1], f"{where}[1]", depth + 1),))
+    if operator not in FILTER_OPERATORS:
+        raise QueryError(f"{where}: unknown filter operator {operator!r}")
+    if len(value) not in (3, 4):
+        raise QueryError(f"{where}: expected [operator, dimension, values]")
+    dimension, values = value[1], value[2]
+    if not isinstance(dimension, str) or not dimension_exists(dimension):
+        raise QueryError(f"{where}: unknown dimension {dimension!r}")
+    if dimension in TIME_DIMENSIONS:
+        raise QueryError(f"{where}: filter on time with date_range instead")
+    if not isinstance(values, list) or not values:
+        raise QueryError(f"{where}: values must be a non-empty list")
+    texts = []
+    for item in values:
+        if isinstance(item, bool) or not isinstance(item, str | int | float):
+            raise QueryError(f"{where}: values must be strings or numbers")
+        texts.append(str(item))
+    if operator.startswith("matches"):
+        for pattern in texts:
+            try:
+                re.compile(pattern)
+            except re.error as error:
+                raise QueryError(
+                    f"{where}: invalid regular expression {pattern!r}: {error}"
+                ) from None
+    case_sensitive = True
+    if len(value) == 4:
+        modifiers = value[3]
+        if not isinstance(modifiers, dict) or set(modifiers) - {"case_sensitive"}:
+            raise QueryError(f'{where}: modifiers may only be {{"case_sensitive": bool}}')
+        case_sensitive = bool(modifiers.get("case_sensitive", True))
+    return Condition(operator, dimension, tuple(texts), case_sensitive)
+
+
+def _has_goal_filter(filters: tuple[Filter, ...]) -> bool:
+    for item in filters:
+        if isinstance(item, Condition) and item.dimension in ("event:goal", "event:name"):
+            return True
+        if (
+            isinstance(item, Combination)
+            and item.operator == "and"
+            and _has_goal_filter(item.children)
+        ):
+            return True
+    return False
+
+
+def _order_by(
+    value: Any, metrics: tuple[str, ...], dimensions: tuple[str, ...]
+) -> tuple[tuple[str, str], ...]:
+    if not isinstance(value, list):
+        raise QueryError('order_by must be a list of [metric or dimension, "asc"|"desc"]')
+    result = []
+    for item in value:
+        if (
+            not isinstance(item, list)
+            or len(item) != 2
+            or item[1] not in ("asc", "desc")
+            or item[0] not in metrics + dimensions
+        ):
+            raise QueryError(
+                f'order_by entry {item!r} must be [a queried metric or dimension, "asc"|"desc"]'
+            )
+        result.append((item[0], item[1]))
+    return tuple(result)
+
+
+def _pagination(value: Any) -> tuple[int, int]:
+    if not isinstance(value, dict):
+        raise QueryError("pagination must be an object with limit and offset")
+    limit, offset = value.get("limit", MAX_LIMIT), value.get("offset", 0)
+    for name, number, low in (("limit", limit, 1), ("offset", offset, 0)):
+        if isinstance(number, bool) or not isinstance(number, int) or number < low:
+            raise QueryError(f"pagination.{name} must be a whole number >= {low}")
+    if limit > MAX_LIMIT:
+        raise QueryError(f"pagination.limit must be at most {MAX_LIMIT}")
+    return limit, offset
+
+
+def _comparison(value: Any) -> str | None:
+    if value is None:
+        return None
+    mode = value.get("mode") if isinstance(value, dict) else None
+    if mode not in ("previous_period", "year_over_year"):
+        raise QueryError(
+            'include.comparisons must be {"mode": "previous_period"} or {"mode": "year_over_year"}'
+        )
+    return mode
+
+
+# --- dates ---
+
+
+def _local_midnight_utc(day: dt.date, zone: zoneinfo.ZoneInfo) -> dt.datetime:
+    return dt.datetime.combine(day, dt.time(), zone).astimezone(dt.UTC)
+
+
+def days_range(first_day: dt.date, last_day: dt.date, timezone: str) -> DateRange:
+    """Whole local days ``first_day``..``last_day`` (inclusive) in ``timezone``."""
+    zone = zoneinfo.ZoneInfo(timezone)
+    return DateRange(
+        start=_local_midnight_utc(first_day, zone),
+        end=_local_midnight_utc(last_day + dt.timedelta(days=1), zone),
+        first_day=first_day,
+        last_day=last_day,
+    )
+
+
+def resolve_date_range(value: Any, timezone: str, *, today: dt.date | None = None) -> DateRange:
+    """A preset (\"7d\" = the 7 days ending today, local time) or [start, end] dates."""
+    zone = zoneinfo.ZoneInfo(timezone)
+    now = dt.datetime.now(zone)
+    today = today or now.date()
+    if isinstance(value, list):
+        return _explicit_range(value, timezone)
+    if value not in DATE_PRESETS:
+        raise QueryError(
+            f"date_range must be one of {', '.join(DATE_PRESETS)} or [start, end] dates"
+        )
+    if value == "24h":
+        end = dt.datetime.now(dt.UTC)
+        start = end - dt.timedelta(hours=24)
+        return DateRange(start, end, start.astimezone(zone).date(), today)
+    if value == "day":
+        return days_range(today, today, timezone)
+    if value.endswith("d"):
+        return days_range(today - dt.timedelta(days=int(value[:-1]) - 1), today, timezone)
+    if value == "month":
+        return days_range(today.replace(day=1), today, timezone)
+    if value.endswith("mo"):
+        months = int(value[:-2])
+        first = _add_months(today.replace(day=1), -(months - 1))
+        return days_range(first, today, timezone)
+    if value == "year":
+        return days_range(today.replace(month=1, day=1), today, timezone)
+    return days_range(dt.date(2000, 1, 1), today, timezone)  # "all"
+
+
+def _add_months(day: dt.date, months: int) -> dt.date:
+    index = day.year * 12 + day.month - 1 + months
+    return day.replace(year=index // 12, month=index % 12 + 1)
+
+
+def _explicit_range(value: list[Any], timezone: str) -> DateRange:
+    if len(value) != 2 or not all(isinstance(item, str) for item in value):
+        raise QueryError("date_range must be [start, end] as ISO dates or datetimes")
+    zone = zoneinfo.ZoneInfo(timezone)
+    try:
+        if all(len(item) == 10 for item in value):
+            first, last = (dt.date.fromisoformat(item) for item in value)
+            if last < first:
+                raise QueryError("date_range ends before it starts")
+            return days_range(first, last, timezone)
+        start, end = (_aware(dt.datetime.fromisoformat(item), zone) for item in value)
+    except ValueError as error:
+        if isinstance(error, QueryError):
+            raise
+        raise QueryError(f"date_range has an invalid date: {error}") from None
+    if end <= start:
+        raise QueryError("date_range ends before it starts")
+    return DateRange(
+        start.astimezone(dt.UTC),
+        end.astimezone(dt.UTC),
+        start.astimezone(zone).date(),
+        (end - dt.timedelta(microseconds=1)).astimezone(zone).date(),
+    )
+
+
+def _aware(moment: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
+    return moment if moment.tzinfo else moment.replace(tzinfo=zone)
+
+
+def previous_period(date_range: DateRange, mode: str, timezone: str) -> DateRange:
+    """The range a comparison is made against."""
+    if mode == "year_over_year":
+        return days_range(
+            _add_months(date_range.first_day, -12), _add_months(date_range.last_day, -12), timezone
+        )
+    days = (date_range.last_day - date_range.first_day).days + 1
+    last = date_range.first_day - dt.timedelta(days=1)
+    return days_range(last - dt.timedelta(days=days - 1), last, timezone)

@@ -1,0 +1,165 @@
+"""Answering a :class:`Query` in the shape of Plausible's Stats API v2."""
+
+from __future__ import annotations
+
+import datetime as dt
+import zoneinfo
+from decimal import Decimal
+from typing import Any
+
+from mallard.query.engine import QueryEngine
+from mallard.query.model import Query, previous_period
+from mallard.query.sql import TIME_FORMATS, aggregate_sql, concrete_dimension
+
+Row = dict[str, Any]
+
+
+def _json_number(value: Any) -> Any:
+    if isinstance(value, Decimal):
+        return float(value)
+    return value
+
+
+async def _rows(engine: QueryEngine, query: Query) -> tuple[list[Row], int]:
+    sql, parameters = aggregate_sql(query)
+    _, records = await engine.fetch(
+        sql,
+        parameters,
+        site_id=query.site_id,
+        start=query.date_range.start,
+        end=query.date_range.end,
+    )
+    dims = len(query.dimensions)
+    rows = [
+        {
+            "dimensions": list(record[:dims]),
+            "metrics": [_json_number(v) for v in record[dims : dims + len(query.metrics)]],
+        }
+        for record in records
+    ]
+    total = records[0][-1] if records else 0
+    return rows, total
+
+
+def time_labels(query: Query) -> list[str]:
+    """Every bucket of the query's time dimension in its range, oldest first."""
+    dimension = query.time_dimension
+    if dimension is None:
+        return []
+    unit, pattern = TIME_FORMATS[concrete_dimension(query, dimension)]
+    zone = zoneinfo.ZoneInfo(query.timezone)
+    first = query.date_range.start.astimezone(zone).replace(tzinfo=None)
+    last = (query.date_range.end - dt.timedelta(microseconds=1)).astimezone(zone)
+    last = last.replace(tzinfo=None)
+    labels: list[str] = []
+    moment = _truncate(first, unit)
+    while moment <= last:
+        labels.append(moment.strftime(pattern))
+        moment = _next(moment, unit)
+    return labels
+
+
+def _truncate(moment: dt.datetime, unit: str) -> dt.datetime:
+    if unit == "hour":
+        return moment.replace(minute=0, second=0, microsecond=0)
+    day = moment.replace(hour=0, minute=0, second=0, microsecond=0)
+    if unit == "week":
+        return day - dt.timedelta(days=day.weekday())
+    if unit == "month":
+        return day.replace(day=1)
+    return day
+
+
+def _next(moment: dt.datetime, unit: str) -> dt.datetime:
+    if unit == "hour":
+        return moment + dt.timedelta(hours=1)
+    if unit == "day":
+        return moment + dt.timedelta(days=1)
+    if unit == "week":
+        return moment + dt.timedelta(days=7)
+    month = moment.month % 12 + 1
+    return moment.replace(year=moment.year + (moment.month == 12), month=month)
+
+
+def fill_time_gaps(query: Query, rows: list[Row]) -> list[Row]:
+    """With the time dimension alone, one row per bucket, zeros where nothing happened."""
+    if query.dimensions != (query.time_dimension,) or query.time_dimension is None:
+        return rows
+    by_label = {row["dimensions"][0]: row for row in rows}
+    zeros = [0] * len(query.metrics)
+    return [
+        by_label.get(label, {"dimensions": [label], "metrics": list(zeros)})
+        for label in time_labels(query)
+    ]
+
+
+def _change(metric: str, now: Any, before: Any) -> Any:
+    if metric == "bounce_rate":
+        return (now or 0) - (before or 0)
+    if not before:
+        return None if now else 0
+    return round(100 * ((now or 0) - before) / before)
+
+
+async def run_query(engine: QueryEngine, query: Query) -> dict[str, Any]:
+    """The whole answer: ``results``, ``meta`` and the normalised ``query``."""
+    rows, total = await _rows(engine, query)
+    rows = fill_time_gaps(query, rows)
+    meta: dict[str, Any] = {}
+    if query.comparison:
+        earlier = query.with_range(
+            previous_period(query.date_range, query.comparison, query.timezone)
+        )
+        earlier_rows = fill_time_gaps(earlier, (await _rows(engine, earlier))[0])
+        _attach_comparison(query, rows, earlier_rows)
+        meta["comparison_date_range"] = _range_json(earlier)
+    if query.time_labels:
+        meta["time_labels"] = time_labels(query)
+    if query.total_rows:
+        meta["total_rows"] = max(total, len(rows))
+    return {"results": rows, "meta": meta, "query": _query_json(query)}
+
+
+def _attach_comparison(query: Query, rows: list[Row], earlier: list[Row]) -> None:
+    time_index = query.dimensions.index(query.time_dimension) if query.time_dimension else None
+    if time_index is not None:  # compare bucket k with bucket k of the earlier period
+        matches = dict(enumerate(earlier))
+        keyed = {i: row for i, row in enumerate(rows)}
+        pairs = [(row, matches.get(i)) for i, row in keyed.items()]
+    else:
+        by_dims = {tuple(row["dimensions"]): row for row in earlier}
+        pairs = [(row, by_dims.get(tuple(row["dimensions"]))) for row in rows]
+    for row, before in pairs:
+        before_metrics = before["metrics"] if before else [0] * len(query.metrics)
+        row["comparison"] = {
+            "dimensions": before["dimensions"] if before else row["dimensions"],
+            "metrics": before_metrics,
+            "change": [
+                _change(metric, now, then)
+                for metric, now, then in zip(
+                    query.metrics, row["metrics"], before_metrics, strict=True
+                )
+            ],
+        }
+
+
+def _range_json(query: Query) -> list[str]:
+    zone = zoneinfo.ZoneInfo(query.timezone)
+    return [
+        query.date_range.start.astimezone(zone).isoformat(),
+        query.date_range.end.astimezone(zone).isoformat(),
+    ]
+
+
+def _query_json(query: Query) -> dict[str, Any]:
+    return {
+        "site_id": query.site_id,
+        "metrics": list(query.metrics),
+        "date_range": _range_json(query),
+        "timezone": query.timezone,
+        "dimensions": list(query.dimensions),
+        "filters": query.raw.get("filters", []),
+        "order_by": [list(item) for item in query.order_by],
+        "pagination": {"limit": query.limit, "offset": query.offset},
+        "include": query.raw.get("include", {}),
+    }
