@@ -364,43 +364,41 @@ def percentile(sorted_values: Sequence[float], pct: float) -> float:
 # ---------------------------------------------------------------------------------------
 
 
-class _Response:
-    """Parses one response from the front of a buffer: status and where it ends."""
+def parse_response(buf: bytearray) -> tuple[int, int, bool] | None:
+    """The response at the front of ``buf``: (status, its length, the server will close).
 
-    __slots__ = ()
-
-    @staticmethod
-    def parse(buf: bytearray) -> tuple[int, int, bool] | None:
-        """(status, bytes used, server will close) or None when incomplete."""
-        end = buf.find(b"\r\n\r\n")
-        if end < 0:
-            return None
-        head = bytes(buf[:end]).lower()
-        status = int(head[9:12])
-        body_start = end + 4
-        close = b"\r\nconnection: close" in head
-        at = head.find(b"\r\ncontent-length:")
-        if at >= 0:
-            line_end = head.find(b"\r\n", at + 2)
-            length = int(head[at + 17 : line_end if line_end >= 0 else len(head)])
-            total = body_start + length
-            return (status, total, close) if len(buf) >= total else None
-        if b"\r\ntransfer-encoding: chunked" in head:
-            pos = body_start
-            while True:
-                line_end = buf.find(b"\r\n", pos)
-                if line_end < 0:
-                    return None
-                size = int(bytes(buf[pos:line_end]).split(b";")[0], 16)
-                pos = line_end + 2
-                if size == 0:  # no trailers expected: the final CRLF follows
-                    return (status, pos + 2, close) if len(buf) >= pos + 2 else None
-                pos += size + 2
-                if len(buf) < pos:
-                    return None
-        if status in (204, 304) or status < 200:
-            return status, body_start, close
-        return status, body_start, True  # body delimited by close: not expected here
+    None while incomplete. Reads only the status line, ``Content-Length``,
+    ``Transfer-Encoding: chunked`` (without trailers) and ``Connection: close``.
+    """
+    end = buf.find(b"\r\n\r\n")
+    if end < 0:
+        return None
+    head = bytes(buf[:end]).lower()
+    status = int(head[9:12])
+    body_start = end + 4
+    close = b"\r\nconnection: close" in head
+    at = head.find(b"\r\ncontent-length:")
+    if at >= 0:
+        line_end = head.find(b"\r\n", at + 2)
+        length = int(head[at + 17 : line_end if line_end >= 0 else len(head)])
+        total = body_start + length
+        return (status, total, close) if len(buf) >= total else None
+    if b"\r\ntransfer-encoding: chunked" in head:
+        pos = body_start
+        while True:
+            line_end = buf.find(b"\r\n", pos)
+            if line_end < 0:
+                return None
+            size = int(bytes(buf[pos:line_end]).split(b";")[0], 16)
+            pos = line_end + 2
+            if size == 0:  # no trailers expected: the final CRLF follows
+                return (status, pos + 2, close) if len(buf) >= pos + 2 else None
+            pos += size + 2
+            if len(buf) < pos:
+                return None
+    if status in (204, 304) or status < 200:
+        return status, body_start, close
+    return status, body_start, True  # body delimited by close: not expected here
 
 
 class _Conn:
@@ -491,7 +489,8 @@ def _worker(
     end_at = measure_from + duration
     drain_until = end_at + min(timeout, 5.0)
     interval = 1.0 / rate if rate else 0.0
-    next_due = start_at + phase
+    scheduled = 0  # open loop: requests scheduled so far; the next is due at
+    next_due = start_at + phase  # start + phase + scheduled / rate (no float drift)
     pending: collections.deque[float] = collections.deque()  # open loop: due times
 
     while time.monotonic() < start_at:
@@ -535,28 +534,30 @@ def _worker(
         conn.sent_at = 0.0
 
     last_sweep = time.monotonic()
+    last_round = False  # open loop: the requests due just before the end still go out
     while True:
         now = time.monotonic()
         sending = now < end_at
+        # hand out requests to idle connections
+        if rate and (sending or not last_round):
+            last_round = not sending
+            while next_due <= now and next_due < end_at:
+                pending.append(next_due)
+                scheduled += 1
+                next_due = start_at + phase + scheduled * interval
+            while pending and idle:
+                conn = idle.popleft()
+                if conn.sock is not None:
+                    send(conn, now, pending.popleft())
+        elif sending:
+            while idle:
+                conn = idle.popleft()
+                if conn.sock is not None:
+                    send(conn, now, now)
         if not sending:
             in_flight = any(conn.sent_at for conn in conns)
             if not in_flight or now >= drain_until:
                 break
-        # hand out requests to idle connections
-        if sending:
-            if rate:
-                while next_due <= now and next_due < end_at:
-                    pending.append(next_due)
-                    next_due += interval
-                while pending and idle:
-                    conn = idle.popleft()
-                    if conn.sock is not None:
-                        send(conn, now, pending.popleft())
-            else:
-                while idle:
-                    conn = idle.popleft()
-                    if conn.sock is not None:
-                        send(conn, now, now)
         # wait for answers (or the next due request)
         if rate and sending and not pending:
             wait = max(0.0, min(next_due, end_at) - now)
@@ -603,7 +604,7 @@ def _worker(
             if not conn.sent_at:
                 continue  # unexpected bytes on an idle connection: ignore
             try:
-                parsed = _Response.parse(conn.buf)
+                parsed = parse_response(conn.buf)
             except ValueError:
                 fail(conn, "unparseable response")
                 continue

@@ -86,7 +86,7 @@ async def serve(
         limiter=limiter,
         geo=GeoLookup(settings.geoip_db),
     )
-    app = IngestEndpoint(ingestor, create_app(writer=writer, engine=engine))
+    app = IngestEndpoint(ingestor, create_app(settings=settings, writer=writer, engine=engine))
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, stop)

@@ -10,6 +10,8 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from mallard import __version__
+from mallard.api import stats
+from mallard.config import Settings
 from mallard.query.engine import QueryEngine
 from mallard.storage.writer import EventWriter
 
@@ -18,9 +20,12 @@ def json_error(status: int, message: str) -> tuple[Response, int]:
     return jsonify({"error": message}), status
 
 
-def create_app(*, writer: EventWriter, engine: QueryEngine) -> QuartTrio:
+def create_app(*, settings: Settings, writer: EventWriter, engine: QueryEngine) -> QuartTrio:
     app = QuartTrio("mallard")
     app.config["MAX_CONTENT_LENGTH"] = 1024 * 1024
+    app.config["MALLARD_SETTINGS"] = settings
+    app.config["MALLARD_ENGINE"] = engine
+    app.register_blueprint(stats.blueprint)
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Any:

@@ -31,7 +31,6 @@ from typing import Any
 from mallard.query.model import (
     EVENT_DIMENSIONS,
     PROPS_PREFIX,
-    TIME_DIMENSIONS,
     VISIT_DIMENSIONS,
     VISIT_METRICS,
     Combination,
@@ -208,12 +207,6 @@ def aggregate_sql(query: Query) -> tuple[str, dict[str, Any]]:
     dimensions = [concrete_dimension(query, d) for d in query.dimensions]
     names = [f"d{i}" for i in range(len(dimensions))]
     event_dims = [labelled(column_for(d, params, timezone=tz)) for d in dimensions]
-    visit_dims = [
-        labelled(column_for(d, params, timezone=tz, at="visit_start"))
-        if d in TIME_DIMENSIONS or d in TIME_FORMATS
-        else expression
-        for d, expression in zip(dimensions, event_dims, strict=True)
-    ]
     ctes = [base_ctes(query, params, sessions=sessions)]
     where = _where(query.filters, params, tz)
     select_dims = ", ".join(f"{e} AS {n}" for e, n in zip(event_dims, names, strict=True))
@@ -234,6 +227,12 @@ def aggregate_sql(query: Query) -> tuple[str, dict[str, Any]]:
     )
     joins = []
     if sessions:
+        visit_dims = [  # a visit falls in the time bucket where it started
+            labelled(column_for(d, params, timezone=tz, at="visit_start"))
+            if d in TIME_FORMATS
+            else expression
+            for d, expression in zip(dimensions, event_dims, strict=True)
+        ]
         visit_select = ", ".join(f"{e} AS {n}" for e, n in zip(visit_dims, names, strict=True))
         visit_prefix = (visit_select + ", ") if visit_select else ""
         ctes.append(

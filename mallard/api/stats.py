@@ -1,0 +1,229 @@
+"""Stats routes: Plausible's ``POST /api/v2/query`` and the dashboard's GET endpoints.
+
+Every route builds a :class:`~mallard.query.model.Query` and hands it to the
+one query path (:func:`mallard.query.stats.run_query`); the handlers here only
+translate parameters.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import hmac
+import ipaddress
+import json
+from typing import Any
+
+from quart import Blueprint, current_app, jsonify, request
+
+from mallard.config import Settings
+from mallard.query.engine import QueryEngine, QueryTimeout
+from mallard.query.model import Query, QueryError, parse_query
+from mallard.query.stats import run_query
+
+blueprint = Blueprint("stats", __name__)
+
+BREAKDOWNS = {
+    "pages": ("event:page", ("visitors", "pageviews")),
+    "entry_pages": ("visit:entry_page", ("visitors", "visits", "bounce_rate", "visit_duration")),
+    "exit_pages": ("visit:exit_page", ("visitors", "visits")),
+    "sources": ("visit:source", ("visitors", "visits", "bounce_rate", "visit_duration")),
+    "referrers": ("visit:referrer", ("visitors", "visits", "bounce_rate", "visit_duration")),
+    "utm_sources": ("visit:utm_source", ("visitors", "visits", "bounce_rate")),
+    "utm_mediums": ("visit:utm_medium", ("visitors", "visits", "bounce_rate")),
+    "utm_campaigns": ("visit:utm_campaign", ("visitors", "visits", "bounce_rate")),
+    "utm_contents": ("visit:utm_content", ("visitors", "visits", "bounce_rate")),
+    "utm_terms": ("visit:utm_term", ("visitors", "visits", "bounce_rate")),
+    "devices": ("visit:device", ("visitors", "percentage")),
+    "browsers": ("visit:browser", ("visitors", "percentage")),
+    "browser_versions": ("visit:browser_version", ("visitors", "percentage")),
+    "os": ("visit:os", ("visitors", "percentage")),
+    "os_versions": ("visit:os_version", ("visitors", "percentage")),
+    "countries": ("visit:country", ("visitors", "percentage")),
+    "regions": ("visit:region", ("visitors", "percentage")),
+    "cities": ("visit:city", ("visitors", "percentage")),
+    "events": ("event:name", ("visitors", "events", "total_revenue")),
+}
+MAIN_METRICS = (
+    "visitors", "visits", "pageviews", "views_per_visit", "bounce_rate", "visit_duration",
+    "total_revenue",
+)  # fmt: skip
+DEFAULT_BREAKDOWN_LIMIT = 100
+
+
+def _settings() -> Settings:
+    return current_app.config["MALLARD_SETTINGS"]
+
+
+def _engine() -> QueryEngine:
+    return current_app.config["MALLARD_ENGINE"]
+
+
+def _error(status: int, message: str) -> Any:
+    return jsonify({"error": message}), status
+
+
+@blueprint.before_request
+async def require_access() -> Any:
+    """Interim access rule until accounts exist.
+
+    Without ``admin_password`` the stats API answers loopback clients only;
+    with it, ``Authorization: Bearer <password>`` (or Basic with that password).
+    """
+    password = _settings().admin_password
+    if password is None:
+        peer = (request.scope.get("client") or ("",))[0]
+        try:
+            loopback = ipaddress.ip_address(peer).is_loopback
+        except ValueError:
+            loopback = False
+        if not loopback:
+            return _error(403, "set admin_password to use the stats API from other machines")
+        return None
+    supplied = request.authorization.password if request.authorization else None
+    header = request.headers.get("Authorization", "")
+    if header.lower().startswith("bearer "):
+        supplied = header[7:].strip()
+    if supplied is None or not hmac.compare_digest(supplied.encode(), password.encode()):
+        return _error(401, "authentication required")
+    return None
+
+
+async def _answer(query: Query) -> Any:
+    try:
+        return jsonify(await run_query(_engine(), query))
+    except QueryTimeout as error:
+        return _error(503, str(error))
+
+
+@blueprint.post("/api/v2/query")
+async def query_v2() -> Any:
+    body = await request.get_json(force=True, silent=True)
+    if body is None:
+        return _error(400, "the body must be a JSON query object")
+    try:
+        query = parse_query(body)
+    except QueryError as error:
+        return _error(400, str(error))
+    return await _answer(query)
+
+
+def _legacy_query(
+    metrics: tuple[str, ...] | list[str],
+    dimensions: list[str],
+    *,
+    include: dict[str, Any] | None = None,
+    pagination: dict[str, int] | None = None,
+) -> Query:
+    """A Query from the dashboard-style GET parameters: period, date, filters, ..."""
+    args = request.args
+    body: dict[str, Any] = {
+        "site_id": args.get("site_id"),
+        "metrics": list(metrics),
+        "dimensions": dimensions,
+        "date_range": _date_range(args.get("period", "30d"), args.get("date")),
+        "include": include or {},
+    }
+    if "timezone" in args:
+        body["timezone"] = args["timezone"]
+    if pagination:
+        body["pagination"] = pagination
+    if args.get("filters"):
+        try:
+            body["filters"] = json.loads(args["filters"])
+        except ValueError:
+            raise QueryError('filters must be JSON, e.g. [["is","visit:country",["DE"]]]') from None
+    if args.get("compare") in ("previous_period", "year_over_year"):
+        body["include"]["comparisons"] = {"mode": args["compare"]}
+    elif args.get("compare"):
+        raise QueryError("compare must be previous_period or year_over_year")
+    return parse_query(body)
+
+
+def _date_range(period: str, date: str | None) -> Any:
+    """``period=custom&date=2024-01-01,2024-01-31``; ``date`` anchors day and month."""
+    if period == "custom":
+        parts = (date or "").split(",")
+        if len(parts) != 2:
+            raise QueryError("period=custom needs date=START,END")
+        return parts
+    if date and period in ("day", "month"):
+        try:
+            day = dt.date.fromisoformat(date)
+        except ValueError:
+            raise QueryError(f"date {date!r} is not an ISO date (YYYY-MM-DD)") from None
+        if period == "day":
+            return [day.isoformat(), day.isoformat()]
+        first = day.replace(day=1)
+        last = (first + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
+        return [first.isoformat(), last.isoformat()]
+    return period
+
+
+def _positive_int(name: str, default: int, maximum: int) -> int:
+    raw = request.args.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+        raise QueryError(f"{name} must be a whole number from 1 to {maximum}")
+    return int(raw)
+
+
+def _metrics_param(default: tuple[str, ...]) -> list[str]:
+    raw = request.args.get("metrics")
+    return raw.split(",") if raw else list(default)
+
+
+@blueprint.errorhandler(QueryError)
+async def bad_query(error: QueryError) -> Any:
+    return _error(400, str(error))
+
+
+@blueprint.get("/api/stats/main")
+async def main_stats() -> Any:
+    return await _answer(_legacy_query(_metrics_param(MAIN_METRICS), []))
+
+
+@blueprint.get("/api/stats/timeseries")
+async def timeseries() -> Any:
+    interval = request.args.get("interval", "time")
+    if interval not in ("time", "hour", "day", "week", "month"):
+        raise QueryError("interval must be hour, day, week or month")
+    dimension = "time" if interval == "time" else f"time:{interval}"
+    return await _answer(
+        _legacy_query(
+            _metrics_param(("visitors", "pageviews")), [dimension], include={"time_labels": True}
+        )
+    )
+
+
+@blueprint.get("/api/stats/breakdown/<path:name>")
+async def breakdown(name: str) -> Any:
+    if name.startswith("props/"):
+        dimension, metrics = f"event:props:{name[6:]}", ("visitors", "events")
+    elif name in BREAKDOWNS:
+        dimension, metrics = BREAKDOWNS[name]
+    else:
+        raise QueryError(f"unknown breakdown {name!r}; known: {', '.join(BREAKDOWNS)}, props/KEY")
+    limit = _positive_int("limit", DEFAULT_BREAKDOWN_LIMIT, 1000)
+    page = _positive_int("page", 1, 1_000_000)
+    return await _answer(
+        _legacy_query(
+            _metrics_param(metrics),
+            [dimension],
+            include={"total_rows": True},
+            pagination={"limit": limit, "offset": (page - 1) * limit},
+        )
+    )
+
+
+@blueprint.get("/api/stats/realtime")
+async def realtime() -> Any:
+    """Visitors seen in the last 5 minutes."""
+    now = dt.datetime.now(dt.UTC)
+    body = {
+        "site_id": request.args.get("site_id"),
+        "metrics": ["visitors"],
+        "date_range": [(now - dt.timedelta(minutes=5)).isoformat(), now.isoformat()],
+    }
+    result = await run_query(_engine(), parse_query(body))
+    return jsonify({"visitors": result["results"][0]["metrics"][0]})

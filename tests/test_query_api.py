@@ -1,0 +1,327 @@
+"""The Stats API over HTTP: hand-computed answers, validation, read-your-writes."""
+
+from __future__ import annotations
+
+import datetime as dt
+from decimal import Decimal
+from typing import Any
+
+import pytest
+
+from mallard.storage.layout import DataLayout
+from mallard.storage.parquet import write_batch
+from mallard.storage.schema import Event
+from tests.conftest import SEED_EVENT, RunningServer
+
+SITE = "shop.example"
+D = dt.date(2026, 1, 10)
+NEXT = D + dt.timedelta(days=1)
+
+
+def at(day: dt.date, hh: int, mm: int) -> int:
+    moment = dt.datetime.combine(day, dt.time(hh, mm), dt.UTC)
+    return int(moment.timestamp() * 1_000_000)
+
+
+def event(visitor: int, ts: int, path: str, name: str = "pageview", **fields: Any) -> Event:
+    values: dict[str, Any] = dict.fromkeys(Event._fields)
+    values.update(
+        site_id=SITE, visitor_id=visitor, timestamp=ts, event_name=name, pathname=path,
+        hostname=SITE, country_code="DE", device_type="Desktop", browser="Firefox",
+    )  # fmt: skip
+    values.update(fields)
+    return Event(**values)
+
+
+# The story (UTC), with what it means for each visit:
+EVENTS = [
+    # visitor 1, visit A: / (from Google) -> /pricing -> signup. 360 s, not a bounce.
+    event(1, at(D, 10, 0), "/", referrer_source="Google"),
+    event(1, at(D, 10, 5), "/pricing", referrer_source="Google"),
+    event(1, at(D, 10, 6), "/pricing", "signup", props='{"plan":"pro"}'),
+    # visitor 1, visit B: 54 minutes later, direct, one page: a bounce.
+    event(1, at(D, 11, 0), "/blog"),
+    # visitor 2, visit C: from Bing, in France, one page: a bounce.
+    event(2, at(D, 10, 30), "/", referrer_source="Bing", country_code="FR"),
+    # visitor 3, visit D: 23:50 -> 00:10 the next day, 1200 s across midnight.
+    event(3, at(D, 23, 50), "/"),
+    event(3, at(NEXT, 0, 10), "/docs"),
+    # visitor 4, visit E: a pageview and a purchase a minute later: not a bounce.
+    event(4, at(D, 12, 0), "/pricing"),
+    event(
+        4,
+        at(D, 12, 1),
+        "/pricing",
+        "purchase",
+        revenue_amount=Decimal("10.00"),
+        revenue_currency="USD",
+    ),
+]
+
+
+@pytest.fixture
+async def stats_server(start_server: Any, tmp_path: Any) -> RunningServer:
+    data_dir = tmp_path / "stats"
+    layout = DataLayout(data_dir)
+    layout.create()
+    write_batch(EVENTS, layout, "test-00000000")
+    return await start_server(data_dir=data_dir)
+
+
+async def query(server: RunningServer, **body: Any) -> dict[str, Any]:
+    body.setdefault("site_id", SITE)
+    body.setdefault("date_range", [D.isoformat(), D.isoformat()])
+    response = await server.client.post(f"{server.url}/api/v2/query", json=body)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+def metrics(answer: dict[str, Any]) -> list[Any]:
+    [row] = answer["results"]
+    return row["metrics"]
+
+
+def table(answer: dict[str, Any]) -> dict[tuple[str, ...], list[Any]]:
+    return {tuple(row["dimensions"]): row["metrics"] for row in answer["results"]}
+
+
+ALL = ["visitors", "visits", "pageviews", "events", "bounce_rate", "visit_duration",
+       "views_per_visit", "total_revenue"]  # fmt: skip
+
+
+async def test_one_day(stats_server: RunningServer) -> None:
+    # Day D alone: visit D is cut at midnight, so it is a one-page bounce there.
+    # visits A B C D E; bounces B C D -> 60 %; durations 360 0 0 0 60 -> 84 s.
+    answer = await query(stats_server, metrics=ALL)
+    assert metrics(answer) == [4, 5, 6, 8, 60, 84, 1.2, 10.0]
+
+
+async def test_two_days_keep_the_midnight_visit_whole(stats_server: RunningServer) -> None:
+    # Visit D is now one visit of 2 pages and 1200 s; bounces B C -> 40 %;
+    # durations 360 0 0 1200 60 -> 324 s; 7 pageviews over 5 visits.
+    answer = await query(stats_server, metrics=ALL, date_range=[D.isoformat(), NEXT.isoformat()])
+    assert metrics(answer) == [4, 5, 7, 9, 40, 324, 1.4, 10.0]
+
+
+async def test_daily_timeseries_counts_a_visit_on_its_first_day(
+    stats_server: RunningServer,
+) -> None:
+    answer = await query(
+        stats_server,
+        metrics=["visitors", "visits", "pageviews"],
+        dimensions=["time:day"],
+        date_range=[D.isoformat(), NEXT.isoformat()],
+        include={"time_labels": True},
+    )
+    assert table(answer) == {("2026-01-10",): [4, 5, 6], ("2026-01-11",): [1, 0, 1]}
+    assert answer["meta"]["time_labels"] == ["2026-01-10", "2026-01-11"]
+
+
+async def test_timezone_moves_day_boundaries(stats_server: RunningServer) -> None:
+    # In Berlin (UTC+1) day D ends at 23:00 UTC: visitor 3's 23:50 event is on the 11th.
+    answer = await query(stats_server, metrics=["visitors", "pageviews"], timezone="Europe/Berlin")
+    assert metrics(answer) == [3, 5]
+    hours = await query(
+        stats_server, metrics=["pageviews"], dimensions=["time:hour"], timezone="Europe/Berlin"
+    )
+    assert len(hours["results"]) == 24  # gaps filled with zeros
+    assert table(hours)[("2026-01-10 11:00:00",)] == [3]  # pageviews at 10:00, 10:05, 10:30 UTC
+
+
+async def test_sources_breakdown(stats_server: RunningServer) -> None:
+    answer = await query(stats_server, metrics=["visitors", "visits"], dimensions=["visit:source"])
+    assert [row["dimensions"][0] for row in answer["results"]] == ["(none)", "Bing", "Google"]
+    assert table(answer) == {("(none)",): [3, 3], ("Bing",): [1, 1], ("Google",): [1, 1]}
+
+
+async def test_entry_and_exit_pages(stats_server: RunningServer) -> None:
+    entries = await query(stats_server, metrics=["visits"], dimensions=["visit:entry_page"])
+    assert table(entries) == {("/",): [3], ("/blog",): [1], ("/pricing",): [1]}
+    exits = await query(
+        stats_server,
+        metrics=["visits"],
+        dimensions=["visit:exit_page"],
+        date_range=[D.isoformat(), NEXT.isoformat()],
+    )
+    assert table(exits) == {("/pricing",): [2], ("/blog",): [1], ("/",): [1], ("/docs",): [1]}
+
+
+async def test_visit_filter_keeps_whole_visits(stats_server: RunningServer) -> None:
+    answer = await query(
+        stats_server,
+        metrics=["visitors", "pageviews", "events", "visits", "bounce_rate"],
+        filters=[["is", "visit:source", ["Google"]]],
+    )
+    assert metrics(answer) == [1, 2, 3, 1, 0]
+
+
+async def test_event_filter_keeps_visits_with_that_event(stats_server: RunningServer) -> None:
+    # /pricing was seen in visits A (360 s) and E (60 s): duration (360 + 60) / 2.
+    answer = await query(
+        stats_server,
+        metrics=["visitors", "pageviews", "visits", "bounce_rate", "visit_duration"],
+        filters=[["is", "event:page", ["/pricing"]]],
+    )
+    assert metrics(answer) == [2, 2, 2, 0, 210]
+
+
+async def test_filter_operators_and_combinations(stats_server: RunningServer) -> None:
+    async def visitors(*filters: Any) -> int:
+        return metrics(await query(stats_server, metrics=["visitors"], filters=list(filters)))[0]
+
+    assert await visitors(["is_not", "visit:country", ["FR"]]) == 3
+    assert await visitors(["contains", "event:page", ["pric"]]) == 2
+    assert await visitors(["contains", "event:page", ["PRIC"], {"case_sensitive": False}]) == 2
+    assert await visitors(["matches", "event:page", ["^/(blog|docs)$"]]) == 1
+    assert (
+        await visitors(["or", [["is", "visit:country", ["FR"]], ["is", "event:page", ["/blog"]]]])
+        == 2
+    )
+    assert await visitors(["not", ["is", "visit:source", ["(none)"]]]) == 2
+    assert await visitors(["is", "event:props:plan", ["pro"]]) == 1
+
+
+async def test_goal_conversion_and_revenue(stats_server: RunningServer) -> None:
+    signup = await query(
+        stats_server,
+        metrics=["visitors", "conversion_rate"],
+        filters=[["is", "event:goal", ["signup"]]],
+    )
+    assert metrics(signup) == [1, 25.0]
+    goals = await query(
+        stats_server,
+        metrics=["visitors", "events", "total_revenue", "conversion_rate"],
+        dimensions=["event:goal"],
+    )
+    assert table(goals) == {
+        ("pageview",): [4, 6, 0.0, 100.0],
+        ("purchase",): [1, 1, 10.0, 25.0],
+        ("signup",): [1, 1, 0.0, 25.0],
+    }
+
+
+async def test_props_breakdown_and_percentage(stats_server: RunningServer) -> None:
+    answer = await query(
+        stats_server, metrics=["visitors", "events", "percentage"], dimensions=["event:props:plan"]
+    )
+    assert table(answer) == {("(none)",): [4, 7, 100.0], ("pro",): [1, 1, 25.0]}
+
+
+async def test_order_pagination_total_rows(stats_server: RunningServer) -> None:
+    answer = await query(
+        stats_server,
+        metrics=["pageviews"],
+        dimensions=["event:page"],
+        order_by=[["event:page", "desc"]],
+        pagination={"limit": 2, "offset": 1},
+        include={"total_rows": True},
+    )
+    assert [row["dimensions"] for row in answer["results"]] == [["/blog"], ["/"]]
+    assert answer["meta"]["total_rows"] == 3
+
+
+async def test_comparison_with_previous_period(stats_server: RunningServer) -> None:
+    answer = await query(
+        stats_server,
+        metrics=["visitors", "bounce_rate"],
+        date_range=[NEXT.isoformat(), NEXT.isoformat()],
+        include={"comparisons": {"mode": "previous_period"}},
+    )
+    [row] = answer["results"]
+    assert row["metrics"] == [1, 100]  # visitor 3 at 00:10 on the 11th, one page
+    assert row["comparison"]["metrics"] == [4, 60]
+    assert row["comparison"]["change"] == [-75, 40]  # percent change; bounce rate in points
+
+
+INVALID = [
+    ({"metrics": ["visitors"], "site_id": "bad/site"}, "site_id"),
+    ({"metrics": ["clicks"]}, "clicks"),
+    ({"metrics": []}, "metrics"),
+    ({"metrics": ["visitors"], "dimensions": ["visit:shoe_size"]}, "visit:shoe_size"),
+    ({"metrics": ["visitors"], "date_range": "fortnight"}, "date_range"),
+    ({"metrics": ["visitors"], "date_range": ["2026-01-10", "2026-01-01"]}, "date_range"),
+    ({"metrics": ["visitors"], "date_range": ["2026-13-01", "2026-01-01"]}, "date_range"),
+    ({"metrics": ["visitors"], "timezone": "Mars/Olympus"}, "Mars/Olympus"),
+    ({"metrics": ["visitors"], "filters": [["resembles", "event:page", ["/"]]]}, "resembles"),
+    ({"metrics": ["visitors"], "filters": [["is", "event:page", "/"]]}, "filters[0]"),
+    ({"metrics": ["visitors"], "filters": [["matches", "event:page", ["("]]]}, "regular expr"),
+    ({"metrics": ["visitors"], "order_by": [["pageviews", "desc"]]}, "order_by"),
+    ({"metrics": ["visitors"], "pagination": {"limit": 0}}, "pagination.limit"),
+    ({"metrics": ["visitors"], "pagination": {"limit": 10**6}}, "pagination.limit"),
+    ({"metrics": ["conversion_rate"]}, "conversion_rate"),
+    ({"metrics": ["visitors"], "colour": "blue"}, "colour"),
+    ({"metrics": ["visitors"], "include": {"comparisons": {"mode": "last_week"}}}, "comparisons"),
+]
+
+
+@pytest.mark.parametrize(("body", "named"), INVALID, ids=[n for _, n in INVALID])
+async def test_invalid_queries_are_400_naming_the_problem(
+    stats_server: RunningServer, body: dict[str, Any], named: str
+) -> None:
+    body = {"site_id": SITE, "date_range": "7d", **body}
+    response = await stats_server.client.post(f"{stats_server.url}/api/v2/query", json=body)
+    assert response.status_code == 400
+    assert named in response.json()["error"]
+
+
+async def test_non_json_query_is_400(stats_server: RunningServer) -> None:
+    response = await stats_server.client.post(
+        f"{stats_server.url}/api/v2/query", content=b"{not json"
+    )
+    assert response.status_code == 400
+
+
+async def test_read_your_writes(server: RunningServer) -> None:
+    async def visitors() -> int:
+        response = await server.client.get(
+            f"{server.url}/api/stats/main", params={"site_id": "example.com", "period": "day"}
+        )
+        return response.json()["results"][0]["metrics"][0]
+
+    assert await visitors() == 0
+    assert (await server.post_event(SEED_EVENT)).status_code == 202
+    assert await visitors() == 1  # not flushed yet, already counted
+    realtime = await server.client.get(
+        f"{server.url}/api/stats/realtime", params={"site_id": "example.com"}
+    )
+    assert realtime.json() == {"visitors": 1}
+
+
+async def test_dashboard_endpoints(stats_server: RunningServer) -> None:
+    base = {"site_id": SITE, "period": "custom", "date": f"{D},{NEXT}"}
+    client, url = stats_server.client, stats_server.url
+    main = (await client.get(f"{url}/api/stats/main", params=base)).json()
+    assert main["results"][0]["metrics"][:3] == [4, 5, 7]
+    series = (await client.get(f"{url}/api/stats/timeseries", params=base)).json()
+    assert [row["metrics"] for row in series["results"]] == [[4, 6], [1, 1]]
+    pages = (
+        await client.get(f"{url}/api/stats/breakdown/pages", params={**base, "limit": "2"})
+    ).json()
+    assert [row["dimensions"][0] for row in pages["results"]] == ["/", "/pricing"]
+    assert pages["meta"]["total_rows"] == 4
+    plan = (await client.get(f"{url}/api/stats/breakdown/props/plan", params=base)).json()
+    assert table(plan)[("pro",)] == [1, 1]
+    one_day = {"site_id": SITE, "period": "day", "date": str(NEXT)}
+    day = (await client.get(f"{url}/api/stats/main", params=one_day)).json()
+    assert day["results"][0]["metrics"][0] == 1
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "named"),
+    [
+        ("/api/stats/breakdown/shoes", {}, "shoes"),
+        ("/api/stats/main", {"period": "custom"}, "date"),
+        ("/api/stats/main", {"period": "day", "date": "yesterday-ish"}, "date"),
+        ("/api/stats/main", {"filters": "[oops"}, "filters"),
+        ("/api/stats/timeseries", {"interval": "minute"}, "interval"),
+        ("/api/stats/breakdown/pages", {"limit": "0"}, "limit"),
+        ("/api/stats/main", {"site_id": "bad site"}, "site_id"),
+    ],
+)
+async def test_dashboard_endpoint_errors(
+    stats_server: RunningServer, path: str, params: dict[str, str], named: str
+) -> None:
+    params = {"site_id": SITE, **params}
+    response = await stats_server.client.get(f"{stats_server.url}{path}", params=params)
+    assert response.status_code == 400
+    assert named in response.json()["error"]
