@@ -325,3 +325,71 @@ async def test_dashboard_endpoint_errors(
     response = await stats_server.client.get(f"{stats_server.url}{path}", params=params)
     assert response.status_code == 400
     assert named in response.json()["error"]
+
+
+async def get(server: RunningServer, path: str, **params: str) -> Any:
+    params = {"site_id": SITE, "period": "day", "date": str(D), **params}
+    response = await server.client.get(f"{server.url}{path}", params=params)
+    assert response.status_code == 200, response.text
+    return response.json()
+
+
+async def test_funnel(stats_server: RunningServer) -> None:
+    steps = "page:/,page:/pricing,event:signup"
+    answer = await get(stats_server, "/api/stats/funnel", steps=steps, window="3600")
+    # Visitor 1 goes all the way; visitors 2 and 3 only see "/"; visitor 4 never does.
+    assert [s["visitors"] for s in answer["steps"]] == [3, 1, 1]
+    assert [s["dropoff"] for s in answer["steps"]] == [0, 2, 0]
+    assert [s["conversion_rate"] for s in answer["steps"]] == [100.0, 33.33, 33.33]
+    # /pricing came 5 minutes after "/": outside a 2-minute window.
+    short = await get(stats_server, "/api/stats/funnel", steps=steps, window="120")
+    assert [s["visitors"] for s in short["steps"]] == [3, 0, 0]
+    reversed_order = await get(stats_server, "/api/stats/funnel", steps="page:/pricing,page:/")
+    assert [s["visitors"] for s in reversed_order["steps"]] == [2, 0]
+
+
+async def test_retention(stats_server: RunningServer) -> None:
+    answer = await get(
+        stats_server, "/api/stats/retention", period="custom", date=f"{D},{NEXT}", interval="day"
+    )
+    [cohort] = answer["cohorts"]
+    assert (cohort["cohort"], cohort["visitors"]) == ("2026-01-10", 4)
+    assert cohort["periods"] == [
+        {"offset": 0, "visitors": 4, "percentage": 100.0},
+        {"offset": 1, "visitors": 1, "percentage": 25.0},  # visitor 3 after midnight
+    ]
+
+
+async def test_flow(stats_server: RunningServer) -> None:
+    answer = await get(stats_server, "/api/stats/flow", page="/pricing")
+    assert answer["previous"] == [{"page": "(entrance)", "views": 1}, {"page": "/", "views": 1}]
+    assert answer["next"] == [{"page": "(exit)", "views": 2}]
+
+
+async def test_sessions(stats_server: RunningServer) -> None:
+    answer = await get(stats_server, "/api/stats/sessions")
+    assert (answer["visits"], answer["visit_duration"], answer["bounce_rate"]) == (5, 84, 60)
+    assert answer["pages_per_visit"] == [{"pages": "1", "visits": 4}, {"pages": "2", "visits": 1}]
+    assert answer["visit_duration"] == 84
+    assert {b["duration"]: b["visits"] for b in answer["visit_duration_buckets"]} == {
+        "0s-10s": 3, "1m-3m": 1, "3m-10m": 1,
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("path", "params", "named"),
+    [
+        ("/api/stats/funnel", {"steps": "page:/"}, "steps"),
+        ("/api/stats/funnel", {"steps": "click:/,page:/x"}, "click"),
+        ("/api/stats/retention", {"interval": "fortnight"}, "period"),
+        ("/api/stats/flow", {}, "page"),
+    ],
+)
+async def test_behaviour_endpoint_errors(
+    stats_server: RunningServer, path: str, params: dict[str, str], named: str
+) -> None:
+    response = await stats_server.client.get(
+        f"{stats_server.url}{path}", params={"site_id": SITE, **params}
+    )
+    assert response.status_code == 400
+    assert named in response.json()["error"]

@@ -16,6 +16,7 @@ from typing import Any
 from quart import Blueprint, current_app, jsonify, request
 
 from mallard.config import Settings
+from mallard.query import behaviour
 from mallard.query.engine import QueryEngine, QueryTimeout
 from mallard.query.model import Query, QueryError, parse_query
 from mallard.query.stats import run_query
@@ -47,6 +48,7 @@ MAIN_METRICS = (
     "visitors", "visits", "pageviews", "views_per_visit", "bounce_rate", "visit_duration",
     "total_revenue",
 )  # fmt: skip
+SESSION_METRICS = ("visits", "visit_duration", "views_per_visit", "bounce_rate")
 DEFAULT_BREAKDOWN_LIMIT = 100
 
 
@@ -89,10 +91,7 @@ async def require_access() -> Any:
 
 
 async def _answer(query: Query) -> Any:
-    try:
-        return jsonify(await run_query(_engine(), query))
-    except QueryTimeout as error:
-        return _error(503, str(error))
+    return jsonify(await run_query(_engine(), query))
 
 
 @blueprint.post("/api/v2/query")
@@ -178,6 +177,11 @@ async def bad_query(error: QueryError) -> Any:
     return _error(400, str(error))
 
 
+@blueprint.errorhandler(QueryTimeout)
+async def slow_query(error: QueryTimeout) -> Any:
+    return _error(503, str(error))
+
+
 @blueprint.get("/api/stats/main")
 async def main_stats() -> Any:
     return await _answer(_legacy_query(_metrics_param(MAIN_METRICS), []))
@@ -227,3 +231,58 @@ async def realtime() -> Any:
     }
     result = await run_query(_engine(), parse_query(body))
     return jsonify({"visitors": result["results"][0]["metrics"][0]})
+
+
+async def _fetch(query: Query, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+    _, rows = await _engine().fetch(
+        sql,
+        parameters,
+        site_id=query.site_id,
+        start=query.date_range.start,
+        end=query.date_range.end,
+    )
+    return rows
+
+
+@blueprint.get("/api/stats/funnel")
+async def funnel() -> Any:
+    """``steps=page:/,page:/pricing,event:signup``; ``window`` seconds (default a day)."""
+    steps = behaviour.parse_steps(request.args.get("steps", ""))
+    window = _positive_int("window", 86_400, 366 * 86_400)
+    query = _legacy_query(["visitors"], [])
+    rows = await _fetch(query, *behaviour.funnel_sql(query, steps, window))
+    return jsonify({"steps": behaviour.funnel_result(steps, rows), "window": window})
+
+
+@blueprint.get("/api/stats/retention")
+async def retention() -> Any:
+    """Cohorts by first visit; ``interval`` is day, week (default) or month."""
+    query = _legacy_query(["visitors"], [])
+    sql, parameters = behaviour.retention_sql(query, request.args.get("interval", "week"))
+    return jsonify({"cohorts": behaviour.retention_result(await _fetch(query, sql, parameters))})
+
+
+@blueprint.get("/api/stats/flow")
+async def flow() -> Any:
+    """The most common previous and next pages of ``page``."""
+    page = request.args.get("page")
+    if not page:
+        raise QueryError("flow needs page=/some/path")
+    limit = _positive_int("limit", 10, 100)
+    query = _legacy_query(["visitors"], [])
+    rows = await _fetch(query, *behaviour.flow_sql(query, page, limit))
+    return jsonify(behaviour.flow_result(page, rows))
+
+
+@blueprint.get("/api/stats/sessions")
+async def sessions() -> Any:
+    """Visit totals and their distribution by pages per visit and by duration."""
+    query = _legacy_query(list(SESSION_METRICS), [])
+    totals = await run_query(_engine(), query)
+    rows = await _fetch(query, *behaviour.sessions_sql(query))
+    return jsonify(
+        {
+            **dict(zip(SESSION_METRICS, totals["results"][0]["metrics"], strict=True)),
+            **behaviour.sessions_result(rows),
+        }
+    )

@@ -1,0 +1,240 @@
+"""Behavioural reports: funnels, retention cohorts, page flow, visit distributions.
+
+Each builder returns SQL over the same ``events``/``visits`` CTEs as every
+other query (:func:`mallard.query.sql.base_ctes`), with the query's filters.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from mallard.query.model import Query, QueryError
+from mallard.query.sql import Parameters, base_ctes, filter_sql
+
+MAX_FUNNEL_STEPS = 8
+STEP = re.compile(r"(page|event):(.+)")
+RETENTION_PERIODS = {"day": "day", "week": "week", "month": "month"}
+DURATION_BUCKETS = ((0, 10), (10, 30), (30, 60), (60, 180), (180, 600), (600, 1800), (1800, None))
+
+
+@dataclass(frozen=True)
+class FunnelStep:
+    kind: str  # "page" or "event"
+    value: str
+
+    @property
+    def label(self) -> str:
+        return f"{self.kind}:{self.value}"
+
+
+def parse_steps(text: str) -> tuple[FunnelStep, ...]:
+    """``page:/pricing,event:signup`` -> steps; a page step may end in ``*`` (prefix)."""
+    steps = []
+    for part in text.split(","):
+        match = STEP.fullmatch(part.strip())
+        if not match:
+            raise QueryError(f"funnel step {part!r} must be page:/path or event:name")
+        steps.append(FunnelStep(match[1], match[2]))
+    if not 2 <= len(steps) <= MAX_FUNNEL_STEPS:
+        raise QueryError(f"a funnel has 2 to {MAX_FUNNEL_STEPS} steps")
+    return tuple(steps)
+
+
+def _step_sql(step: FunnelStep, params: Parameters, alias: str = "") -> str:
+    prefix = f"{alias}." if alias else ""
+    if step.kind == "event":
+        return f"{prefix}event_name = {params.add(step.value)}"
+    if step.value.endswith("*"):
+        return (
+            f"({prefix}event_name = 'pageview' AND "
+            f"starts_with({prefix}pathname, {params.add(step.value[:-1])}))"
+        )
+    return f"({prefix}event_name = 'pageview' AND {prefix}pathname = {params.add(step.value)})"
+
+
+def _filters(query: Query, params: Parameters) -> str:
+    if not query.filters:
+        return "TRUE"
+    return " AND ".join(filter_sql(item, params, query.timezone) for item in query.filters)
+
+
+def funnel_sql(
+    query: Query, steps: tuple[FunnelStep, ...], window_seconds: int
+) -> tuple[str, dict[str, Any]]:
+    """Visitors per step of an ordered funnel.
+
+    A visitor enters at their first step-1 event (time t1); they reach step k
+    with the first step-k event at or after the time they reached step k-1,
+    and no later than ``t1 + window``.
+    """
+    params = Parameters()
+    ctes = [base_ctes(query, params, sessions=False)]
+    ctes.append(f"candidates AS (SELECT * FROM rows WHERE {_filters(query, params)})")
+    ctes.append(
+        f"""s0 AS (SELECT visitor_id, min(timestamp) AS reached, min(timestamp) AS entered
+        FROM candidates WHERE {_step_sql(steps[0], params)} GROUP BY visitor_id)"""
+    )
+    window = params.add(window_seconds)
+    for index, step in enumerate(steps[1:], start=1):
+        ctes.append(
+            f"""s{index} AS (
+        SELECT c.visitor_id, min(c.timestamp) AS reached, any_value(p.entered) AS entered
+        FROM candidates c JOIN s{index - 1} p USING (visitor_id)
+        WHERE {_step_sql(step, params, "c")} AND c.timestamp >= p.reached
+          AND c.timestamp <= p.entered + to_seconds({window})
+        GROUP BY c.visitor_id)"""
+        )
+    counts = " UNION ALL ".join(
+        f"SELECT {i} AS step, count(*) AS visitors FROM s{i}" for i in range(len(steps))
+    )
+    return ",\n    ".join(ctes) + f"\nSELECT step, visitors FROM ({counts}) ORDER BY step", (
+        params.values
+    )
+
+
+def funnel_result(steps: tuple[FunnelStep, ...], rows: list[tuple[Any, ...]]) -> list[dict]:
+    counts = dict(rows)
+    first = counts.get(0, 0)
+    result = []
+    previous = None
+    for index, step in enumerate(steps):
+        visitors = counts.get(index, 0)
+        result.append(
+            {
+                "step": index + 1,
+                "name": step.label,
+                "visitors": visitors,
+                "dropoff": 0 if previous is None else previous - visitors,
+                "conversion_rate": round(100 * visitors / first, 2) if first else 0.0,
+            }
+        )
+        previous = visitors
+    return result
+
+
+def retention_sql(query: Query, period: str) -> tuple[str, dict[str, Any]]:
+    """Cohorts by the period of each visitor's first event in the range.
+
+    For each cohort and offset k: visitors of the cohort active in period
+    cohort + k. Periods follow the query's time zone; weeks start on Monday.
+    """
+    if period not in RETENTION_PERIODS:
+        raise QueryError("period must be day, week or month")
+    params = Parameters()
+    tz = params.add(query.timezone)
+    unit = RETENTION_PERIODS[period]
+    sql = (
+        base_ctes(query, params, sessions=False)
+        + f""",
+    active AS (
+        SELECT DISTINCT visitor_id, date_trunc('{unit}', timezone({tz}, timestamp))::DATE AS slot
+        FROM rows WHERE {_filters(query, params)}
+    ),
+    cohorts AS (SELECT visitor_id, min(slot) AS cohort FROM active GROUP BY visitor_id),
+    sizes AS (SELECT cohort, count(*) AS size FROM cohorts GROUP BY cohort)
+SELECT c.cohort, s.size, datediff('{unit}', c.cohort, a.slot) AS offset_periods,
+       count(DISTINCT a.visitor_id) AS visitors
+FROM active a JOIN cohorts c USING (visitor_id) JOIN sizes s USING (cohort)
+GROUP BY ALL ORDER BY c.cohort, offset_periods"""
+    )
+    return sql, params.values
+
+
+def retention_result(rows: list[tuple[Any, ...]]) -> list[dict]:
+    cohorts: dict[str, dict[str, Any]] = {}
+    for cohort, size, offset, visitors in rows:
+        entry = cohorts.setdefault(
+            cohort.isoformat(), {"cohort": cohort.isoformat(), "visitors": size, "periods": []}
+        )
+        entry["periods"].append(
+            {"offset": offset, "visitors": visitors, "percentage": round(100 * visitors / size, 2)}
+        )
+    return list(cohorts.values())
+
+
+def flow_sql(query: Query, page: str, limit: int) -> tuple[str, dict[str, Any]]:
+    """The pages viewed right before and right after ``page`` within the same visit."""
+    params = Parameters()
+    target = params.add(page)
+    sql = (
+        base_ctes(query, params, sessions=True)
+        + f""",
+    views AS (
+        SELECT pathname,
+               lag(pathname) OVER visit AS previous_page,
+               lead(pathname) OVER visit AS next_page
+        FROM rows WHERE event_name = 'pageview' AND {_filters(query, params)}
+        WINDOW visit AS (PARTITION BY visitor_id, visit_no ORDER BY timestamp)
+    ),
+    here AS (SELECT * FROM views WHERE pathname = {target}),
+    ranked AS (
+        SELECT 'next' AS direction, coalesce(next_page, '(exit)') AS page, count(*) AS views
+        FROM here GROUP BY ALL
+        UNION ALL
+        SELECT 'previous', coalesce(previous_page, '(entrance)'), count(*) FROM here GROUP BY ALL
+    )
+SELECT direction, page, views FROM (
+    SELECT *, row_number() OVER (PARTITION BY direction ORDER BY views DESC, page) AS position
+    FROM ranked
+) WHERE position <= {params.add(limit)} ORDER BY direction, views DESC, page"""
+    )
+    return sql, params.values
+
+
+def flow_result(page: str, rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    result: dict[str, Any] = {"page": page, "previous": [], "next": []}
+    for direction, other, views in rows:
+        result[direction].append({"page": other, "views": views})
+    return result
+
+
+def sessions_sql(query: Query) -> tuple[str, dict[str, Any]]:
+    """Visit totals and their distribution by pages per visit and by duration."""
+    params = Parameters()
+    buckets = " ".join(
+        f"WHEN duration < {high} THEN '{_bucket_label(low, high)}'"
+        for low, high in DURATION_BUCKETS
+        if high is not None
+    )
+    sql = (
+        base_ctes(query, params, sessions=True)
+        + f""",
+    matched AS (
+        SELECT DISTINCT visitor_id, visit_no FROM rows WHERE {_filters(query, params)}
+    ),
+    chosen AS (
+        SELECT v.*, epoch(visit_end - visit_start) AS duration
+        FROM visits v JOIN matched USING (visitor_id, visit_no)
+    )
+SELECT 'pages' AS kind,
+       CASE WHEN visit_pageviews >= 5 THEN '5+' ELSE visit_pageviews::VARCHAR END AS bucket,
+       count(*) AS visits, avg(duration) AS mean_duration
+FROM chosen GROUP BY ALL
+UNION ALL
+SELECT 'duration', CASE {buckets} ELSE '{_bucket_label(1800, None)}' END,
+       count(*), avg(duration)
+FROM chosen GROUP BY ALL"""
+    )
+    return sql, params.values
+
+
+def _bucket_label(low: int, high: int | None) -> str:
+    def text(seconds: int) -> str:
+        return f"{seconds // 60}m" if seconds >= 60 and seconds % 60 == 0 else f"{seconds}s"
+
+    return f"{text(low)}+" if high is None else f"{text(low)}-{text(high)}"
+
+
+def sessions_result(rows: list[tuple[Any, ...]]) -> dict[str, Any]:
+    order = ["0", "1", "2", "3", "4", "5+"] + [_bucket_label(lo, hi) for lo, hi in DURATION_BUCKETS]
+    pages = sorted(
+        ({"pages": b, "visits": v} for kind, b, v, _ in rows if kind == "pages"),
+        key=lambda item: order.index(item["pages"]),
+    )
+    durations = sorted(
+        ({"duration": b, "visits": v} for kind, b, v, _ in rows if kind == "duration"),
+        key=lambda item: order.index(item["duration"]),
+    )
+    return {"pages_per_visit": pages, "visit_duration_buckets": durations}
