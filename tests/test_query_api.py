@@ -393,3 +393,65 @@ async def test_behaviour_endpoint_errors(
     )
     assert response.status_code == 400
     assert named in response.json()["error"]
+
+
+async def export(server: RunningServer, **params: str) -> bytes:
+    params = {"site_id": SITE, "period": "custom", "date": f"{D},{NEXT}", **params}
+    response = await server.client.get(f"{server.url}/api/stats/export", params=params)
+    assert response.status_code == 200, response.text
+    assert "attachment" in response.headers["content-disposition"]
+    return response.content
+
+
+async def test_export_events_in_every_format(stats_server: RunningServer) -> None:
+    import csv
+    import io
+    import json
+
+    import pyarrow.parquet as pq
+
+    rows = list(csv.DictReader(io.StringIO((await export(stats_server)).decode())))
+    assert [row["pathname"] for row in rows] == [
+        e.pathname for e in sorted(EVENTS, key=lambda e: e.timestamp)
+    ]
+    assert rows[-1]["pathname"] == "/docs"
+    lines = (await export(stats_server, format="json")).decode().splitlines()
+    assert [json.loads(line)["event_name"] for line in lines].count("purchase") == 1
+    table = pq.read_table(io.BytesIO(await export(stats_server, format="parquet")))
+    assert table.num_rows == len(EVENTS)
+    assert str(table.schema.field("revenue_amount").type) == "decimal128(12, 2)"
+    filtered = await export(stats_server, filters='[["is","visit:country",["FR"]]]')
+    assert len(list(csv.DictReader(io.StringIO(filtered.decode())))) == 1
+
+
+async def test_export_aggregates_and_empty_ranges(stats_server: RunningServer) -> None:
+    import io
+
+    import pyarrow.parquet as pq
+
+    sources = (await export(stats_server, dimension="visit:source")).decode().splitlines()
+    assert sources[0] == "visit:source,visitors,pageviews"
+    assert "Google,1,2" in sources
+    empty = await export(stats_server, format="parquet", period="day", date="2020-01-01")
+    assert pq.read_table(io.BytesIO(empty)).num_rows == 0
+    empty_csv = (await export(stats_server, period="day", date="2020-01-01")).decode()
+    assert empty_csv.splitlines()[0].startswith("site_id,visitor_id,timestamp")
+
+
+async def test_export_csv_defuses_formulas(server: RunningServer) -> None:
+    body = {**SEED_EVENT, "n": '=HYPERLINK("http://evil")', "p": {"x": "+1"}}
+    assert (await server.post_event(body)).status_code == 202
+    response = await server.client.get(
+        f"{server.url}/api/stats/export", params={"site_id": "example.com", "period": "day"}
+    )
+    text = response.text
+    assert "'=HYPERLINK" in text
+    assert "\n=" not in text and ",=" not in text
+
+
+async def test_export_rejects_unknown_format(stats_server: RunningServer) -> None:
+    response = await stats_server.client.get(
+        f"{stats_server.url}/api/stats/export", params={"site_id": SITE, "format": "xlsx"}
+    )
+    assert response.status_code == 400
+    assert "format" in response.json()["error"]

@@ -11,12 +11,14 @@ import datetime as dt
 import hmac
 import ipaddress
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
-from quart import Blueprint, current_app, jsonify, request
+import pyarrow as pa
+from quart import Blueprint, Response, current_app, jsonify, request
 
 from mallard.config import Settings
-from mallard.query import behaviour
+from mallard.query import behaviour, export
 from mallard.query.engine import QueryEngine, QueryTimeout
 from mallard.query.model import Query, QueryError, parse_query
 from mallard.query.stats import run_query
@@ -286,3 +288,53 @@ async def sessions() -> Any:
             **behaviour.sessions_result(rows),
         }
     )
+
+
+@blueprint.get("/api/stats/export")
+async def export_data() -> Any:
+    """Raw events, or with ``dimension`` an aggregate table; csv, json (lines) or parquet."""
+    fmt = request.args.get("format", "csv")
+    if fmt not in export.ENCODERS:
+        raise QueryError("format must be csv, json or parquet")
+    dimension = request.args.get("dimension")
+    dimensions = [dimension] if dimension else []
+    query = _legacy_query(_metrics_param(("visitors", "pageviews")), dimensions)
+    encoder = export.ENCODERS[fmt]()
+    if dimension:
+        answer = await run_query(_engine(), query)
+        names = [dimension, *query.metrics]
+        rows = [
+            dict(zip(names, r["dimensions"] + r["metrics"], strict=True)) for r in answer["results"]
+        ]
+        batches: Any = _single(pa.RecordBatch.from_pylist(rows) if rows else _empty(names))
+    else:
+        sql, parameters = export.events_sql(query)
+        batches = _engine().stream(
+            sql,
+            parameters,
+            site_id=query.site_id,
+            start=query.date_range.start,
+            end=query.date_range.end,
+        )
+
+    async def body() -> AsyncIterator[bytes]:
+        async for batch in batches:
+            if chunk := encoder(batch):
+                yield chunk
+        if tail := encoder.finish():
+            yield tail
+
+    name = f"{query.site_id}-{query.date_range.first_day}-{query.date_range.last_day}.{fmt}"
+    return Response(
+        body(),
+        content_type=export.CONTENT_TYPES[fmt],
+        headers={"Content-Disposition": f'attachment; filename="{name}"'},
+    )
+
+
+async def _single(batch: pa.RecordBatch) -> AsyncIterator[pa.RecordBatch]:
+    yield batch
+
+
+def _empty(names: list[str]) -> pa.RecordBatch:
+    return pa.RecordBatch.from_pydict({name: pa.array([], pa.string()) for name in names})

@@ -13,7 +13,7 @@ import contextlib
 import datetime as dt
 import os
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import duckdb
@@ -152,6 +152,49 @@ class QueryEngine:
             if interrupted:
                 with contextlib.suppress(duckdb.Error):  # it may have finished meanwhile
                     cursor.interrupt()
+
+    async def stream(
+        self,
+        sql: str,
+        parameters: dict[str, Any],
+        *,
+        site_id: str,
+        start: dt.datetime,
+        end: dt.datetime,
+        batch_rows: int = 10_000,
+    ) -> AsyncIterator[pa.RecordBatch]:
+        """Yield the result of ``sql`` in Arrow batches: constant memory for any size.
+
+        Each batch is fetched in a worker thread; closing the iterator early (a
+        client that went away) interrupts the query.
+        """
+        cursor = self._cursor()
+        files = self.files(site_id, start, end)
+        pending = self.pending_table(site_id, start, end)
+
+        def open_reader() -> pa.RecordBatchReader:
+            self._prepare_source(cursor, files, pending)
+            return cursor.sql(sql, params=parameters).to_arrow_reader(batch_rows)
+
+        def next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
+            try:
+                return reader.read_next_batch()
+            except StopIteration:
+                return None
+
+        try:
+            async with self._limiter:
+                reader = await trio.to_thread.run_sync(open_reader)
+                empty = True
+                while (batch := await trio.to_thread.run_sync(next_batch, reader)) is not None:
+                    empty = False
+                    yield batch
+                if empty:  # still one (empty) batch, so encoders know the columns
+                    yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+        finally:
+            with contextlib.suppress(duckdb.Error):
+                cursor.interrupt()
+            cursor.close()
 
     async def ping(self) -> bool:
         """True when DuckDB answers a trivial query."""

@@ -1,0 +1,131 @@
+"""Exports: Arrow batches to CSV, JSON lines or Parquet bytes, chunk by chunk.
+
+Encoders take one record batch at a time and return the bytes to send, so an
+export of any size streams in constant memory. CSV cells that a spreadsheet
+would run as a formula (starting with ``=``, ``+``, ``-``, ``@``, tab or CR)
+are prefixed with a single quote.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import decimal
+import io
+import json
+from collections.abc import Callable
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mallard.query.model import Query
+from mallard.query.sql import Parameters, base_ctes, filter_sql
+from mallard.storage.schema import EVENT_SCHEMA
+
+FORMULA_STARTS = ("=", "+", "-", "@", "\t", "\r")
+CONTENT_TYPES = {
+    "csv": "text/csv; charset=utf-8",
+    "json": "application/x-ndjson",
+    "parquet": "application/vnd.apache.parquet",
+}
+
+
+def events_sql(query: Query) -> tuple[str, dict[str, Any]]:
+    """The raw events of the query's site, range and filters, oldest first."""
+    params = Parameters()
+    where = " AND ".join(filter_sql(item, params, query.timezone) for item in query.filters)
+    sessions = bool(query.filters)  # filters may name visit dimensions
+    columns = ", ".join(EVENT_SCHEMA.names)
+    sql = (
+        base_ctes(query, params, sessions=sessions)
+        + f"\nSELECT {columns} FROM rows WHERE {where or 'TRUE'} ORDER BY timestamp"
+    )
+    return sql, params.values
+
+
+def safe_cell(value: Any) -> Any:
+    if isinstance(value, str) and value.startswith(FORMULA_STARTS):
+        return "'" + value
+    return value
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    raise TypeError(f"cannot encode {type(value).__name__}")
+
+
+class CsvEncoder:
+    def __init__(self) -> None:
+        self._header_sent = False
+
+    def __call__(self, batch: pa.RecordBatch) -> bytes:
+        buffer = io.StringIO()
+        writer = csv.writer(buffer)
+        if not self._header_sent:
+            writer.writerow(batch.schema.names)
+            self._header_sent = True
+        for row in zip(*(column.to_pylist() for column in batch.columns), strict=True):
+            writer.writerow([safe_cell(value) for value in row])
+        return buffer.getvalue().encode()
+
+    def finish(self) -> bytes:
+        return b""
+
+
+class JsonLinesEncoder:
+    def __call__(self, batch: pa.RecordBatch) -> bytes:
+        lines = [
+            json.dumps(row, default=_json_default, ensure_ascii=False) for row in batch.to_pylist()
+        ]
+        return ("\n".join(lines) + "\n").encode() if lines else b""
+
+    def finish(self) -> bytes:
+        return b""
+
+
+class _Sink(io.RawIOBase):
+    """A write-only file that hands over what was written since the last ``take``."""
+
+    def __init__(self) -> None:
+        self._chunks: list[bytes] = []
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self._chunks.append(bytes(data))
+        return len(data)
+
+    def take(self) -> bytes:
+        data, self._chunks = b"".join(self._chunks), []
+        return data
+
+
+class ParquetEncoder:
+    """One row group per batch, ZSTD; the footer comes with :meth:`finish`."""
+
+    def __init__(self) -> None:
+        self._sink = _Sink()
+        self._writer: pq.ParquetWriter | None = None
+
+    def __call__(self, batch: pa.RecordBatch) -> bytes:
+        if self._writer is None:
+            self._writer = pq.ParquetWriter(self._sink, batch.schema, compression="zstd")
+        self._writer.write_batch(batch)
+        return self._sink.take()
+
+    def finish(self) -> bytes:
+        if self._writer is not None:
+            self._writer.close()
+        return self._sink.take()
+
+
+ENCODERS: dict[str, Callable[[], CsvEncoder | JsonLinesEncoder | ParquetEncoder]] = {
+    "csv": CsvEncoder,
+    "json": JsonLinesEncoder,
+    "parquet": ParquetEncoder,
+}
