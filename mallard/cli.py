@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import datetime as dt
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import trio
@@ -25,12 +27,53 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", help="bind port, 0 for any free port (default 8000)")
     serve.add_argument("--data-dir", help="where all state lives (default ./data)")
+    compact = commands.add_parser(
+        "compact", help="merge the small Parquet files of finished days now"
+    )
+    compact.add_argument("--config", type=Path, metavar="PATH", help="a TOML settings file")
+    compact.add_argument("--data-dir", help="where all state lives (default ./data)")
+    compact.add_argument(
+        "--before", metavar="YYYY-MM-DD", help="compact days before this one (default yesterday)"
+    )
     return parser
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    flags = {"host": args.host, "port": args.port, "data_dir": args.data_dir}
+    flags = {name: getattr(args, name, None) for name in ("host", "port", "data_dir")}
     return load_settings(config_file=args.config, flags=flags)
+
+
+def _compact(settings: Settings, before: str | None) -> int:
+    from mallard.storage.compaction import compact
+    from mallard.storage.layout import DataLayout
+
+    try:
+        day = dt.date.fromisoformat(before) if before else None
+    except ValueError:
+        print(f"mallard: invalid setting --before: {before!r} is not YYYY-MM-DD", file=sys.stderr)
+        return EXIT_USAGE
+    layout = DataLayout(settings.data_dir)
+    if not layout.events.is_dir():
+        print(f"mallard: no events under {settings.data_dir}", file=sys.stderr)
+        return 1
+    report = compact(layout, before=day, progress=_progress_bar("compacting"))
+    print(
+        f"compacted {report.files_in} files into {report.files_out} "
+        f"({report.rows} rows, {report.partitions} partitions) in {report.seconds:.1f} s",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def _progress_bar(label: str) -> Callable[[int, int], None]:
+    def show(done: int, total: int) -> None:
+        width = 30
+        filled = width * done // max(total, 1)
+        end = "\n" if done >= total else ""
+        print(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
+              end=end, file=sys.stderr, flush=True)  # fmt: skip
+
+    return show
 
 
 def _serve(settings: Settings) -> int:
@@ -66,4 +109,6 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"mallard: invalid setting {error}", file=sys.stderr)
         return EXIT_USAGE
+    if args.command == "compact":
+        return _compact(settings, args.before)
     return _serve(settings)

@@ -40,6 +40,7 @@ class Settings:
     flush_interval: float = 60.0
     queue_size: int = 10_000
     durability: str = "wal"
+    compaction_interval: float = 3600.0
     shutdown_timeout: float = 30.0
     trusted_proxies: tuple[Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"),
@@ -193,6 +194,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "flush_interval": _number(0, inclusive=False),
     "queue_size": _integer(1),
     "durability": _choice("wal", "memory"),
+    "compaction_interval": _number(0),
     "shutdown_timeout": _number(0, inclusive=False),
     "trusted_proxies": _networks,
     "admin_password": _optional_text,

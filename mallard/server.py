@@ -27,6 +27,7 @@ from mallard.ingest.pipeline import Ingestor
 from mallard.ingest.ratelimit import RateLimiter
 from mallard.ingest.visitor import VisitorIds, load_or_create_secret
 from mallard.query.engine import QueryEngine
+from mallard.storage.compaction import compact
 from mallard.storage.layout import DataLayout
 from mallard.storage.schema import Event
 from mallard.storage.wal import recover
@@ -93,6 +94,8 @@ async def serve(
         nursery.start_soon(_bound_shutdown, stop, nursery.cancel_scope, settings.shutdown_timeout)
         nursery.start_soon(_every, UPKEEP_INTERVAL, limiter.forget_idle)
         nursery.start_soon(_every, UPKEEP_INTERVAL, visitors.forget_inactive)
+        if settings.compaction_interval:
+            nursery.start_soon(_compact_every, settings.compaction_interval, layout)
         async with trio.open_nursery() as pipeline:  # done once the writer has flushed all
             pipeline.start_soon(writer.run, events_receive)
             binds = await pipeline.start(_serve_http, app, settings, stop, events_send)
@@ -162,6 +165,16 @@ async def _stop_on_signals(stop: trio.Event) -> None:
 async def _bound_shutdown(stop: trio.Event, scope: trio.CancelScope, timeout: float) -> None:
     await stop.wait()
     scope.deadline = trio.current_time() + timeout
+
+
+async def _compact_every(interval: float, layout: DataLayout) -> None:
+    """Merge the small files of finished days, in a worker thread, every ``interval`` s."""
+    while True:
+        try:
+            await trio.to_thread.run_sync(compact, layout)
+        except OSError as error:  # a full disk, say: try again next time
+            log.error("compaction failed: %s", error)
+        await trio.sleep(interval)
 
 
 async def _every(interval: float, task: Callable[[float], object]) -> None:

@@ -10,9 +10,11 @@ seconds to minutes apart (never 30 minutes), so visits that start late cross mid
 into the next day's partition.
 
 Everything comes from one seeded :class:`random.Random`: the same arguments give the
-same rows. Sampling uses precomputed lookup tables indexed by ``getrandbits`` and
-visit-level attributes are joined to events with Arrow ``take``, so the Python work per
-event is a handful of list appends. Memory holds one day of one site at a time.
+same rows. For speed, page walks are simulated up front as *templates* (1024 per entry
+page, with their custom events and timing) and each visit picks one and a pace; Python
+then does a little work per visit and none per event. Sampling uses lookup tables
+indexed by ``getrandbits``; Arrow run-end decoding and ``take`` turn visits into event
+rows. Memory holds about two days of one site.
 """
 
 from __future__ import annotations
@@ -41,7 +43,7 @@ import pyarrow.parquet as pq
 from mallard.ingest.enrich import device_from_width
 from mallard.ingest.sources import source_for_campaign, source_for_host
 from mallard.storage.layout import EPOCH, DataLayout, batch_name, new_writer_id
-from mallard.storage.schema import EVENT_SCHEMA, MICROS_PER_DAY, REVENUE_TYPE, TIMESTAMP_TYPE
+from mallard.storage.schema import EVENT_SCHEMA, MICROS_PER_DAY, TIMESTAMP_TYPE
 
 T = TypeVar("T")
 
@@ -49,6 +51,7 @@ RETURN_RATE = 0.3  # share of visits made by a visitor seen before
 BOUNCE_RATE = 0.45  # share of single-page visits
 CONTINUE_RATE = 0.6  # after the second page, the chance of one more
 MAX_PAGES = 25
+TEMPLATE_BITS = 10  # page walks simulated per entry page, as a power of two
 MAX_GAP_US = 29 * 60 * 1_000_000  # page gaps stay below the 30-minute visit timeout
 POOL_LIMIT = 100_000  # remembered visitors per site (a ring), bounds memory
 MICROS_PER_MINUTE = 60_000_000
@@ -251,7 +254,6 @@ LOCATIONS = (
 
 # --- custom events ---------------------------------------------------------------------
 
-EVENT_NAMES = ("pageview", "signup", "purchase", "download", "outbound")
 PLANS = {"starter": 5, "pro": 3, "team": 1}
 MONTHLY_PRICE = {"USD": {"starter": 9, "pro": 29, "team": 99}, "EUR": {"starter": 9, "pro": 27,
                  "team": 89}}  # fmt: skip
@@ -259,31 +261,36 @@ VAT = {"USD": Decimal(1), "EUR": Decimal("1.19")}
 CENT = Decimal("0.01")
 
 
-class Outcome(NamedTuple):
-    props: str | None
-    amount: Decimal | None = None
-    currency: str | None = None
+class Kind(NamedTuple):
+    """What an event is, besides where and when: its name, props and revenue."""
+
+    event_name: str
+    props: str | None = None
+    revenue_amount: Decimal | None = None
+    revenue_currency: str | None = None
+
+
+PAGEVIEW = 0  # index of the page view in the kinds table
 
 
 class CustomEvent(NamedTuple):
-    name: int  # index into EVENT_NAMES
     rate: float  # chance per view of the page
-    outcomes: tuple[list[Outcome], list[Outcome]]  # lookup tables for USD and EUR visitors
+    kinds: list[int]  # sampler of kinds (prices in USD)
 
 
 def _props(**values: str) -> str:
     return json.dumps(values)
 
 
-def _purchases(currency: str) -> list[tuple[Outcome, float]]:
-    outcomes = []
+def _purchases(currency: str) -> list[tuple[Kind, float]]:
+    kinds = []
     for (plan, weight), (billing, months) in itertools.product(
         PLANS.items(), (("monthly", 1), ("annual", 10))
     ):
         amount = (MONTHLY_PRICE[currency][plan] * months * VAT[currency]).quantize(CENT)
-        props = _props(plan=plan, billing=billing)
-        outcomes.append((Outcome(props, amount, currency), weight * (3 if months == 1 else 1)))
-    return outcomes
+        kind = Kind("purchase", _props(plan=plan, billing=billing), amount, currency)
+        kinds.append((kind, weight * (3 if months == 1 else 1)))
+    return kinds
 
 
 # --- sampling tables -------------------------------------------------------------------
@@ -357,45 +364,102 @@ def _visit_lengths() -> list[int]:
     return _table(weights)
 
 
-def _custom_events() -> list[CustomEvent | None]:
-    signup = [(Outcome(_props(plan=plan)), weight) for plan, weight in PLANS.items()]
-    downloads = _zipf(
-        [Outcome(_props(file=f)) for f in ("mallard-0.2.0.tar.gz", "mallard-0.2.0.whl")]
-    )
-    outbound = _zipf(
-        [
-            Outcome(_props(url=url))
-            for url in (
-                "https://github.com/mallard-analytics/mallard",
-                "https://duckdb.org/",
-                "https://parquet.apache.org/",
-            )
-        ]
-    )
+def _custom_events() -> tuple[list[Kind], list[CustomEvent | None], list[int]]:
+    """The kinds of events (page views first), the custom event each page may fire, and
+    for each kind the kind a visitor paying in euros gets instead."""
+    kinds = [Kind("pageview")]
     events: list[CustomEvent | None] = [None] * len(PAGES)
+    in_euros = [PAGEVIEW]
+
+    def register(weighted: list[tuple[Kind, float]]) -> int:
+        kinds.extend(kind for kind, _ in weighted)
+        in_euros.extend(range(len(in_euros), len(kinds)))
+        return len(kinds) - len(weighted)
 
     def add(
         pages: Sequence[str],
-        name: str,
         rate: float,
-        usd: list[tuple[Outcome, float]],
-        eur: list[tuple[Outcome, float]],
+        usd: list[tuple[Kind, float]],
+        eur: list[tuple[Kind, float]] | None = None,
     ) -> None:
-        event = CustomEvent(EVENT_NAMES.index(name), rate, (_table(usd), _table(eur)))
+        first = register(usd)
+        if eur:  # the same choices, in the same order, priced in euros
+            in_euros[first : first + len(usd)] = range(register(eur), len(kinds))
+        sampler = _table([(first + i, weight) for i, (_, weight) in enumerate(usd)])
         for page in pages:
-            events[PAGE_INDEX[page]] = event
+            events[PAGE_INDEX[page]] = CustomEvent(rate, sampler)
 
-    add(["/signup"], "signup", 0.35, signup, signup)
-    add(["/checkout"], "purchase", 0.4, _purchases("USD"), _purchases("EUR"))
-    add(DOCS_PAGES, "download", 0.06, downloads, downloads)
-    add(BLOG_POSTS, "outbound", 0.05, outbound, outbound)
-    return events
+    add(["/signup"], 0.35, [(Kind("signup", _props(plan=p)), w) for p, w in PLANS.items()])
+    add(["/checkout"], 0.4, _purchases("USD"), _purchases("EUR"))
+    files = ("mallard-0.2.0.tar.gz", "mallard-0.2.0-py3-none-any.whl")
+    add(DOCS_PAGES, 0.06, _zipf([Kind("download", _props(file=file)) for file in files]))
+    urls = (
+        "https://github.com/mallard-analytics/mallard",
+        "https://duckdb.org/",
+        "https://parquet.apache.org/",
+    )
+    add(BLOG_POSTS, 0.05, _zipf([Kind("outbound", _props(url=url)) for url in urls]))
+    return kinds, events, in_euros
+
+
+class _Templates(NamedTuple):
+    """Page walks, ``2**TEMPLATE_BITS`` per entry page, flattened: one row per event."""
+
+    offsets: pa.Array  # µs since the visit's start
+    pages: pa.Array
+    kinds: pa.Array
+    first: list[int]  # per template: its first row
+    length: list[int]  # events
+    duration: list[int]  # µs from the first to the last event
+
+
+def _templates(
+    rng: random.Random, entry_pages: set[int], custom_events: list[CustomEvent | None]
+) -> _Templates:
+    """Walk the site from each entry page: the page flow, custom events and timing."""
+    bits = rng.getrandbits
+    next_page = [_page_table(NEXT_PAGE[page]) for page in PAGES]
+    gap = [_gap_us((i + 0.5) / 4096) for i in range(4096)]
+    lengths = _visit_lengths()
+    offsets: list[int] = []
+    pages: list[int] = []
+    kinds: list[int] = []
+    first: list[int] = []
+    length: list[int] = []
+    duration: list[int] = []
+    for entry in sorted(entry_pages):
+        for _ in range(1 << TEMPLATE_BITS):
+            first.append(len(offsets))
+            t, page = 0, entry
+            for step in range(lengths[bits(12)]):
+                if step:
+                    t += gap[bits(12)] + bits(20)  # + up to a second
+                    page = next_page[page][bits(12)]
+                offsets.append(t)
+                pages.append(page)
+                kinds.append(PAGEVIEW)
+                custom = custom_events[page]
+                if custom is not None and rng.random() < custom.rate:
+                    t += 500_000 + bits(24)  # 0.5 .. 17 s after the page view
+                    offsets.append(t)
+                    pages.append(page)
+                    kinds.append(custom.kinds[bits(12)])
+            length.append(len(offsets) - first[-1])
+            duration.append(t)
+    return _Templates(
+        pa.array(offsets, pa.int64()),
+        pa.array(pages, pa.int16()),
+        pa.array(kinds, pa.int16()),
+        first,
+        length,
+        duration,
+    )
 
 
 class _Tables:
     """All sampling tables and the Arrow dictionaries that ``take`` expands, built once."""
 
-    def __init__(self) -> None:
+    def __init__(self, rng: random.Random) -> None:
         self.profiles, self.profile_sampler = _profiles()
         self.locations = pa.table(
             {
@@ -404,7 +468,6 @@ class _Tables:
             }
         )
         self.location_sampler = _table([(i, row[3]) for i, row in enumerate(LOCATIONS)], bits=14)
-        self.euro = [row[0] in EURO_COUNTRIES for row in LOCATIONS]
         self.sources = pa.table(
             {
                 "referrer": pa.array([s.referrer for s in SOURCES], pa.string()),
@@ -417,19 +480,53 @@ class _Tables:
         )
         self.new_source = _table([(i, s.weight) for i, s in enumerate(SOURCES)])
         self.returning_source = _table([(i, s.returning_weight) for i, s in enumerate(SOURCES)])
-        self.entry = [_page_table(s.entry) for s in SOURCES]
-        self.next_page = [_page_table(NEXT_PAGE[page]) for page in PAGES]
+        kinds, custom_events, in_euros = _custom_events()
+        entries = [_page_table(s.entry) for s in SOURCES]
+        self.templates = _templates(rng, set().union(*entries), custom_events)
+        base = dict(zip(sorted(set().union(*entries)), itertools.count(0, 1 << TEMPLATE_BITS)))
+        # per source, a sampler of the first template of an entry page
+        self.entry_templates = [[base[page] for page in pages] for pages in entries]
         self.start_minute = _table(
             [(m * MICROS_PER_MINUTE, _minute_weight(m)) for m in range(1440)], bits=14
         )
-        self.gap = [_gap_us((i + 0.5) / 16384) for i in range(16384)]
-        self.length = _visit_lengths()
-        self.custom = _custom_events()
+        self.kinds = pa.Table.from_pylist(
+            [kind._asdict() for kind in kinds],
+            schema=pa.schema([EVENT_SCHEMA.field(name) for name in Kind._fields]),
+        )
+        self.in_euros = pa.array(in_euros, pa.int16())
+        self.euro = pa.array([row[0] in EURO_COUNTRIES for row in LOCATIONS])
         self.pages = pa.array(PAGES, pa.string())
-        self.event_names = pa.array(EVENT_NAMES, pa.string())
+
+    def expand(self, site_id: str, index: pa.Table) -> pa.Table:
+        """Turn an index table (see :func:`_index_table`) into rows of ``EVENT_SCHEMA``."""
+        site = pa.repeat(pa.scalar(site_id, pa.string()), index.num_rows)
+        columns = {
+            "site_id": site,
+            "hostname": site,
+            "visitor_id": index["visitor_id"],
+            "timestamp": index["timestamp"].cast(TIMESTAMP_TYPE),
+            "pathname": self.pages.take(index["page"]),
+        }
+        for lookup, key in (
+            (self.profiles, "profile"),
+            (self.locations, "location"),
+            (self.sources, "source"),
+            (self.kinds, "kind"),
+        ):
+            expanded = lookup.take(index[key])
+            columns.update(zip(expanded.column_names, expanded.columns, strict=True))
+        return pa.table([columns[name] for name in EVENT_SCHEMA.names], schema=EVENT_SCHEMA)
 
 
 # --- the generator ---------------------------------------------------------------------
+
+# Dictionary pages for the repetitive columns only, and min/max statistics only where a
+# query can prune with them: twice as fast to write as the defaults, and smaller.
+WRITE_OPTIONS = {
+    "compression": "zstd",
+    "use_dictionary": [f.name for f in EVENT_SCHEMA if f.name not in ("visitor_id", "timestamp")],
+    "write_statistics": ["timestamp", "event_name", "pathname"],
+}
 
 
 @dataclass(frozen=True)
@@ -449,19 +546,6 @@ class _Site:
         self.name = name
         self.pool: list[tuple[int, int, int]] = []  # (visitor id, profile, location)
         self.carry: pa.Table | None = None
-
-
-class _Day(NamedTuple):
-    """What :func:`_simulate` records, columns as Python lists."""
-
-    visitor_ids: list[int]  # per visit
-    profiles: list[int]
-    locations: list[int]
-    sources: list[int]
-    visit_ends: list[int]  # one past a visit's last event row: run ends
-    times: list[int]  # per event
-    pages: list[int]
-    customs: dict[int, tuple[int, Outcome]]  # row -> (event name, outcome); others are views
 
 
 def _day_weights(rng: random.Random, first_day: int, days: int) -> list[float]:
@@ -489,6 +573,12 @@ def _allocate(total: int, weights: Sequence[float]) -> list[int]:
     return shares
 
 
+# One visit: visitor id, profile, location, source, template row minus the visit's first
+# event row (rows counted from 1), start time (µs), pace (the visit takes pace/256 of its
+# template's time) and one past its last event row.
+Visit = tuple[int, int, int, int, int, int, int, int]
+
+
 def _simulate(
     tables: _Tables,
     rng: random.Random,
@@ -497,27 +587,30 @@ def _simulate(
     budget: int,
     limit: int,
     tick: Callable[[int], None],
-) -> _Day:
-    """Exactly ``budget`` events of visits starting on the day at ``day_start``.
+) -> list[Visit]:
+    """Visits starting on the day at ``day_start`` with exactly ``budget`` events in all.
 
     The hot loop of the generator, hence the local aliases. No event reaches
-    ``limit``: a visit that would is moved earlier as a whole. Events are grouped by
-    visit, not sorted, and may run past the day's end. ``tick(n)`` reports progress.
+    ``limit``: a visit that would is moved earlier as a whole; events may run past
+    the day's end. The last visit is cut short to fit. ``tick(n)`` reports progress.
     """
     bits, uniform = rng.getrandbits, rng.random
     profile_sampler, location_sampler = tables.profile_sampler, tables.location_sampler
     new_source, returning_source = tables.new_source, tables.returning_source
-    entry, next_page, start_minute = tables.entry, tables.next_page, tables.start_minute
-    gap, length, custom_events, euro = tables.gap, tables.length, tables.custom, tables.euro
-    day = _Day([], [], [], [], [], [], [], {})
-    times, pages, customs, visit_ends = day.times, day.pages, day.customs, day.visit_ends
-    add_time, add_page = times.append, pages.append
-    tick_every = max(1, budget // 50)
+    entry_templates, start_minute = tables.entry_templates, tables.start_minute
+    first, length, duration = (
+        tables.templates.first,
+        tables.templates.length,
+        tables.templates.duration,
+    )
+    visits: list[Visit] = []
+    add = visits.append
+    tick_every = max(1, budget // 100)
     next_tick = tick_every
-    remaining = budget
-    while remaining:
-        if budget - remaining >= next_tick:
-            tick(budget - remaining)
+    rows = 0
+    while rows < budget:
+        if rows >= next_tick:
+            tick(rows)
             next_tick += tick_every
         if pool and uniform() < RETURN_RATE:
             visitor_id, profile, location = pool[int(uniform() * len(pool))]
@@ -531,99 +624,69 @@ def _simulate(
             else:  # forget a random visitor
                 pool[int(uniform() * POOL_LIMIT)] = (visitor_id, profile, location)
             source = new_source[bits(12)]
-        day.visitor_ids.append(visitor_id)
-        day.profiles.append(profile)
-        day.locations.append(location)
-        day.sources.append(source)
-        first = len(times)
-        t = day_start + start_minute[bits(14)] + int(uniform() * MICROS_PER_MINUTE)
-        page = entry[source][bits(12)]
-        views = length[bits(12)]
-        while True:
-            add_time(t)
-            add_page(page)
-            remaining -= 1
-            if not remaining:
-                break
-            custom = custom_events[page]
-            if custom is not None and uniform() < custom.rate:
-                t += 500_000 + bits(24)  # 0.5 .. 17 s after the page view
-                customs[len(times)] = custom.name, custom.outcomes[euro[location]][bits(12)]
-                add_time(t)
-                add_page(page)
-                remaining -= 1
-                if not remaining:
-                    break
-            views -= 1
-            if not views:
-                break
-            t += gap[bits(14)]
-            page = next_page[page][bits(12)]
-        if t >= limit:
-            shift = t - limit + 1 + bits(28)
-            for row in range(first, len(times)):
-                times[row] -= shift
-        visit_ends.append(len(times))
+        template = entry_templates[source][bits(12)] + bits(TEMPLATE_BITS)
+        start = day_start + start_minute[bits(14)] + bits(26)  # + up to 67 s
+        overflow = start + duration[template] - limit
+        if overflow >= 0:
+            start -= overflow + 1 + bits(28)
+        pace = 128 + bits(7)
+        add((visitor_id, profile, location, source, first[template] - rows - 1, start, pace,
+             rows := rows + length[template]))  # fmt: skip
+    if rows > budget:
+        visits[-1] = (*visits[-1][:-1], budget)
     tick(budget)
-    return day
+    return visits
 
 
-def _to_table(tables: _Tables, site_id: str, day: _Day) -> pa.Table:
-    """Expand visit-level columns to events (run-end decoding) and lookups (``take``)."""
-    rows = len(day.times)
-    run_ends = pa.array(day.visit_ends, pa.int32())
+def _index_table(tables: _Tables, visits: list[Visit]) -> pa.Table:
+    """One row per event with integer columns: time, visitor, and indices into lookups."""
+    visitor_ids, profiles, locations, sources, shifts, starts, paces, ends = zip(
+        *visits, strict=True
+    )
+    run_ends = pa.array(ends, pa.int32())
 
-    def per_event(values: list[int], type_: pa.DataType) -> pa.Array:
-        return pc.run_end_decode(
-            pa.RunEndEncodedArray.from_arrays(run_ends, pa.array(values, type_))
-        )
+    def per_event(values: Sequence[int], type_: pa.DataType) -> pa.Array:
+        encoded = pa.RunEndEncodedArray.from_arrays(run_ends, pa.array(values, type_))
+        return pc.run_end_decode(encoded)
 
-    names = [0] * rows
-    props: list[str | None] = [None] * rows
-    amounts: list[Decimal | None] = [None] * rows
-    currencies: list[str | None] = [None] * rows
-    for row, (name, outcome) in day.customs.items():
-        names[row] = name
-        props[row], amounts[row], currencies[row] = outcome
-    site = pa.repeat(pa.scalar(site_id, pa.string()), rows)
-    columns = {
-        "site_id": site,
-        "visitor_id": per_event(day.visitor_ids, pa.int64()),
-        "timestamp": pa.array(day.times, pa.int64()).cast(TIMESTAMP_TYPE),
-        "event_name": tables.event_names.take(pa.array(names, pa.int8())),
-        "pathname": tables.pages.take(pa.array(day.pages, pa.int16())),
-        "hostname": site,
-        "props": pa.array(props, pa.string()),
-        "revenue_amount": pa.array(amounts, REVENUE_TYPE),
-        "revenue_currency": pa.array(currencies, pa.string()),
-    }
-    for lookup, indices in (
-        (tables.profiles, day.profiles),
-        (tables.locations, day.locations),
-        (tables.sources, day.sources),
-    ):
-        expanded = lookup.take(per_event(indices, pa.int16()))
-        columns.update(zip(expanded.column_names, expanded.columns, strict=True))
-    return pa.Table.from_arrays([columns[name] for name in EVENT_SCHEMA.names], schema=EVENT_SCHEMA)
+    rows = pc.cumulative_sum(pa.repeat(pa.scalar(1, pa.int64()), ends[-1]))  # 1, 2, ...
+    template_rows = pc.add(rows, per_event(shifts, pa.int64()))
+    offsets = pc.divide(
+        pc.multiply(tables.templates.offsets.take(template_rows), per_event(paces, pa.int64())),
+        256,
+    )
+    location = per_event(locations, pa.int16())
+    kinds = tables.templates.kinds.take(template_rows)
+    return pa.table(
+        {
+            "timestamp": pc.add(per_event(starts, pa.int64()), offsets),
+            "visitor_id": per_event(visitor_ids, pa.int64()),
+            "profile": per_event(profiles, pa.int16()),
+            "location": location,
+            "source": per_event(sources, pa.int16()),
+            "page": tables.templates.pages.take(template_rows),
+            "kind": pc.if_else(tables.euro.take(location), tables.in_euros.take(kinds), kinds),
+        }
+    )
 
 
-def _finish(site: _Site, table: pa.Table, day: int, layout: DataLayout, name: str) -> int | None:
-    """Write a site's day with the events the day before pushed into it; keep today's overflow.
+def _split(site: _Site, index: pa.Table | None, day: int) -> pa.Table | None:
+    """The site's events of ``day`` in time order, with those the day before pushed into it.
 
-    Rows are sorted by time. The file is written aside and renamed into place, so
-    readers never see a partial file. Returns its size, or None when the day is empty.
+    Events past the day's end are kept in ``site.carry`` for the next day.
     """
-    if site.carry is not None:
-        table = pa.concat_tables([site.carry, table])
-    table = table.sort_by("timestamp")
-    day_end = pa.scalar((day + 1) * MICROS_PER_DAY, pa.int64()).cast(TIMESTAMP_TYPE)
-    today = pc.sum(pc.less(table["timestamp"], day_end)).as_py() or 0
-    site.carry = table.slice(today) if today < table.num_rows else None
-    if not today:
+    parts = [part for part in (site.carry, index) if part is not None]
+    if not parts:
         return None
-    destination = layout.partition(site.name, day) / f"{name}.parquet"
-    staging = layout.tmp / f"{name}.parquet.tmp"
-    pq.write_table(table.slice(0, today), staging, compression="zstd")
+    index = pa.concat_tables(parts).sort_by("timestamp").combine_chunks()
+    today = pc.sum(pc.less(index["timestamp"], (day + 1) * MICROS_PER_DAY)).as_py() or 0
+    site.carry = index.slice(today) if today < index.num_rows else None
+    return index.slice(0, today) if today else None
+
+
+def _write(table: pa.Table, destination: Path, staging: Path) -> int:
+    """Write ``table`` aside and rename it into place: readers never see a partial file."""
+    pq.write_table(table, staging, **WRITE_OPTIONS)
     destination.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, destination)
     return destination.stat().st_size
@@ -644,8 +707,8 @@ def generate(
     One Parquet file per site and day, in ``data_dir``'s documented layout. ``end``
     defaults to today (UTC). The same arguments (``seed`` included) give the same rows.
     ``progress(done, total)`` is called at least every 2% of the events and once at the
-    end with ``done == total``. A worker thread sorts and writes one day while the next
-    is simulated; at most two days are in memory.
+    end with ``done == total``. A worker thread writes one day while the next is
+    simulated; at most two days are in memory.
     """
     if events < 0 or days < 1 or not sites:
         raise ValueError("need events >= 0, days >= 1 and at least one site")
@@ -653,7 +716,7 @@ def generate(
     layout = DataLayout(Path(data_dir))
     layout.create()
     rng = random.Random(seed)
-    tables = _Tables()
+    tables = _Tables(rng)
     end = end or dt.datetime.now(dt.UTC).date()
     first_day = (end - EPOCH).days - days + 1
     site_weights = [1 / (rank + 1) ** 0.8 for rank in range(len(sites))]
@@ -671,24 +734,31 @@ def generate(
             progress(done + produced, events)
             next_report = done + produced + report_every
 
-    def collect(future: Future[int | None] | None) -> None:
+    def collect(future: Future[int] | None) -> None:
         nonlocal files, size
-        written = future.result() if future is not None else None
-        if written is not None:
+        if future is not None:
             files += 1
-            size += written
+            size += future.result()
 
     with ThreadPoolExecutor(max_workers=1) as writer:
-        pending: Future[int | None] | None = None
+        pending: Future[int] | None = None
         for day, site in itertools.product(range(first_day, first_day + days), state):
             budget = next(budgets)
             limit = (day + (1 if day == first_day + days - 1 else 2)) * MICROS_PER_DAY
             simulated = _simulate(tables, rng, site.pool, day * MICROS_PER_DAY, budget, limit, tick)
-            table = _to_table(tables, site.name, simulated)
+            index = _split(site, _index_table(tables, simulated) if budget else None, day)
             done += budget
-            collect(pending)
+            if index is None:
+                continue
+            table = tables.expand(site.name, index)
             name = batch_name(writer_id, day - first_day)  # one name per day, unique per site
-            pending = writer.submit(_finish, site, table, day, layout, name)
+            collect(pending)
+            pending = writer.submit(
+                _write,
+                table,
+                layout.partition(site.name, day) / f"{name}.parquet",
+                layout.tmp / f"{name}.parquet.tmp",
+            )
         collect(pending)
     if progress is not None:
         progress(events, events)

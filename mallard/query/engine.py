@@ -20,6 +20,7 @@ import duckdb
 import pyarrow as pa
 import trio
 
+from mallard.storage.compaction import site_lock
 from mallard.storage.layout import DataLayout
 from mallard.storage.schema import Event, events_to_table
 
@@ -121,21 +122,22 @@ class QueryEngine:
         Cancelling the calling task, or exceeding the timeout, interrupts DuckDB.
         """
         cursor = self._cursor()
+        pending = None
         if site_id is not None:
             assert start is not None and end is not None
-            files = self.files(site_id, start, end)
             pending = self.pending_table(site_id, start, end)
         interrupted = False
 
         def run() -> tuple[list[str], list[tuple[Any, ...]]]:
-            try:
+            with contextlib.ExitStack() as stack:
+                stack.callback(cursor.close)
                 if site_id is not None:
-                    self._prepare_source(cursor, files, pending)
+                    assert start is not None and end is not None and pending is not None
+                    stack.enter_context(site_lock(self.layout, site_id))
+                    self._prepare_source(cursor, self.files(site_id, start, end), pending)
                 result = cursor.execute(sql, parameters or [])
                 columns = [d[0] for d in result.description or []]
                 return columns, result.fetchall()
-            finally:
-                cursor.close()
 
         try:
             with trio.fail_after(self._timeout):
@@ -169,11 +171,12 @@ class QueryEngine:
         client that went away) interrupts the query.
         """
         cursor = self._cursor()
-        files = self.files(site_id, start, end)
         pending = self.pending_table(site_id, start, end)
+        lock = contextlib.ExitStack()  # held while the files are read: no compaction swap
 
         def open_reader() -> pa.RecordBatchReader:
-            self._prepare_source(cursor, files, pending)
+            lock.enter_context(site_lock(self.layout, site_id))
+            self._prepare_source(cursor, self.files(site_id, start, end), pending)
             return cursor.sql(sql, params=parameters).to_arrow_reader(batch_rows)
 
         def next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
@@ -195,6 +198,7 @@ class QueryEngine:
             with contextlib.suppress(duckdb.Error):
                 cursor.interrupt()
             cursor.close()
+            lock.close()
 
     async def ping(self) -> bool:
         """True when DuckDB answers a trivial query."""

@@ -1,0 +1,167 @@
+"""Compaction: many small Parquet files of a finished day become one sorted file.
+
+Frequent flushes leave a file per flush per site and day; every file costs
+every query that reads the day. Compaction merges a finished day's files into
+one, sorted by visitor and time (what visit reconstruction reads in order),
+in row groups of ``ROW_GROUP_ROWS``.
+
+The swap is atomic for readers: queries hold a shared lock on the site
+(:func:`site_lock`) while they list and read its files, and compaction takes it
+exclusively only to rename the merged file in and delete the old ones. Files
+whose write-ahead log segment still exists are left alone, so a replay can
+never bring back a file that compaction merged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import fcntl
+import logging
+import os
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from mallard.storage.layout import DataLayout
+from mallard.storage.parquet import fsync_dir
+from mallard.storage.schema import EVENT_SCHEMA
+from mallard.storage.wal import SEGMENT_SUFFIX
+
+log = logging.getLogger("mallard.compaction")
+
+ROW_GROUP_ROWS = 128 * 1024
+COMPACTED_PREFIX = "compacted-"
+
+
+@contextlib.contextmanager
+def site_lock(layout: DataLayout, site_id: str, *, exclusive: bool = False) -> Iterator[None]:
+    """Readers share it while they read a site's files; compaction's swap takes it alone.
+
+    An ``flock`` on ``events/site_id=<site>/.lock``: it works between threads
+    (each call opens its own descriptor) and between processes alike.
+    """
+    site_dir = layout.events / f"site_id={site_id}"
+    try:
+        fd = os.open(site_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
+    except FileNotFoundError:  # no data for this site yet: nothing to protect
+        yield
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
+        yield
+    finally:
+        os.close(fd)
+
+
+@dataclass
+class CompactionReport:
+    partitions: int = 0
+    files_in: int = 0
+    files_out: int = 0
+    rows: int = 0
+    seconds: float = 0.0
+
+
+def _in_flight(layout: DataLayout, file: Path) -> bool:
+    """True while the file's write-ahead log segment exists (it may be replayed)."""
+    writer_id, _, batch = file.stem.rpartition("-")
+    if not writer_id or not batch.isdigit():
+        return False  # not a name Mallard's writer gives: imported, or already compacted
+    return (layout.wal / writer_id / f"{batch}{SEGMENT_SUFFIX}").exists()
+
+
+def partitions_to_compact(layout: DataLayout, before: dt.date) -> list[tuple[str, Path]]:
+    """(site, partition folder) of every day before ``before`` that has several files."""
+    found = []
+    for site_dir in sorted(layout.events.glob("site_id=*")):
+        site_id = site_dir.name.removeprefix("site_id=")
+        for partition in sorted(site_dir.glob("date=*")):
+            try:
+                day = dt.date.fromisoformat(partition.name.removeprefix("date="))
+            except ValueError:
+                continue
+            if day < before and len(list(partition.glob("*.parquet"))) > 1:
+                found.append((site_id, partition))
+    return found
+
+
+def _read_events(files: list[Path]) -> pa.Table:
+    """The files as one table of EVENT_SCHEMA (columns a file lacks become nulls)."""
+    tables = []
+    for file in files:
+        table = pq.read_table(file)
+        columns = [
+            table.column(f.name).cast(f.type) if f.name in table.column_names
+            else pa.nulls(table.num_rows, f.type)
+            for f in EVENT_SCHEMA
+        ]  # fmt: skip
+        tables.append(pa.Table.from_arrays(columns, schema=EVENT_SCHEMA))
+    return pa.concat_tables(tables)
+
+
+def compact_partition(layout: DataLayout, site_id: str, partition: Path) -> tuple[int, int]:
+    """Merge the partition's settled files into one; returns (files merged, rows)."""
+    files = sorted(f for f in partition.glob("*.parquet") if not _in_flight(layout, f))
+    if len(files) < 2:
+        return 0, 0
+    table = _read_events(files).sort_by([("visitor_id", "ascending"), ("timestamp", "ascending")])
+    name = f"{COMPACTED_PREFIX}{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    staging = layout.tmp / f"{name}.parquet.tmp"
+    pq.write_table(table, staging, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    with open(staging, "rb") as file:
+        os.fsync(file.fileno())
+    with site_lock(layout, site_id, exclusive=True):
+        os.replace(staging, partition / f"{name}.parquet")
+        for file in files:
+            file.unlink()
+        fsync_dir(partition)
+    return len(files), table.num_rows
+
+
+def _remove_abandoned_staging(layout: DataLayout, older_than: float = 3600.0) -> None:
+    """Merged files a crashed compaction left in tmp/ (never renamed, so never read)."""
+    for leftover in layout.tmp.glob(f"{COMPACTED_PREFIX}*.tmp"):
+        with contextlib.suppress(FileNotFoundError):
+            if time.time() - leftover.stat().st_mtime > older_than:
+                leftover.unlink()
+
+
+def compact(
+    layout: DataLayout,
+    *,
+    before: dt.date | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> CompactionReport:
+    """Compact every finished day (by default: days before yesterday, UTC). Blocking."""
+    started = time.perf_counter()
+    _remove_abandoned_staging(layout)
+    before = before or dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    todo = partitions_to_compact(layout, before)
+    report = CompactionReport()
+    for index, (site_id, partition) in enumerate(todo, start=1):
+        merged, rows = compact_partition(layout, site_id, partition)
+        if merged:
+            report.partitions += 1
+            report.files_in += merged
+            report.files_out += 1
+            report.rows += rows
+        if progress:
+            progress(index, len(todo))
+    report.seconds = time.perf_counter() - started
+    if report.partitions:
+        log.info(
+            "compacted %d files into %d (%d rows) in %.1f s",
+            report.files_in,
+            report.files_out,
+            report.rows,
+            report.seconds,
+            extra={"files_in": report.files_in, "files_out": report.files_out,
+                   "rows": report.rows, "duration_ms": report.seconds * 1000},
+        )  # fmt: skip
+    return report

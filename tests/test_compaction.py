@@ -1,0 +1,135 @@
+"""Compaction: one sorted file per finished day, never a gap or a duplicate for readers."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+import threading
+from collections import Counter
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import trio
+
+from mallard.query.engine import QueryEngine
+from mallard.storage.compaction import compact
+from mallard.storage.layout import DataLayout
+from mallard.storage.parquet import write_batch
+from mallard.storage.schema import EVENT_SCHEMA
+from tests.test_wal import DAY_US, make_events
+
+DAY = dt.date(1970, 1, 1) + dt.timedelta(days=20_000)
+
+
+@pytest.fixture
+def layout(tmp_path: Path) -> DataLayout:
+    layout = DataLayout(tmp_path / "data")
+    layout.create()
+    return layout
+
+
+def fill(layout: DataLayout, files: int = 6, per_file: int = 50) -> list:
+    events = make_events(files * per_file)
+    for index in range(files):
+        chunk = events[index * per_file : (index + 1) * per_file]
+        write_batch(chunk, layout, f"20260101T000000-1-aaaaaaaa-{index:08d}")
+    return events
+
+
+def partition_files(layout: DataLayout, site: str = "a.com") -> list[Path]:
+    return sorted(layout.partition(site, 20_000).glob("*.parquet"))
+
+
+def test_compaction_merges_a_day_into_one_sorted_file(layout: DataLayout) -> None:
+    events = fill(layout)
+    assert len(partition_files(layout)) == 6
+    report = compact(layout, before=DAY + dt.timedelta(days=1))
+    assert (report.partitions, report.files_in, report.files_out) == (3, 18, 3)
+    [merged] = partition_files(layout)
+    table = pq.read_table(merged)
+    assert table.schema == EVENT_SCHEMA
+    keys = list(zip(table["visitor_id"].to_pylist(), table["timestamp"].to_pylist(), strict=True))
+    assert keys == sorted(keys)
+    site_events = [e for e in events if e.site_id == "a.com"]
+    assert Counter(table["pathname"].to_pylist()) == Counter(e.pathname for e in site_events)
+    assert compact(layout, before=DAY + dt.timedelta(days=1)).files_in == 0  # nothing left to do
+
+
+def test_unfinished_days_and_in_flight_files_are_left_alone(layout: DataLayout) -> None:
+    fill(layout)
+    assert compact(layout, before=DAY).partitions == 0  # the day is not finished yet
+    in_flight = layout.wal / "20260101T000000-1-aaaaaaaa" / "00000003.wal"
+    in_flight.parent.mkdir(parents=True)
+    in_flight.write_bytes(b"")  # its segment exists: a replay may still write the file
+    compact(layout, before=DAY + dt.timedelta(days=1))
+    names = [f.name for f in partition_files(layout)]
+    assert len(names) == 2
+    assert "20260101T000000-1-aaaaaaaa-00000003.parquet" in names
+
+
+def test_files_from_other_tools_are_compacted_too(layout: DataLayout) -> None:
+    events = fill(layout, files=2)
+    imported = pa.table(
+        {
+            "site_id": ["a.com"],
+            "visitor_id": pa.array([7], pa.int64()),
+            "timestamp": pa.array([20_000 * DAY_US + 5], pa.timestamp("us", tz="UTC")),
+            "event_name": ["pageview"],
+            "pathname": ["/imported"],
+            "hostname": ["a.com"],
+        }
+    )
+    pq.write_table(imported, layout.partition("a.com", 20_000) / "backup.parquet")
+    compact(layout, before=DAY + dt.timedelta(days=1))
+    [merged] = partition_files(layout)
+    table = pq.read_table(merged)
+    assert "/imported" in table["pathname"].to_pylist()
+    assert table.num_rows == len([e for e in events if e.site_id == "a.com"]) + 1
+
+
+def test_queries_never_see_a_gap_or_a_duplicate(layout: DataLayout) -> None:
+    fill(layout, files=20, per_file=30)
+    expected = len([e for e in make_events(600) if e.site_id == "a.com"])
+    engine = QueryEngine(layout)
+    start = dt.datetime.combine(DAY, dt.time(), dt.UTC)
+    counts: list[int] = []
+    done = threading.Event()
+
+    def compaction() -> None:
+        compact(layout, before=DAY + dt.timedelta(days=1))
+        done.set()
+
+    async def read_while_compacting() -> None:
+        worker = threading.Thread(target=compaction)
+        worker.start()
+        while not done.is_set() or len(counts) < 5:
+            _, rows = await engine.fetch(
+                "SELECT count(*), count(DISTINCT pathname) FROM source",
+                site_id="a.com",
+                start=start,
+                end=start + dt.timedelta(days=1),
+            )
+            counts.extend(rows[0])
+        worker.join()
+
+    trio.run(read_while_compacting)
+    assert set(counts) == {expected}
+    assert len(partition_files(layout)) == 1
+
+
+def test_mallard_compact_command(layout: DataLayout) -> None:
+    fill(layout)
+    environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLARD_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "mallard", "compact", "--data-dir", str(layout.root),
+         "--before", (DAY + dt.timedelta(days=1)).isoformat()],
+        capture_output=True, text=True, env=environment, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "compacting [" in result.stderr and "3/3" in result.stderr
+    assert "compacted 18 files into 3" in result.stderr
+    assert len(partition_files(layout)) == 1
