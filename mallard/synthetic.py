@@ -605,7 +605,7 @@ def _simulate(
     )
     visits: list[Visit] = []
     add = visits.append
-    tick_every = max(1, budget // 100)
+    tick_every = max(1, budget // 200)
     next_tick = tick_every
     rows = 0
     while rows < budget:
