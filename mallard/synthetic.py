@@ -53,7 +53,7 @@ CONTINUE_RATE = 0.6  # after the second page, the chance of one more
 MAX_PAGES = 25
 TEMPLATE_BITS = 10  # page walks simulated per entry page, as a power of two
 MAX_GAP_US = 29 * 60 * 1_000_000  # page gaps stay below the 30-minute visit timeout
-POOL_LIMIT = 100_000  # remembered visitors per site (a ring), bounds memory
+POOL_LIMIT = 100_000  # remembered visitors per site (then random ones are forgotten)
 MICROS_PER_MINUTE = 60_000_000
 
 # --- pages and the walk between them ---------------------------------------------------
@@ -134,6 +134,8 @@ CODE_ENTRY = {"/": 30, "/docs/*": 60, "/pricing": 10}
 
 
 class Source(NamedTuple):
+    """Where a visit comes from and which pages it lands on."""
+
     referrer: str | None
     entry: dict[str, float]
     weight: float  # for new visitors
@@ -199,6 +201,8 @@ def referrer_source(source: Source) -> str | None:
 
 
 class Family(NamedTuple):
+    """A browser on an operating system, with the versions and screens seen with it."""
+
     browser: str
     browser_versions: tuple[str, ...]  # newest (most common) first
     os: str
@@ -274,6 +278,8 @@ PAGEVIEW = 0  # index of the page view in the kinds table
 
 
 class CustomEvent(NamedTuple):
+    """The custom event a page view may be followed by."""
+
     rate: float  # chance per view of the page
     kinds: list[int]  # sampler of kinds (prices in USD)
 
@@ -305,11 +311,13 @@ def _table(weighted: Sequence[tuple[T, float]], bits: int = 12) -> list[T]:
 
 
 def _zipf(items: Sequence[T], weight: float = 1.0) -> list[tuple[T, float]]:
+    """``weight`` shared among ``items`` as 1, 1/2, 1/3, ...: the first ones most."""
     shares = [1 / (rank + 1) for rank in range(len(items))]
     return [(item, weight * share / sum(shares)) for item, share in zip(items, shares, strict=True)]
 
 
 def _page_table(weights: dict[str, float]) -> list[int]:
+    """A sampler of page indices; group keys (``/blog/*``) spread over their pages."""
     expanded: list[tuple[int, float]] = []
     for key, weight in weights.items():
         pages = GROUPS.get(key)
@@ -351,12 +359,13 @@ def _minute_weight(minute: int) -> float:
 
 
 def _gap_us(quantile: float) -> int:
-    """Time between two pages: log-normal, median 40 s, clipped to 2 s .. 29 min."""
+    """Time between two pages before a visit's pace: log-normal, median 40 s, 2 s .. 29 min."""
     seconds = math.exp(math.log(40) + 1.1 * NormalDist().inv_cdf(quantile))
     return min(max(int(seconds * 1_000_000), 2_000_000), MAX_GAP_US - 1_000_000)
 
 
 def _visit_lengths() -> list[int]:
+    """A sampler of page views per visit: a share of bounces, then a geometric tail."""
     weights = [(1, BOUNCE_RATE)] + [
         (pages, (1 - BOUNCE_RATE) * (1 - CONTINUE_RATE) * CONTINUE_RATE ** (pages - 2))
         for pages in range(2, MAX_PAGES + 1)
@@ -482,8 +491,9 @@ class _Tables:
         self.returning_source = _table([(i, s.returning_weight) for i, s in enumerate(SOURCES)])
         kinds, custom_events, in_euros = _custom_events()
         entries = [_page_table(s.entry) for s in SOURCES]
-        self.templates = _templates(rng, set().union(*entries), custom_events)
-        base = dict(zip(sorted(set().union(*entries)), itertools.count(0, 1 << TEMPLATE_BITS)))
+        entry_pages = set().union(*entries)
+        self.templates = _templates(rng, entry_pages, custom_events)
+        base = dict(zip(sorted(entry_pages), itertools.count(0, 1 << TEMPLATE_BITS)))
         # per source, a sampler of the first template of an entry page
         self.entry_templates = [[base[page] for page in pages] for pages in entries]
         self.start_minute = _table(
@@ -531,6 +541,8 @@ WRITE_OPTIONS = {
 
 @dataclass(frozen=True)
 class GenerationReport:
+    """What :func:`generate` wrote and how long it took."""
+
     events: int
     files: int
     bytes: int  # size of the files written

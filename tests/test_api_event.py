@@ -343,3 +343,72 @@ async def test_health_endpoints(server: RunningServer) -> None:
     missing = await server.client.get(f"{server.url}/no/such/page")
     assert missing.status_code == 404
     assert missing.json()["error"]
+
+
+async def post_batch(server: RunningServer, content: bytes, **headers: str) -> Any:
+    return await server.client.post(
+        f"{server.url}/api/events", content=content, headers={"User-Agent": BROWSER_UA, **headers}
+    )
+
+
+async def test_batch_json_array_keeps_the_valid_events(server: RunningServer) -> None:
+    batch = [
+        event(u="https://example.com/1"),
+        event(u="https://example.com/2"),
+        {"d": "example.com", "n": "pageview"},
+        "not an object",
+        event(u="https://example.com/3"),
+    ]
+    response = await post_batch(server, json.dumps(batch).encode())
+    assert response.status_code == 202
+    answer = response.json()
+    assert (answer["accepted"], answer["rejected"]) == (3, 2)
+    assert [r["status"] for r in answer["results"]] == [202, 202, 422, 400, 202]
+    assert "u" in answer["results"][2]["error"]
+    await server.stop()
+    assert sorted(e["pathname"] for e in server.events()) == ["/1", "/2", "/3"]
+
+
+async def test_batch_ndjson(server: RunningServer) -> None:
+    lines = [json.dumps(event(u=f"https://example.com/{i}")) for i in range(3)]
+    lines.insert(1, "{broken")
+    response = await post_batch(server, "\n".join(lines).encode())
+    answer = response.json()
+    assert [r["status"] for r in answer["results"]] == [202, 400, 202, 202]
+    assert "line 2" in answer["results"][1]["error"]
+    await server.stop()
+    assert len(server.events()) == 3
+
+
+@pytest.mark.parametrize(
+    ("content", "status"),
+    [
+        (json.dumps([SEED_EVENT] * 1001).encode(), 413),
+        (b"[" + b" " * (1024 * 1024) + b"]", 413),
+        (b"", 400),
+        (b"[]", 400),
+        (b"[1, 2", 400),
+        (json.dumps([{"d": "x"}]).encode(), 400),  # nothing valid in it
+    ],
+    ids=["1001 events", "over 1 MB", "empty", "empty array", "broken array", "all invalid"],
+)
+async def test_batch_errors(server: RunningServer, content: bytes, status: int) -> None:
+    response = await post_batch(server, content)
+    assert response.status_code == status
+    assert response.headers["access-control-allow-origin"] == "*"
+
+
+async def test_batch_origin_and_rate_limit(start_server: Any) -> None:
+    server = await start_server(site_ids=("example.com",), rate_limit=0.001, rate_burst=2.0)
+    content = json.dumps([SEED_EVENT] * 3).encode()
+    assert (await post_batch(server, content, Origin="https://evil.com")).status_code == 403
+    answer = (await post_batch(server, content)).json()
+    assert [r["status"] for r in answer["results"]] == [202, 202, 429]
+
+
+async def test_a_full_batch_of_1000(server: RunningServer) -> None:
+    content = "\n".join(json.dumps(event(u=f"https://example.com/{i}")) for i in range(1000))
+    response = await post_batch(server, content.encode())
+    assert response.json()["accepted"] == 1000
+    await server.stop()
+    assert len(server.events()) == 1000

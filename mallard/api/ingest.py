@@ -15,9 +15,11 @@ from typing import Any
 
 from mallard.ingest.pipeline import Ingestor, Refused, RequestFacts
 from mallard.ingest.validation import (
+    MAX_BATCH_BYTES,
     MAX_BODY_BYTES,
     EventInput,
     InvalidEvent,
+    parse_batch,
     parse_body,
     parse_query,
 )
@@ -31,6 +33,7 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 log = logging.getLogger("mallard.ingest")
 
 EVENT_PATH = "/api/event"
+BATCH_PATH = "/api/events"
 # The smallest transparent GIF: 1x1, one transparent colour, 43 bytes.
 PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
 assert len(PIXEL_GIF) == 43
@@ -59,8 +62,8 @@ _WANTED_HEADERS = {
 
 
 class BodyTooLarge(InvalidEvent):
-    def __init__(self) -> None:
-        super().__init__(413, f"request body exceeds {MAX_BODY_BYTES} bytes")
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body exceeds {limit} bytes")
 
 
 async def _respond(
@@ -82,11 +85,13 @@ async def _respond_error(send: Send, error: InvalidEvent) -> None:
     await _respond(send, error.status, headers, body)
 
 
-async def _read_body(receive: Receive, declared_length: bytes | None) -> bytes:
+async def _read_body(
+    receive: Receive, declared_length: bytes | None, limit: int = MAX_BODY_BYTES
+) -> bytes:
     if declared_length is not None:
         try:
-            if int(declared_length) > MAX_BODY_BYTES:
-                raise BodyTooLarge()
+            if int(declared_length) > limit:
+                raise BodyTooLarge(limit)
         except ValueError:
             raise InvalidEvent(400, "Content-Length is not a number") from None
     chunks = []
@@ -97,8 +102,8 @@ async def _read_body(receive: Receive, declared_length: bytes | None) -> bytes:
             raise InvalidEvent(400, "client disconnected before sending the body")
         chunk = message.get("body", b"")
         size += len(chunk)
-        if size > MAX_BODY_BYTES:
-            raise BodyTooLarge()
+        if size > limit:
+            raise BodyTooLarge(limit)
         chunks.append(chunk)
         if not message.get("more_body", False):
             return b"".join(chunks)
@@ -112,8 +117,11 @@ class IngestEndpoint:
         self._fallback = fallback
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["path"] != EVENT_PATH:
+        if scope["type"] != "http" or scope["path"] not in (EVENT_PATH, BATCH_PATH):
             await self._fallback(scope, receive, send)
+            return
+        if scope["path"] == BATCH_PATH:
+            await self._batch(scope, receive, send)
             return
         method = scope["method"]
         if method == "OPTIONS":
@@ -123,10 +131,7 @@ class IngestEndpoint:
             error = InvalidEvent(405, f"{method} is not allowed on {EVENT_PATH}; use POST or GET")
             await _respond_error(send, error)
             return
-        headers: dict[bytes, bytes] = {}
-        for name, value in scope["headers"]:
-            if name in _WANTED_HEADERS:
-                headers.setdefault(name, value)  # the first occurrence wins
+        headers = _headers(scope)
         try:
             event: EventInput
             if method == "POST":
@@ -141,6 +146,50 @@ class IngestEndpoint:
             await _respond(send, 202, ACCEPTED_HEADERS)
         else:
             await _respond(send, 200, PIXEL_HEADERS, PIXEL_GIF if method == "GET" else b"")
+
+    async def _batch(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """``POST /api/events``: up to 1,000 events (JSON array or NDJSON), 1 MB."""
+        method = scope["method"]
+        if method == "OPTIONS":
+            await _respond(send, 204, PREFLIGHT_HEADERS)
+            return
+        if method != "POST":
+            await _respond_error(send, InvalidEvent(405, f"use POST on {BATCH_PATH}"))
+            return
+        headers = _headers(scope)
+        try:
+            body = await _read_body(receive, headers.get(b"content-length"), MAX_BATCH_BYTES)
+            outcomes = await self._ingestor.ingest_batch(
+                parse_batch(body), _request_facts(scope, headers)
+            )
+        except InvalidEvent as error:
+            await _respond_error(send, error)
+            return
+        results = [
+            {"status": 202}
+            if outcome is None
+            else {"status": outcome.status, "error": outcome.message}
+            for outcome in outcomes
+        ]
+        accepted = sum(outcome is None for outcome in outcomes)
+        payload = json.dumps(
+            {"accepted": accepted, "rejected": len(outcomes) - accepted, "results": results}
+        ).encode()
+        await _respond(
+            send,
+            202 if accepted else 400,
+            [CORS, (b"content-type", b"application/json"),
+             (b"content-length", str(len(payload)).encode())],
+            payload,
+        )  # fmt: skip
+
+
+def _headers(scope: Scope) -> dict[bytes, bytes]:
+    headers: dict[bytes, bytes] = {}
+    for name, value in scope["headers"]:
+        if name in _WANTED_HEADERS:
+            headers.setdefault(name, value)  # the first occurrence wins
+    return headers
 
 
 def _text(value: bytes | None) -> str | None:

@@ -18,9 +18,9 @@ import trio
 from mallard.config import Settings
 from mallard.ingest.client import client_ip
 from mallard.ingest.enrich import build_event
-from mallard.ingest.geo import GeoLookup
+from mallard.ingest.geo import GeoLookup, Location
 from mallard.ingest.ratelimit import RateLimiter
-from mallard.ingest.useragent import analyse
+from mallard.ingest.useragent import UserAgentInfo, analyse
 from mallard.ingest.validation import EventInput, InvalidEvent
 from mallard.ingest.visitor import VisitorIds
 from mallard.storage.schema import Event
@@ -51,6 +51,16 @@ class RequestFacts:
     origin: str | None = None
     forwarded_for: str | None = None
     real_ip: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Client:
+    """Who sent the request, as far as enrichment needs to know."""
+
+    ip: str
+    user_agent: str
+    analysis: UserAgentInfo
+    location: Location
 
 
 def origin_allowed(origin: str | None, site_ids: tuple[str, ...]) -> bool:
@@ -98,34 +108,75 @@ class Ingestor:
 
         With the write-ahead log, returns only once the event is durable.
         """
+        client = self._admit(request)
+        if client is None:
+            return Outcome.BOT
+        sequence = self._enqueue(event, client, self._clock())
+        if self._writer.durable and not await self._writer.wait_durable(sequence):
+            raise _busy()
+        return Outcome.STORED
+
+    async def ingest_batch(
+        self, events: list[EventInput | InvalidEvent], request: RequestFacts
+    ) -> list[InvalidEvent | None]:
+        """Several events of one request: the outcome of each, None where accepted.
+
+        Request-wide checks (Origin, bots) apply to all; the rate limit and the
+        queue to each event in order. Returns once every accepted one is durable.
+        """
+        client = self._admit(request)
+        if client is None:
+            return [item if isinstance(item, InvalidEvent) else None for item in events]
+        now_ns = self._clock()
+        outcomes: list[InvalidEvent | None] = []
+        sequences: dict[int, int] = {}  # index -> sequence number of a queued event
+        for index, item in enumerate(events):
+            if isinstance(item, InvalidEvent):
+                outcomes.append(item)
+                continue
+            try:
+                sequences[index] = self._enqueue(item, client, now_ns)
+            except Refused as refusal:
+                outcomes.append(refusal)
+            else:
+                outcomes.append(None)
+        if self._writer.durable:
+            for index, sequence in sequences.items():
+                if not await self._writer.wait_durable(sequence):
+                    outcomes[index] = _busy()
+        return outcomes
+
+    def _admit(self, request: RequestFacts) -> Client | None:
+        """Checks that hold for the whole request; None for a bot (drop, answer 202)."""
         settings = self._settings
         if not origin_allowed(request.origin, settings.site_ids):
             raise Refused(403, "Origin is not in the site_ids allowlist")
         user_agent = analyse(request.user_agent)
         if settings.filter_bots and user_agent.is_bot:
-            return Outcome.BOT
-        now_ns = self._clock()
-        wait = self._limiter.acquire(event.domain, now_ns / 1e9)
-        if wait:
-            raise Refused(429, f"rate limit exceeded for {event.domain}", retry_after=_ceil(wait))
+            return None
         ip = client_ip(
             request.peer, request.forwarded_for, request.real_ip, settings.trusted_proxies
         )
+        return Client(ip or "", request.user_agent, user_agent, self._geo.locate(ip))
+
+    def _enqueue(self, event: EventInput, client: Client, now_ns: int) -> int:
+        """Rate-limit, enrich and queue one event; returns its sequence number."""
+        wait = self._limiter.acquire(event.domain, now_ns / 1e9)
+        if wait:
+            raise Refused(429, f"rate limit exceeded for {event.domain}", retry_after=_ceil(wait))
         row = build_event(
             event,
             timestamp_us=now_ns // 1000,
-            visitor_id=self._visitors.visitor_id(ip or "", request.user_agent, now_ns / 1e9),
-            user_agent=user_agent,
-            location=self._geo.locate(ip),
+            visitor_id=self._visitors.visitor_id(client.ip, client.user_agent, now_ns / 1e9),
+            user_agent=client.analysis,
+            location=client.location,
         )
         try:
             self._events.send_nowait(row)
         except trio.WouldBlock:
             raise _busy() from None
         self._sent += 1
-        if self._writer.durable and not await self._writer.wait_durable(self._sent):
-            raise _busy()
-        return Outcome.STORED
+        return self._sent
 
 
 def _busy() -> Refused:

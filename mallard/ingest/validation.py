@@ -19,6 +19,8 @@ from urllib.parse import parse_qsl, urlsplit
 import iso4217
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_BATCH_BYTES = 1024 * 1024
+MAX_BATCH_EVENTS = 1000
 SITE_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,256}")
 MAX_LENGTH = {"d": 256, "n": 256, "u": 2048, "r": 2048, "p": 4096}
 MAX_SCREEN_WIDTH = 100_000
@@ -72,6 +74,47 @@ def parse_body(body: bytes) -> EventInput:
     if not isinstance(data, dict):
         raise InvalidEvent(400, "body must be a JSON object")
     return validate_fields(data)
+
+
+def parse_batch(body: bytes) -> list[EventInput | InvalidEvent]:
+    """A batch: a JSON array of events, or NDJSON (one event object per line).
+
+    Each event is validated on its own; a bad one becomes its InvalidEvent in
+    the list. A body that is neither, or holds too many events, raises.
+    """
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidEvent(400, "body is not valid UTF-8") from None
+    if text.lstrip().startswith("["):
+        try:
+            items: list[Any] = _loads(text)
+        except ValueError as error:
+            raise InvalidEvent(400, f"body is not a valid JSON array: {error}") from None
+    else:
+        items = []
+        for number, line in enumerate(text.splitlines(), start=1):
+            if line.strip():
+                try:
+                    items.append(_loads(line))
+                except ValueError:
+                    items.append(InvalidEvent(400, f"line {number} is not valid JSON"))
+    if not items:
+        raise InvalidEvent(400, "the batch holds no events")
+    if len(items) > MAX_BATCH_EVENTS:
+        raise InvalidEvent(413, f"a batch holds at most {MAX_BATCH_EVENTS} events")
+    return [_batch_item(item) for item in items]
+
+
+def _batch_item(item: Any) -> EventInput | InvalidEvent:
+    if isinstance(item, InvalidEvent):
+        return item
+    if not isinstance(item, dict):
+        return InvalidEvent(400, "each event must be a JSON object")
+    try:
+        return validate_fields(item)
+    except InvalidEvent as error:
+        return error
 
 
 def parse_query(query_string: bytes | str) -> EventInput:
