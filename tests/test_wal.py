@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -258,3 +259,43 @@ async def test_memory_durability_answers_before_disk(start_server: Any) -> None:
     assert not any((server.data_dir / "wal").iterdir())
     await server.stop()
     assert len(server.events()) == 3
+
+
+def test_append_and_retire_from_two_threads(layout: DataLayout) -> None:
+    """The collector appends to segment N+1 while the flusher retires segment N.
+
+    (A load test once caught the two threads tearing the segment state apart; the
+    race window is too narrow to hit reliably here, so this checks the outcome.)
+    """
+    import threading
+
+    wal = WriteAheadLog(layout, "20260101T000002-3-racerace")
+    events = make_events(3)
+    errors: list[BaseException] = []
+    retire_up_to = [-1]
+
+    def retirer() -> None:
+        try:
+            for number in range(300):
+                while retire_up_to[0] < number:
+                    time.sleep(0)
+                wal.retire(number)
+        except BaseException as error:  # reported below
+            errors.append(error)
+
+    switch_interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible: provoke the race
+    try:
+        thread = threading.Thread(target=retirer)
+        thread.start()
+        for number in range(301):
+            for _ in range(3):
+                wal.append(number, events)
+            retire_up_to[0] = number  # the batch is "flushed" as the next one starts
+        thread.join()
+    finally:
+        sys.setswitchinterval(switch_interval)
+    assert errors == []
+    assert [p.name for p in wal.folder.glob("*.wal")] == ["00000300.wal"]
+    assert read_segment(wal.segment_path(300)).events == events * 3
+    wal.close()

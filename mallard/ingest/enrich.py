@@ -7,7 +7,9 @@ turned into a visitor id and a location.
 
 from __future__ import annotations
 
+import functools
 import sys
+from typing import NamedTuple
 from urllib.parse import parse_qsl, urlsplit
 
 from mallard.ingest.geo import Location
@@ -33,6 +35,10 @@ def device_from_width(width: int | None) -> str | None:
     return "Desktop"
 
 
+URL_CACHE_SIZE = 8192  # pages and referrers repeat: parse each once
+
+
+@functools.lru_cache(maxsize=URL_CACHE_SIZE)
 def _host(url: str) -> str:
     """The host of a URL, lower case and without ``www.``; empty when there is none."""
     try:
@@ -40,6 +46,29 @@ def _host(url: str) -> str:
     except ValueError:  # e.g. an unbalanced "[" in the authority
         return ""
     return strip_www((host or "").rstrip("."))
+
+
+class Page(NamedTuple):
+    hostname: str
+    pathname: str
+    utm: tuple[str | None, ...]  # in UTM_KEYS order
+    source_param: str | None  # utm_source, source or ref, whichever comes first
+
+
+@functools.lru_cache(maxsize=URL_CACHE_SIZE)
+def parse_page(url: str, hash_mode: bool) -> Page:
+    """What an event's URL says: host, path (no query, no fragment unless hash routing), UTM."""
+    parts = urlsplit(url)
+    pathname = parts.path or "/"
+    if hash_mode and parts.fragment:
+        pathname = f"{pathname}#{parts.fragment}"
+    query = dict(parse_qsl(parts.query)) if parts.query else {}
+    return Page(
+        hostname=sys.intern(_host(url)),
+        pathname=pathname,
+        utm=tuple(query.get(key) or None for key in UTM_KEYS),
+        source_param=next((query[key] for key in SOURCE_PARAMS if query.get(key)), None),
+    )
 
 
 def build_event(
@@ -51,21 +80,14 @@ def build_event(
     location: Location,
 ) -> Event:
     """Assemble the stored row; query strings and fragments leave the page path."""
-    page = urlsplit(event.url)
-    hostname = _host(event.url)
-    pathname = page.path or "/"
-    if event.hash_mode and page.fragment:
-        pathname = f"{pathname}#{page.fragment}"
-    query = dict(parse_qsl(page.query)) if page.query else {}
-    utm = [query.get(key) or None for key in UTM_KEYS]
-
+    page = parse_page(event.url, event.hash_mode)
+    hostname, utm = page.hostname, page.utm
     referrer = event.referrer
     referrer_host = _host(referrer) if referrer else ""
     if referrer and (not referrer_host or referrer_host == hostname):
         referrer = None  # a self-referral (or junk) is internal navigation, not a source
-    source_param = next((query[key] for key in SOURCE_PARAMS if query.get(key)), None)
-    if source_param:
-        referrer_source = source_for_campaign(source_param)
+    if page.source_param:
+        referrer_source = source_for_campaign(page.source_param)
     elif referrer:
         referrer_source = source_for_host(referrer_host)
     else:
@@ -76,8 +98,8 @@ def build_event(
         visitor_id=visitor_id,
         timestamp=timestamp_us,
         event_name=sys.intern(event.name) if len(event.name) <= 32 else event.name,
-        pathname=pathname,
-        hostname=sys.intern(hostname),
+        pathname=page.pathname,
+        hostname=hostname,
         referrer=referrer,
         referrer_source=referrer_source,
         utm_source=utm[0],

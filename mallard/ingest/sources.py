@@ -8,6 +8,8 @@ name, so ``utm_source=google`` and a Google referrer count together.
 
 from __future__ import annotations
 
+import functools
+
 KNOWN_SOURCES: dict[str, tuple[str, ...]] = {
     "Google": (
         "google.com",
@@ -86,6 +88,7 @@ def strip_www(host: str) -> str:
     return host[4:] if host.startswith("www.") else host
 
 
+@functools.lru_cache(maxsize=4096)
 def source_for_host(host: str) -> str:
     """The name of a referrer host: a known source, else the host itself."""
     host = strip_www(host.lower().rstrip("."))
@@ -100,6 +103,7 @@ def source_for_host(host: str) -> str:
     return host
 
 
+@functools.lru_cache(maxsize=4096)
 def source_for_campaign(value: str) -> str:
     """Normalise a ``utm_source``/``ref`` value: known names get their proper spelling."""
     cleaned = value.strip()

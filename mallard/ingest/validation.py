@@ -8,6 +8,7 @@ body (400), missing field (422), empty or invalid field (400).
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import re
@@ -56,9 +57,12 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _loads(text: str | bytes) -> Any:
+_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
+
+
+def _loads(text: str) -> Any:
     """``json.loads`` that refuses NaN and Infinity, which JSON does not have."""
-    return json.loads(text, parse_constant=_reject_constant)
+    return _DECODER.decode(text)
 
 
 def parse_body(body: bytes) -> EventInput:
@@ -151,11 +155,7 @@ def validate_fields(data: dict[str, Any]) -> EventInput:
         raise InvalidEvent(400, "d may contain only letters, digits, '.', '-', '_' and ':'")
     name = _required_text(data, "n")
     url = _required_text(data, "u")
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        parts = urlsplit("")
-    if not parts.scheme or not parts.hostname:
+    if not _is_absolute_url(url):
         raise InvalidEvent(400, "u must be an absolute URL such as https://example.com/page")
 
     revenue_amount, revenue_currency = _revenue(data)
@@ -178,6 +178,15 @@ def _check_unicode(field: str, text: str) -> None:
         text.encode("utf-8")
     except UnicodeEncodeError:
         raise InvalidEvent(400, f"{field} contains an invalid Unicode escape") from None
+
+
+@functools.lru_cache(maxsize=8192)
+def _is_absolute_url(url: str) -> bool:
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return False
+    return bool(parts.scheme and parts.hostname)
 
 
 def _required_text(data: dict[str, Any], field: str) -> str:

@@ -15,6 +15,7 @@ in memory, and only as numbers.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hmac
 import os
 import stat
@@ -62,10 +63,14 @@ def _read_secret(path: Path) -> bytes | None:
         return None
 
 
+@functools.lru_cache(maxsize=8)
+def _iso_date(day: int) -> str:
+    return (dt.date(1970, 1, 1) + dt.timedelta(days=day)).isoformat()
+
+
 def daily_visitor_id(secret: bytes, ip: str, user_agent: str, day: int) -> int:
     """The visitor id of (IP, User-Agent) on ``day`` (days since the epoch, UTC)."""
-    date = dt.date.fromordinal(dt.date(1970, 1, 1).toordinal() + day).isoformat()
-    message = f"{ip}\n{user_agent}\n{date}".encode()
+    message = f"{ip}\n{user_agent}\n{_iso_date(day)}".encode()
     digest = hmac.digest(secret, message, "sha256")
     return int.from_bytes(digest[:8], "big", signed=True)
 

@@ -27,6 +27,7 @@ import logging
 import os
 import shutil
 import struct
+import threading
 import time
 import zlib
 from collections.abc import Iterator, Sequence
@@ -116,6 +117,8 @@ class WriteAheadLog:
         self._segment: IO[bytes] | None = None
         self._segment_number = -1
         self._good_size = 0
+        # append (the collector's thread) and retire (the flusher's) must not interleave
+        self._mutex = threading.Lock()
 
     def segment_path(self, number: int) -> Path:
         return self.folder / f"{number:08d}{SEGMENT_SUFFIX}"
@@ -126,18 +129,19 @@ class WriteAheadLog:
         On failure the segment is cut back to its last good record, so a later
         append never follows garbage.
         """
-        if self._segment_number != number:
-            self._open(number)
-        assert self._segment is not None
         record = frame(encode_events(events))
-        try:
-            self._segment.write(record)
-            self._segment.flush()
-            os.fsync(self._segment.fileno())
-        except OSError:
-            self._truncate_to_good_size()
-            raise
-        self._good_size += len(record)
+        with self._mutex:
+            if self._segment_number != number:
+                self._open(number)
+            assert self._segment is not None
+            try:
+                self._segment.write(record)
+                self._segment.flush()
+                os.fsync(self._segment.fileno())
+            except OSError:
+                self._truncate_to_good_size()
+                raise
+            self._good_size += len(record)
 
     def _open(self, number: int) -> None:
         self.close_segment()
@@ -160,9 +164,10 @@ class WriteAheadLog:
 
     def retire(self, number: int) -> None:
         """Segment ``number`` is in Parquet: delete it (blocking)."""
-        if self._segment_number == number:
-            self.close_segment()
-        self.segment_path(number).unlink(missing_ok=True)
+        with self._mutex:
+            if self._segment_number == number:
+                self.close_segment()
+            self.segment_path(number).unlink(missing_ok=True)
 
     def close_segment(self) -> None:
         if self._segment is not None:
