@@ -9,6 +9,7 @@ import pytest
 import trio
 
 from tests.conftest import BROWSER_UA, SEED_EVENT, RunningServer
+from tests.factories import SEED_EXAMPLE
 
 GOOGLEBOT = "Mozilla/5.0 (compatible; Googlebot/2.1; +http://www.google.com/bot.html)"
 
@@ -18,16 +19,7 @@ def event(**fields: Any) -> dict[str, Any]:
 
 
 async def test_seed_example_is_accepted_and_stored(server: RunningServer) -> None:
-    body = {
-        "d": "example.com",
-        "n": "pageview",
-        "u": "https://example.com/pricing",
-        "r": "https://google.com/",
-        "w": 1920,
-        "p": '{"plan": "pro"}',
-        "ra": 99.00,
-        "rc": "USD",
-    }
+    body = SEED_EXAMPLE
     response = await server.post_event(body)
     assert response.status_code == 202
     assert response.content == b""

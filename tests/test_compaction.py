@@ -20,7 +20,7 @@ from mallard.storage.compaction import compact
 from mallard.storage.layout import DataLayout
 from mallard.storage.parquet import write_batch
 from mallard.storage.schema import EVENT_SCHEMA
-from tests.test_wal import DAY_US, make_events
+from tests.factories import DAY_US, make_events
 
 DAY = dt.date(1970, 1, 1) + dt.timedelta(days=20_000)
 

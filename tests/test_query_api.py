@@ -12,6 +12,7 @@ from mallard.storage.layout import DataLayout
 from mallard.storage.parquet import write_batch
 from mallard.storage.schema import Event
 from tests.conftest import SEED_EVENT, RunningServer
+from tests.factories import make_event
 
 SITE = "shop.example"
 D = dt.date(2026, 1, 10)
@@ -24,13 +25,11 @@ def at(day: dt.date, hh: int, mm: int) -> int:
 
 
 def event(visitor: int, ts: int, path: str, name: str = "pageview", **fields: Any) -> Event:
-    values: dict[str, Any] = dict.fromkeys(Event._fields)
-    values.update(
+    defaults = {"hostname": SITE, "country_code": "DE", "device_type": "Desktop"}
+    return make_event(
+        **{**defaults, **fields},
         site_id=SITE, visitor_id=visitor, timestamp=ts, event_name=name, pathname=path,
-        hostname=SITE, country_code="DE", device_type="Desktop", browser="Firefox",
     )  # fmt: skip
-    values.update(fields)
-    return Event(**values)
 
 
 # The story (UTC), with what it means for each visit:

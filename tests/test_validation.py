@@ -15,6 +15,7 @@ from mallard.ingest.validation import (
     parse_query,
     validate_fields,
 )
+from tests.factories import SEED_EXAMPLE
 
 BASE: dict[str, Any] = {"d": "example.com", "n": "pageview", "u": "https://example.com/pricing"}
 URL_PREFIX = "https://example.com/"
@@ -37,16 +38,7 @@ def url_of_length(length: int) -> str:
 
 
 def test_seed_example_body_is_accepted() -> None:
-    seed = {
-        "d": "example.com",
-        "n": "pageview",
-        "u": "https://example.com/pricing",
-        "r": "https://google.com/",
-        "w": 1920,
-        "p": '{"plan": "pro"}',
-        "ra": 99.00,
-        "rc": "USD",
-    }
+    seed = SEED_EXAMPLE
     assert parse_body(json.dumps(seed).encode()) == EventInput(
         domain="example.com",
         name="pageview",

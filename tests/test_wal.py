@@ -21,28 +21,9 @@ from mallard.storage.layout import DataLayout
 from mallard.storage.schema import Event
 from mallard.storage.wal import HEADER, WriteAheadLog, read_segment, recover
 from tests.conftest import BROWSER_UA, SEED_EVENT, read_events, start_process
+from tests.factories import make_events
 
 REPO = Path(__file__).resolve().parent.parent
-DAY_US = 86_400_000_000
-
-
-def make_events(count: int, sites: tuple[str, ...] = ("a.com", "b.org", "c.net")) -> list[Event]:
-    from decimal import Decimal
-
-    return [
-        Event(
-            site_id=sites[i % len(sites)], visitor_id=i, timestamp=20_000 * DAY_US + i,
-            event_name="pageview", pathname=f"/p/{i}", hostname=sites[i % len(sites)],
-            referrer=None, referrer_source=None, utm_source=None, utm_medium=None,
-            utm_campaign=None, utm_content=None, utm_term=None, browser="Firefox",
-            browser_version="125.0", os="Linux", os_version=None, device_type="Desktop",
-            screen_width=1920, country_code="DE", region=None, city=None,
-            props='{"k":"v"}' if i % 2 else None,
-            revenue_amount=Decimal("9.99") if i % 5 == 0 else None,
-            revenue_currency="EUR" if i % 5 == 0 else None,
-        )
-        for i in range(count)
-    ]  # fmt: skip
 
 
 def write_segment(layout: DataLayout, groups: list[list[Event]]) -> Path:
@@ -125,7 +106,8 @@ CRASH_SCRIPT = textwrap.dedent(
     import os, sys
     from pathlib import Path
     sys.path.insert(0, {repo!r})
-    from tests.test_wal import make_events, write_segment
+    from tests.factories import make_events
+    from tests.test_wal import write_segment
     from mallard.storage import parquet, wal
     from mallard.storage.layout import DataLayout, batch_name
 
