@@ -13,7 +13,7 @@ import os
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from mallard.ingest.validation import SITE_ID_PATTERN
 
@@ -39,7 +39,7 @@ class Settings:
     flush_count: int = 1000
     flush_interval: float = 60.0
     queue_size: int = 10_000
-    durability: str = "wal"
+    durability: Literal["wal", "memory"] = "wal"
     compaction_interval: float = 3600.0
     shutdown_timeout: float = 30.0
     trusted_proxies: tuple[Network, ...] = (

@@ -75,7 +75,7 @@ async def serve(
         layout,
         flush_count=settings.flush_count,
         flush_interval=settings.flush_interval,
-        durability=settings.durability,  # type: ignore[arg-type]
+        durability=settings.durability,
     )
     engine = QueryEngine(layout, pending=writer.unflushed)
     events_send, events_receive = trio.open_memory_channel[Event](settings.queue_size)
@@ -104,9 +104,14 @@ async def serve(
         nursery.cancel_scope.cancel()
     engine.close()
     if nursery.cancel_scope.cancelled_caught and writer.pending:
+        fate = (
+            "they stay in the write-ahead log and are replayed at the next start"
+            if writer.durable
+            else "they are lost"
+        )
         raise ShutdownTimeout(
             f"shutdown took longer than {settings.shutdown_timeout:g}s; "
-            f"{writer.pending} events were not flushed"
+            f"{writer.pending} events were not flushed: {fate}"
         )
     log.info("stopped; all accepted events are flushed")
 

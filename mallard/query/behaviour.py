@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
+from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from mallard.query.model import Query, QueryError
@@ -107,7 +108,7 @@ def funnel_result(steps: tuple[FunnelStep, ...], rows: list[tuple[Any, ...]]) ->
                 "name": step.label,
                 "visitors": visitors,
                 "dropoff": 0 if previous is None else previous - visitors,
-                "conversion_rate": round(100 * visitors / first, 2) if first else 0.0,
+                "conversion_rate": percent(visitors, first),
             }
         )
         previous = visitors
@@ -135,7 +136,8 @@ def retention_sql(query: Query, period: str) -> tuple[str, dict[str, Any]]:
     cohorts AS (SELECT visitor_id, min(slot) AS cohort FROM active GROUP BY visitor_id),
     sizes AS (SELECT cohort, count(*) AS size FROM cohorts GROUP BY cohort)
 SELECT c.cohort, s.size, datediff('{unit}', c.cohort, a.slot) AS offset_periods,
-       count(DISTINCT a.visitor_id) AS visitors
+       count(DISTINCT a.visitor_id) AS visitors,
+       datediff('{unit}', c.cohort, (SELECT max(slot) FROM active)) AS span
 FROM active a JOIN cohorts c USING (visitor_id) JOIN sizes s USING (cohort)
 GROUP BY ALL ORDER BY c.cohort, offset_periods"""
     )
@@ -143,15 +145,35 @@ GROUP BY ALL ORDER BY c.cohort, offset_periods"""
 
 
 def retention_result(rows: list[tuple[Any, ...]]) -> list[dict]:
-    cohorts: dict[str, dict[str, Any]] = {}
-    for cohort, size, offset, visitors in rows:
-        entry = cohorts.setdefault(
-            cohort.isoformat(), {"cohort": cohort.isoformat(), "visitors": size, "periods": []}
-        )
-        entry["periods"].append(
-            {"offset": offset, "visitors": visitors, "percentage": round(100 * visitors / size, 2)}
-        )
-    return list(cohorts.values())
+    """Per cohort, every period up to the latest one in the data, zeros included."""
+    counts: dict[Any, dict[int, int]] = {}
+    sizes: dict[Any, tuple[int, int]] = {}
+    for cohort, size, offset, visitors, span in rows:
+        counts.setdefault(cohort, {})[offset] = visitors
+        sizes[cohort] = (size, span)
+    return [
+        {
+            "cohort": cohort.isoformat(),
+            "visitors": size,
+            "periods": [
+                {
+                    "offset": offset,
+                    "visitors": counts[cohort].get(offset, 0),
+                    "percentage": percent(counts[cohort].get(offset, 0), size),
+                }
+                for offset in range(span + 1)
+            ],
+        }
+        for cohort, (size, span) in sorted(sizes.items())
+    ]
+
+
+def percent(part: int, whole: int) -> float:
+    """``part / whole * 100`` rounded half up to 2 decimals, as the SQL metrics are."""
+    if not whole:
+        return 0.0
+    exact = Decimal(100 * part) / Decimal(whole)
+    return float(exact.quantize(Decimal("0.01"), rounding=ROUND_HALF_UP))
 
 
 def flow_sql(query: Query, page: str, limit: int) -> tuple[str, dict[str, Any]]:

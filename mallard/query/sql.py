@@ -209,6 +209,9 @@ def aggregate_sql(query: Query) -> tuple[str, dict[str, Any]]:
     event_dims = [labelled(column_for(d, params, timezone=tz)) for d in dimensions]
     ctes = [base_ctes(query, params, sessions=sessions)]
     where = _where(query.filters, params, tz)
+    pages_only = "event:page" in dimensions  # pages are what pageviews were of
+    if pages_only:
+        where = f"({where}) AND event_name = 'pageview'"
     select_dims = ", ".join(f"{e} AS {n}" for e, n in zip(event_dims, names, strict=True))
     group_by = ", ".join(names) or "()"
     dims_prefix = (select_dims + ", ") if select_dims else ""
@@ -221,7 +224,7 @@ def aggregate_sql(query: Query) -> tuple[str, dict[str, Any]]:
                count(*) FILTER (WHERE event_name = 'pageview') AS pageviews,
                count(*) AS events,
                sum(revenue_amount) AS total_revenue,
-               avg(revenue_amount) AS average_revenue
+               count(revenue_amount) AS revenue_events
         FROM selected GROUP BY {group_by}
     )"""
     )
@@ -243,9 +246,8 @@ def aggregate_sql(query: Query) -> tuple[str, dict[str, Any]]:
         SELECT {"".join(n + ", " for n in names)}
                count(*) AS visits,
                sum(visit_pageviews) AS visit_pageviews,
-               avg(CASE WHEN visit_events = 1 AND visit_pageviews = 1 THEN 1 ELSE 0 END)
-                   AS bounce_share,
-               avg(epoch(visit_end - visit_start)) AS mean_duration
+               count(*) FILTER (WHERE visit_events = 1 AND visit_pageviews = 1) AS bounces,
+               sum(epoch_us(visit_end) - epoch_us(visit_start)) AS duration_us
         FROM matched_visits JOIN visits USING (visitor_id, visit_no)
         GROUP BY {group_by}
     )"""
@@ -253,6 +255,8 @@ def aggregate_sql(query: Query) -> tuple[str, dict[str, Any]]:
         joins.append("visit_stats")
     if "conversion_rate" in query.metrics:
         goal_free = _where(_without_goal_conditions(query.filters), params, tz)
+        if pages_only:
+            goal_free = f"({goal_free}) AND event_name = 'pageview'"
         base_names = [
             n
             for n, d in zip(names, dimensions, strict=True)
@@ -290,17 +294,14 @@ def aggregate_sql(query: Query) -> tuple[str, dict[str, Any]]:
         "visitors": "coalesce(visitors, 0)",
         "pageviews": "coalesce(pageviews, 0)",
         "events": "coalesce(events, 0)",
-        "total_revenue": "round(coalesce(total_revenue, 0), 2)",
-        "average_revenue": "round(coalesce(average_revenue, 0), 2)",
+        "total_revenue": "coalesce(total_revenue, 0)",
+        "average_revenue": ratio("(total_revenue * 100)::HUGEINT", "revenue_events * 100", 2),
         "visits": "coalesce(visits, 0)",
-        "views_per_visit": "CASE WHEN visits > 0 THEN round(visit_pageviews / visits, 2) "
-        "ELSE 0 END",
-        "bounce_rate": "CASE WHEN visits > 0 THEN round(100 * bounce_share)::INTEGER ELSE 0 END",
-        "visit_duration": "CASE WHEN visits > 0 THEN round(mean_duration)::INTEGER ELSE 0 END",
-        "percentage": "CASE WHEN all_visitors > 0 THEN "
-        "round(100.0 * coalesce(visitors, 0) / all_visitors, 2) ELSE 0 END",
-        "conversion_rate": "CASE WHEN base_visitors > 0 THEN "
-        "round(100.0 * coalesce(visitors, 0) / base_visitors, 2) ELSE 0 END",
+        "views_per_visit": ratio("visit_pageviews", "visits", 2),
+        "bounce_rate": ratio("100 * bounces", "visits", 0),
+        "visit_duration": ratio("duration_us", "visits * 1000000", 0),
+        "percentage": ratio("100 * coalesce(visitors, 0)", "all_visitors", 2),
+        "conversion_rate": ratio("100 * coalesce(visitors, 0)", "base_visitors", 2),
     }
     columns = names + [f"{metric_sql[m]} AS m_{m}" for m in query.metrics]
     order = _order_sql(query, names, dimensions)
@@ -314,6 +315,15 @@ def aggregate_sql(query: Query) -> tuple[str, dict[str, Any]]:
         + f"ORDER BY {order}\nLIMIT {limit} OFFSET {offset}"
     )
     return sql, params.values
+
+
+def ratio(numerator: str, denominator: str, places: int) -> str:
+    """``numerator / denominator`` rounded half up to ``places``, in exact integer
+    arithmetic (0 when the denominator is 0 or missing)."""
+    scale = 10**places
+    rounded = f"(2 * {scale} * ({numerator}) + ({denominator})) // (2 * ({denominator}))"
+    value = rounded if places == 0 else f"({rounded}) / {scale}.0"
+    return f"CASE WHEN ({denominator}) > 0 THEN {value} ELSE 0 END"
 
 
 def _order_sql(query: Query, names: list[str], dimensions: list[str]) -> str:

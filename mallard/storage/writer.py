@@ -30,7 +30,6 @@ from mallard.storage.wal import WriteAheadLog
 
 log = logging.getLogger("mallard.writer")
 
-Durability = Literal["wal", "memory"]
 MAX_RETRY_DELAY = 5.0
 HANDOFF_RETRY = 0.05  # seconds between tries to hand a batch to a busy flusher
 REFUSALS_REMEMBERED = 1024  # long enough for every waiting handler to look
@@ -45,7 +44,7 @@ class EventWriter:
         *,
         flush_count: int,
         flush_interval: float,
-        durability: Durability = "wal",
+        durability: Literal["wal", "memory"] = "wal",
     ) -> None:
         self.layout = layout
         self.flush_count = flush_count
