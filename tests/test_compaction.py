@@ -19,7 +19,7 @@ from mallard.query.engine import QueryEngine
 from mallard.storage.compaction import compact
 from mallard.storage.layout import DataLayout
 from mallard.storage.parquet import write_batch
-from mallard.storage.schema import EVENT_SCHEMA
+from mallard.storage.schema import EVENT_SCHEMA, events_to_table
 from tests.factories import DAY_US, make_events
 
 DAY = dt.date(1970, 1, 1) + dt.timedelta(days=20_000)
@@ -36,7 +36,7 @@ def fill(layout: DataLayout, files: int = 6, per_file: int = 50) -> list:
     events = make_events(files * per_file)
     for index in range(files):
         chunk = events[index * per_file : (index + 1) * per_file]
-        write_batch(chunk, layout, f"20260101T000000-1-aaaaaaaa-{index:08d}")
+        write_batch(events_to_table(chunk), layout, f"20260101T000000-1-aaaaaaaa-{index:08d}")
     return events
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from mallard.storage.layout import DataLayout
 from mallard.storage.parquet import write_batch
-from mallard.storage.schema import Event
+from mallard.storage.schema import Event, events_to_table
 from tests.conftest import SEED_EVENT, RunningServer
 from tests.factories import make_event
 
@@ -63,7 +63,7 @@ async def stats_server(start_server: Any, tmp_path: Any) -> RunningServer:
     data_dir = tmp_path / "stats"
     layout = DataLayout(data_dir)
     layout.create()
-    write_batch(EVENTS, layout, "test-00000000")
+    write_batch(events_to_table(EVENTS), layout, "test-00000000")
     return await start_server(data_dir=data_dir)
 
 

@@ -18,13 +18,15 @@ from typing import Any
 
 import duckdb
 import pyarrow as pa
+import pyarrow.compute as pc
 import trio
 
 from mallard.storage.compaction import site_lock
 from mallard.storage.layout import DataLayout
-from mallard.storage.schema import Event, events_to_table
+from mallard.storage.schema import events_to_table
 
-PendingEvents = Callable[[], Sequence[Event]]
+PendingEvents = Callable[[], Sequence[pa.Table]]
+EMPTY_EVENTS = events_to_table([])
 
 
 class QueryTimeout(Exception):
@@ -80,11 +82,20 @@ class QueryEngine:
         return sorted(found)
 
     def pending_table(self, site_id: str, start: dt.datetime, end: dt.datetime) -> pa.Table:
-        low = int(start.timestamp() * 1_000_000)
-        high = int(end.timestamp() * 1_000_000)
-        return events_to_table(
-            [e for e in self._pending() if e.site_id == site_id and low <= e.timestamp < high]
+        """The accepted, not yet flushed events of the site in ``[start, end)``."""
+        parts = self._pending()
+        if not parts:
+            return EMPTY_EVENTS
+        table = pa.concat_tables(parts)
+        micros = table["timestamp"].cast(pa.int64())
+        mask = pc.and_(
+            pc.equal(table["site_id"], site_id),
+            pc.and_(
+                pc.greater_equal(micros, int(start.timestamp() * 1_000_000)),
+                pc.less(micros, int(end.timestamp() * 1_000_000)),
+            ),
         )
+        return table.filter(mask)
 
     # --- running ---
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import os
-from collections import defaultdict
-from collections.abc import Sequence
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mallard.storage.layout import DataLayout
-from mallard.storage.schema import Event, events_to_table
+from mallard.storage.schema import MICROS_PER_DAY
 
 
 def fsync_dir(path: Path) -> None:
@@ -21,9 +21,9 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_parquet_atomically(events: Sequence[Event], destination: Path, staging: Path) -> None:
-    """Write ``events`` at ``staging``, make it durable, then rename it to ``destination``."""
-    pq.write_table(events_to_table(events), staging, compression="zstd")
+def write_parquet_atomically(table: pa.Table, destination: Path, staging: Path) -> None:
+    """Write ``table`` at ``staging``, make it durable, then rename it to ``destination``."""
+    pq.write_table(table, staging, compression="zstd")
     with open(staging, "rb") as file:
         os.fsync(file.fileno())
     destination.parent.mkdir(parents=True, exist_ok=True)
@@ -31,21 +31,32 @@ def write_parquet_atomically(events: Sequence[Event], destination: Path, staging
     fsync_dir(destination.parent)
 
 
-def write_batch(events: Sequence[Event], layout: DataLayout, name: str) -> list[Path]:
+def split_by_partition(table: pa.Table) -> list[tuple[str, int, pa.Table]]:
+    """``(site, UTC day, rows)`` for every partition the table's events fall into."""
+    days = pc.divide(table["timestamp"].cast(pa.int64()), MICROS_PER_DAY)
+    keyed = table.append_column("_day", days)
+    pairs = keyed.group_by(["site_id", "_day"]).aggregate([]).to_pylist()
+    parts = []
+    for pair in sorted(pairs, key=lambda p: (p["site_id"], p["_day"])):
+        mask = pc.and_(
+            pc.equal(keyed["site_id"], pair["site_id"]), pc.equal(keyed["_day"], pair["_day"])
+        )
+        parts.append((pair["site_id"], pair["_day"], table.filter(mask)))
+    return parts
+
+
+def write_batch(table: pa.Table, layout: DataLayout, name: str) -> list[Path]:
     """Write one batch as ``<partition>/<name>.parquet`` per (site, UTC day).
 
     Idempotent: a partition that already has the file is skipped, which is what
     makes replaying a write-ahead log segment exactly-once. Blocking: run it in
     a worker thread. Returns the files written now.
     """
-    groups: dict[tuple[str, int], list[Event]] = defaultdict(list)
-    for event in events:
-        groups[event.site_id, event.day].append(event)
     written = []
-    for index, ((site_id, day), group) in enumerate(sorted(groups.items())):
+    for index, (site_id, day, rows) in enumerate(split_by_partition(table)):
         destination = layout.partition(site_id, day) / f"{name}.parquet"
         if destination.exists():
             continue
-        write_parquet_atomically(group, destination, layout.tmp / f"{name}-{index}.parquet.tmp")
+        write_parquet_atomically(rows, destination, layout.tmp / f"{name}-{index}.parquet.tmp")
         written.append(destination)
     return written

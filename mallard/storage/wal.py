@@ -38,7 +38,7 @@ from typing import IO
 
 from mallard.storage.layout import DataLayout, batch_name
 from mallard.storage.parquet import fsync_dir, write_batch
-from mallard.storage.schema import Event
+from mallard.storage.schema import Event, events_to_table
 
 log = logging.getLogger("mallard.wal")
 
@@ -233,7 +233,8 @@ def recover(layout: DataLayout) -> RecoveryReport:
                         extra={"segment": str(segment), "records": contents.records},
                     )
                 name = batch_name(writer_id, int(segment.stem))
-                report.files += len(write_batch(contents.events, layout, name))
+                table = events_to_table(contents.events)
+                report.files += len(write_batch(table, layout, name))
                 report.events += len(contents.events)
                 report.segments += 1
                 segment.unlink()

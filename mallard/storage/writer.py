@@ -21,11 +21,12 @@ import time
 from collections import deque
 from typing import Literal
 
+import pyarrow as pa
 import trio
 
 from mallard.storage.layout import DataLayout, batch_name, new_writer_id
 from mallard.storage.parquet import write_batch
-from mallard.storage.schema import Event
+from mallard.storage.schema import Event, events_to_table
 from mallard.storage.wal import WriteAheadLog
 
 log = logging.getLogger("mallard.writer")
@@ -53,9 +54,13 @@ class EventWriter:
         self._wal = WriteAheadLog(layout, self.writer_id) if durability == "wal" else None
         self.flush_failing = False
         self.wal_failing = False
-        self._batch: list[Event] = []  # being collected: batch number self._batch_number
+        # Accepted events are held as Arrow tables (a few hundred bytes less per
+        # event than Python tuples), one per group taken from the channel.
+        self._batch: list[pa.Table] = []  # being collected: batch number self._batch_number
+        self._batch_rows = 0
         self._batch_number = 0
-        self._cut: deque[list[Event]] = deque()  # handed to the flusher, oldest first
+        self._cut: deque[list[pa.Table]] = deque()  # handed to the flusher, oldest first
+        self._cut_rows = 0
         # Group commit: events are numbered in channel order, from 1.
         self._received = 0  # taken from the channel
         self._resolved = 0  # durable or refused
@@ -74,11 +79,11 @@ class EventWriter:
     @property
     def pending(self) -> int:
         """Events taken from the channel and not yet in Parquet."""
-        return len(self._batch) + sum(len(batch) for batch in self._cut)
+        return self._batch_rows + self._cut_rows
 
-    def unflushed(self) -> list[Event]:
-        """A snapshot of the accepted events not yet in Parquet (read-your-writes)."""
-        return [event for batch in self._cut for event in batch] + self._batch
+    def unflushed(self) -> list[pa.Table]:
+        """The accepted events not yet in Parquet, as tables (read-your-writes)."""
+        return [part for batch in self._cut for part in batch] + self._batch
 
     async def wait_durable(self, sequence: int) -> bool:
         """Wait until event number ``sequence`` is in the WAL (True) or refused (False)."""
@@ -88,7 +93,7 @@ class EventWriter:
 
     async def run(self, events: trio.MemoryReceiveChannel[Event]) -> None:
         """Run until ``events`` is closed and everything received is flushed."""
-        batches_send, batches_receive = trio.open_memory_channel[tuple[int, list[Event]]](0)
+        batches_send, batches_receive = trio.open_memory_channel[tuple[int, pa.Table]](0)
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(self._flush_batches, batches_receive)
@@ -103,7 +108,7 @@ class EventWriter:
     async def _collect(
         self,
         events: trio.MemoryReceiveChannel[Event],
-        batches: trio.MemorySendChannel[tuple[int, list[Event]]],
+        batches: trio.MemorySendChannel[tuple[int, pa.Table]],
     ) -> None:
         deadline = trio.current_time() + self.flush_interval
         closed = False
@@ -121,7 +126,7 @@ class EventWriter:
                         break
             if group:
                 await self._take(group)
-            due = len(self._batch) >= self.flush_count or trio.current_time() >= deadline
+            due = self._batch_rows >= self.flush_count or trio.current_time() >= deadline
             if closed or due:
                 # Memory mode waits for the flusher: that is its back-pressure.
                 handed_off = await self._cut_batch(batches, wait=closed or not self.durable)
@@ -131,14 +136,14 @@ class EventWriter:
     async def _take(self, group: list[Event]) -> None:
         first = self._received + 1
         self._received += len(group)
-        if self._wal is None:
-            self._batch.extend(group)  # already answered 202 when enqueued
+        if self._wal is None:  # already answered 202 when enqueued
+            self._add(await trio.to_thread.run_sync(events_to_table, group))
             return
-        if len(self._batch) >= 2 * self.flush_count:  # the flusher is behind: refuse
+        if self._batch_rows >= 2 * self.flush_count:  # the flusher is behind: refuse
             self._resolve(refused=(first, self._received))
             return
         try:
-            await trio.to_thread.run_sync(self._wal.append, self._batch_number, group)
+            table = await trio.to_thread.run_sync(self._log, self._batch_number, group)
         except OSError as error:
             if not self.wal_failing:
                 log.error("write-ahead log append failed, answering 503: %s", error)
@@ -148,8 +153,18 @@ class EventWriter:
         if self.wal_failing:
             log.warning("write-ahead log works again")
             self.wal_failing = False
-        self._batch.extend(group)
+        self._add(table)
         self._resolve()
+
+    def _log(self, number: int, group: list[Event]) -> pa.Table:
+        """In a worker thread: append the group to the WAL, then make it a table."""
+        assert self._wal is not None
+        self._wal.append(number, group)
+        return events_to_table(group)
+
+    def _add(self, table: pa.Table) -> None:
+        self._batch.append(table)
+        self._batch_rows += table.num_rows
 
     def _resolve(self, refused: tuple[int, int] | None = None) -> None:
         if refused is not None:
@@ -159,29 +174,32 @@ class EventWriter:
         commit.set()
 
     async def _cut_batch(
-        self, batches: trio.MemorySendChannel[tuple[int, list[Event]]], *, wait: bool
+        self, batches: trio.MemorySendChannel[tuple[int, pa.Table]], *, wait: bool
     ) -> bool:
         """Hand the current batch to the flusher; False if it is busy and ``wait`` is off."""
         if not self._batch:
             return True
-        batch = self._batch
-        self._cut.append(batch)
+        parts, rows = self._batch, self._batch_rows
+        self._cut.append(parts)
+        self._cut_rows += rows
+        self._batch, self._batch_rows = [], 0
         try:
             if wait:
-                await batches.send((self._batch_number, batch))
+                await batches.send((self._batch_number, pa.concat_tables(parts)))
             else:
-                batches.send_nowait((self._batch_number, batch))
+                batches.send_nowait((self._batch_number, pa.concat_tables(parts)))
         except trio.WouldBlock:
             self._cut.pop()
+            self._cut_rows -= rows
+            self._batch, self._batch_rows = parts, rows
             return False
-        self._batch = []
         self._batch_number += 1
         return True
 
     # --- flusher ---
 
     async def _flush_batches(
-        self, batches: trio.MemoryReceiveChannel[tuple[int, list[Event]]]
+        self, batches: trio.MemoryReceiveChannel[tuple[int, pa.Table]]
     ) -> None:
         async for number, batch in batches:
             await self._flush_with_retry(number, batch)
@@ -191,8 +209,9 @@ class EventWriter:
                 except OSError as error:  # harmless: replay skips what is in Parquet
                     log.warning("could not delete WAL segment %d: %s", number, error)
             self._cut.popleft()
+            self._cut_rows -= batch.num_rows
 
-    async def _flush_with_retry(self, number: int, batch: list[Event]) -> None:
+    async def _flush_with_retry(self, number: int, batch: pa.Table) -> None:
         name = batch_name(self.writer_id, number)
         delay = 0.25
         while True:
@@ -201,7 +220,7 @@ class EventWriter:
                 files = await trio.to_thread.run_sync(write_batch, batch, self.layout, name)
             except Exception as error:  # keep the batch and retry: nothing accepted is dropped
                 if not self.flush_failing:
-                    log.error("flush of %d events failed, retrying: %s", len(batch), error)
+                    log.error("flush of %d events failed, retrying: %s", batch.num_rows, error)
                     self.flush_failing = True
                 await trio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY)
@@ -212,9 +231,9 @@ class EventWriter:
             elapsed_ms = (time.perf_counter() - started) * 1000
             log.info(
                 "flushed %d events into %d files in %.1f ms",
-                len(batch),
+                batch.num_rows,
                 len(files),
                 elapsed_ms,
-                extra={"events": len(batch), "files": len(files), "duration_ms": elapsed_ms},
+                extra={"events": batch.num_rows, "files": len(files), "duration_ms": elapsed_ms},
             )
             return
