@@ -34,6 +34,7 @@ log = logging.getLogger("mallard.writer")
 MAX_RETRY_DELAY = 5.0
 HANDOFF_RETRY = 0.05  # seconds between tries to hand a batch to a busy flusher
 REFUSALS_REMEMBERED = 1024  # long enough for every waiting handler to look
+STAGED_ROWS = 1024  # events kept as tuples before they become one Arrow table
 
 
 class EventWriter:
@@ -55,7 +56,8 @@ class EventWriter:
         self.flush_failing = False
         self.wal_failing = False
         # Accepted events are held as Arrow tables (a few hundred bytes less per
-        # event than Python tuples), one per group taken from the channel.
+        # event than Python tuples), converted STAGED_ROWS at a time.
+        self._staged: list[Event] = []
         self._batch: list[pa.Table] = []  # being collected: batch number self._batch_number
         self._batch_rows = 0
         self._batch_number = 0
@@ -79,11 +81,12 @@ class EventWriter:
     @property
     def pending(self) -> int:
         """Events taken from the channel and not yet in Parquet."""
-        return self._batch_rows + self._cut_rows
+        return len(self._staged) + self._batch_rows + self._cut_rows
 
     def unflushed(self) -> list[pa.Table]:
         """The accepted events not yet in Parquet, as tables (read-your-writes)."""
-        return [part for batch in self._cut for part in batch] + self._batch
+        staged = [events_to_table(self._staged)] if self._staged else []
+        return [part for batch in self._cut for part in batch] + self._batch + staged
 
     async def wait_durable(self, sequence: int) -> bool:
         """Wait until event number ``sequence`` is in the WAL (True) or refused (False)."""
@@ -126,7 +129,7 @@ class EventWriter:
                         break
             if group:
                 await self._take(group)
-            due = self._batch_rows >= self.flush_count or trio.current_time() >= deadline
+            due = self.collected >= self.flush_count or trio.current_time() >= deadline
             if closed or due:
                 # Memory mode waits for the flusher: that is its back-pressure.
                 handed_off = await self._cut_batch(batches, wait=closed or not self.durable)
@@ -137,13 +140,13 @@ class EventWriter:
         first = self._received + 1
         self._received += len(group)
         if self._wal is None:  # already answered 202 when enqueued
-            self._add(await trio.to_thread.run_sync(events_to_table, group))
+            await self._add(group)
             return
-        if self._batch_rows >= 2 * self.flush_count:  # the flusher is behind: refuse
+        if self.collected >= 2 * self.flush_count:  # the flusher is behind: refuse
             self._resolve(refused=(first, self._received))
             return
         try:
-            table = await trio.to_thread.run_sync(self._log, self._batch_number, group)
+            await trio.to_thread.run_sync(self._wal.append, self._batch_number, group)
         except OSError as error:
             if not self.wal_failing:
                 log.error("write-ahead log append failed, answering 503: %s", error)
@@ -153,18 +156,22 @@ class EventWriter:
         if self.wal_failing:
             log.warning("write-ahead log works again")
             self.wal_failing = False
-        self._add(table)
         self._resolve()
+        await self._add(group)
 
-    def _log(self, number: int, group: list[Event]) -> pa.Table:
-        """In a worker thread: append the group to the WAL, then make it a table."""
-        assert self._wal is not None
-        self._wal.append(number, group)
-        return events_to_table(group)
+    @property
+    def collected(self) -> int:
+        """Events in the batch being collected."""
+        return len(self._staged) + self._batch_rows
 
-    def _add(self, table: pa.Table) -> None:
-        self._batch.append(table)
-        self._batch_rows += table.num_rows
+    async def _add(self, group: list[Event], *, convert_all: bool = False) -> None:
+        self._staged.extend(group)
+        if self._staged and (convert_all or len(self._staged) >= STAGED_ROWS):
+            # Stay visible to queries and counts while converting.
+            table = await trio.to_thread.run_sync(events_to_table, self._staged)
+            self._staged = []
+            self._batch.append(table)
+            self._batch_rows += table.num_rows
 
     def _resolve(self, refused: tuple[int, int] | None = None) -> None:
         if refused is not None:
@@ -177,6 +184,7 @@ class EventWriter:
         self, batches: trio.MemorySendChannel[tuple[int, pa.Table]], *, wait: bool
     ) -> bool:
         """Hand the current batch to the flusher; False if it is busy and ``wait`` is off."""
+        await self._add([], convert_all=True)
         if not self._batch:
             return True
         parts, rows = self._batch, self._batch_rows
