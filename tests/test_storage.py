@@ -115,3 +115,27 @@ async def test_the_ip_address_is_written_nowhere(server: Any, caplog: Any) -> No
             assert needle not in content, f"{needle!r} found in {path}"
     for ip in ips:
         assert ip not in caplog.text
+
+
+async def test_a_maxmind_database_gives_region_and_city(start_server: Any, tmp_path: Any) -> None:
+    from mmdb_writer import MMDBWriter
+    from netaddr import IPSet
+
+    database = tmp_path / "tiny-city.mmdb"
+    writer = MMDBWriter(ip_version=6, ipv4_compatible=True, database_type="GeoLite2-City")
+    writer.insert_network(
+        IPSet(["203.0.113.0/24"]),
+        {
+            "country": {"iso_code": "NZ"},
+            "subdivisions": [{"names": {"en": "Auckland"}}],
+            "city": {"names": {"en": "Auckland"}},
+        },
+    )
+    writer.to_db_file(str(database))
+    server = await start_server(geoip_db=database)
+    for ip in ("203.0.113.9", "198.51.100.1"):  # inside and outside the database
+        headers = {"User-Agent": BROWSER_UA, "X-Forwarded-For": ip}
+        assert (await server.post_event(SEED_EVENT, headers=headers)).status_code == 202
+    await server.stop()
+    located = [(e["country_code"], e["region"], e["city"]) for e in server.events()]
+    assert located == [("NZ", "Auckland", "Auckland"), (None, None, None)]
