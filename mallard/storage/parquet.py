@@ -36,6 +36,8 @@ def split_by_partition(table: pa.Table) -> list[tuple[str, int, pa.Table]]:
     days = pc.divide(table["timestamp"].cast(pa.int64()), MICROS_PER_DAY)
     keyed = table.append_column("_day", days)
     pairs = keyed.group_by(["site_id", "_day"]).aggregate([]).to_pylist()
+    if len(pairs) == 1:  # the usual case: one site, one day; no copy needed
+        return [(pairs[0]["site_id"], pairs[0]["_day"], table)]
     parts = []
     for pair in sorted(pairs, key=lambda p: (p["site_id"], p["_day"])):
         mask = pc.and_(
