@@ -6,6 +6,7 @@ import argparse
 import datetime as dt
 import sys
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import trio
@@ -27,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="bind address (default 127.0.0.1)")
     serve.add_argument("--port", help="bind port, 0 for any free port (default 8000)")
     serve.add_argument("--data-dir", help="where all state lives (default ./data)")
+    serve.add_argument("--workers", help="server processes: a number or auto (default 1)")
+    # Set by the supervisor for the processes it starts, not by people:
+    serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     compact = commands.add_parser(
         "compact", help="merge the small Parquet files of finished days now"
     )
@@ -39,7 +44,8 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    flags = {name: getattr(args, name, None) for name in ("host", "port", "data_dir")}
+    names = ("host", "port", "data_dir", "workers")
+    flags = {name: getattr(args, name, None) for name in names}
     return load_settings(config_file=args.config, flags=flags)
 
 
@@ -76,13 +82,19 @@ def _progress_bar(label: str) -> Callable[[int, int], None]:
     return show
 
 
-def _serve(settings: Settings) -> int:
+def _serve(settings: Settings, args: argparse.Namespace, argv: list[str]) -> int:
     from mallard.logs import configure_logging
     from mallard.server import ShutdownTimeout, serve
+    from mallard.supervisor import supervise
 
     configure_logging(settings.log_format)
     try:
-        trio.run(serve, settings)
+        if args.listen_fd is not None:  # one of the supervisor's workers
+            trio.run(partial(serve, settings, listen_fd=args.listen_fd, worker=args.worker_index))
+        elif settings.workers > 1:
+            return trio.run(supervise, settings, argv[1:])
+        else:
+            trio.run(serve, settings)
     except Exception as error:
         cause = _single_cause(error)
         if isinstance(cause, ShutdownTimeout):
@@ -103,6 +115,7 @@ def _single_cause(error: BaseException) -> BaseException:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
     args = _parser().parse_args(argv)
     try:
         settings = _settings(args)
@@ -111,4 +124,4 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "compact":
         return _compact(settings, args.before)
-    return _serve(settings)
+    return _serve(settings, args, argv)

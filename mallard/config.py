@@ -41,6 +41,7 @@ class Settings:
     queue_size: int = 10_000
     durability: Literal["wal", "memory"] = "wal"
     compaction_interval: float = 3600.0
+    workers: int = 1
     shutdown_timeout: float = 30.0
     trusted_proxies: tuple[Network, ...] = (
         ipaddress.ip_network("127.0.0.0/8"),
@@ -171,6 +172,13 @@ def _existing_file(value: Any) -> Path | None:
     return path
 
 
+def _workers(value: Any) -> int:
+    """A process count, or ``auto`` for one per core."""
+    if isinstance(value, str) and value.strip().lower() == "auto":
+        return os.cpu_count() or 1
+    return _integer(1, 256)(value)
+
+
 def _choice(*choices: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         text = _text(value).strip().lower()
@@ -195,6 +203,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "queue_size": _integer(1),
     "durability": _choice("wal", "memory"),
     "compaction_interval": _number(0),
+    "workers": _workers,
     "shutdown_timeout": _number(0, inclusive=False),
     "trusted_proxies": _networks,
     "admin_password": _optional_text,

@@ -42,10 +42,10 @@ class ShutdownTimeout(Exception):
     """Graceful shutdown took longer than ``shutdown_timeout``."""
 
 
-def hypercorn_config(settings: Settings) -> HypercornConfig:
+def hypercorn_config(settings: Settings, listen_fd: int | None = None) -> HypercornConfig:
     config = HypercornConfig()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
-    config.bind = [f"{host}:{settings.port}"]
+    config.bind = [f"fd://{listen_fd}" if listen_fd is not None else f"{host}:{settings.port}"]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     # Requests still open at shutdown get a third of the shutdown budget (at most
@@ -58,18 +58,23 @@ async def serve(
     settings: Settings,
     *,
     stop: trio.Event | None = None,
+    listen_fd: int | None = None,
+    worker: int | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until SIGINT/SIGTERM or ``stop``; then flush everything and return.
 
-    ``task_status.started`` receives the URL the server listens on.
+    ``task_status.started`` receives the URL the server listens on. As one of
+    ``--workers`` processes (``worker`` set), it accepts on the supervisor's
+    socket ``listen_fd`` and enforces its share of the rate limit.
     """
     stop = trio.Event() if stop is None else stop
     layout = DataLayout(settings.data_dir)
     layout.create()
     secret = settings.secret.encode() if settings.secret else load_or_create_secret(layout.keys)
     visitors = VisitorIds(secret)
-    limiter = RateLimiter(settings.rate_limit, settings.effective_rate_burst)
+    share = settings.workers if worker is not None else 1
+    limiter = RateLimiter(settings.rate_limit / share, settings.effective_rate_burst / share)
     await _replay_write_ahead_logs(layout)
     writer = EventWriter(
         layout,
@@ -94,12 +99,16 @@ async def serve(
         nursery.start_soon(_bound_shutdown, stop, nursery.cancel_scope, settings.shutdown_timeout)
         nursery.start_soon(_every, UPKEEP_INTERVAL, limiter.forget_idle)
         nursery.start_soon(_every, UPKEEP_INTERVAL, visitors.forget_inactive)
-        if settings.compaction_interval:
+        if settings.compaction_interval and not worker:  # one compactor per data dir
             nursery.start_soon(_compact_every, settings.compaction_interval, layout)
         async with trio.open_nursery() as pipeline:  # done once the writer has flushed all
             pipeline.start_soon(writer.run, events_receive)
-            binds = await pipeline.start(_serve_http, app, settings, stop, events_send)
-            log.info("listening on %s", binds[0], extra={"url": binds[0]})
+            config = hypercorn_config(settings, listen_fd)
+            binds = await pipeline.start(_serve_http, app, config, stop, events_send)
+            if worker is None:
+                log.info("listening on %s", binds[0], extra={"url": binds[0]})
+            else:
+                log.info("worker %d serving", worker, extra={"worker": worker})
             task_status.started(binds[0])
         nursery.cancel_scope.cancel()
     engine.close()
@@ -137,7 +146,7 @@ async def _replay_write_ahead_logs(layout: DataLayout) -> None:
 
 async def _serve_http(
     app: IngestEndpoint,
-    settings: Settings,
+    config: HypercornConfig,
     stop: trio.Event,
     events: trio.MemorySendChannel[Event],
     task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
@@ -149,7 +158,7 @@ async def _serve_http(
     async with events:
         await hypercorn.trio.serve(
             app,  # type: ignore[arg-type]
-            hypercorn_config(settings),
+            config,
             shutdown_trigger=stop.wait,
             task_status=task_status,
         )

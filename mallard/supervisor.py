@@ -1,0 +1,97 @@
+"""``mallard serve --workers N``: N server processes sharing one listening socket.
+
+The supervisor binds the socket (so ``--port 0`` picks one port for all), then
+starts N ordinary ``mallard serve`` processes that inherit it. Each worker is a
+whole server: its own trio nursery, writer and write-ahead log. A worker that
+dies is started again; the new one replays the dead one's log before it serves,
+while the others keep serving. SIGINT/SIGTERM are passed on to every worker,
+each flushes what it accepted, and the supervisor exits 0 when they all did.
+
+Rate limits: each worker enforces ``rate_limit / N`` (and ``rate_burst / N``)
+per site, so the total across workers is the configured one when the kernel
+spreads connections evenly; compaction runs in worker 0 only.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import socket
+import subprocess
+import sys
+
+import trio
+
+from mallard.config import Settings
+
+log = logging.getLogger("mallard.supervisor")
+
+RESTART_DELAY = 0.5
+WORKER_FLAGS = ("--listen-fd", "--worker-index")
+
+
+def listening_socket(settings: Settings) -> socket.socket:
+    family = socket.AF_INET6 if ":" in settings.host else socket.AF_INET
+    sock = socket.create_server((settings.host, settings.port), family=family, backlog=1024)
+    sock.set_inheritable(True)
+    return sock
+
+
+def url_of(sock: socket.socket) -> str:
+    host, port = sock.getsockname()[:2]
+    return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
+
+
+async def supervise(settings: Settings, serve_args: list[str]) -> int:
+    """Run ``settings.workers`` workers until a signal; returns the exit code."""
+    sock = listening_socket(settings)
+    log.info("listening on %s (%d workers)", url_of(sock), settings.workers)
+    processes: dict[int, trio.Process] = {}
+    stopping = trio.Event()
+    codes: dict[int, int] = {}
+
+    async def keep_running(index: int) -> None:
+        command = [
+            sys.executable, "-m", "mallard", "serve", *serve_args,
+            "--listen-fd", str(sock.fileno()), "--worker-index", str(index),
+        ]  # fmt: skip
+        while True:
+            process = await trio.lowlevel.open_process(
+                command, pass_fds=(sock.fileno(),), stdin=subprocess.DEVNULL
+            )
+            processes[index] = process
+            code = await process.wait()
+            if stopping.is_set():
+                codes[index] = code
+                return
+            log.error("worker %d exited with code %d; starting it again", index, code)
+            await trio.sleep(RESTART_DELAY)
+
+    async def pass_signals_on(nursery: trio.Nursery) -> None:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+            async for signum in signals:
+                if not stopping.is_set():
+                    log.info("received %s: stopping the workers", signal.Signals(signum).name)
+                    stopping.set()
+                    deadline = trio.current_time() + settings.shutdown_timeout + 5
+                    nursery.cancel_scope.deadline = deadline
+                for process in processes.values():
+                    if process.returncode is None:
+                        process.send_signal(signal.SIGTERM)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(pass_signals_on, nursery)
+        async with trio.open_nursery() as workers:
+            for index in range(settings.workers):
+                workers.start_soon(keep_running, index)
+        nursery.cancel_scope.cancel()
+    for process in processes.values():
+        if process.returncode is None:  # past the shutdown deadline
+            process.kill()
+    sock.close()
+    failed = {index: code for index, code in codes.items() if code != 0}
+    if failed or len(codes) < settings.workers:
+        log.error("workers did not all stop cleanly: %s", failed or "timed out")
+        return 1
+    log.info("stopped; every worker flushed what it accepted")
+    return 0
