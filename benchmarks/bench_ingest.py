@@ -134,9 +134,14 @@ TARGETS: dict[str, Target] = {
             default=False,  # the same as "mallard" while wal is the default
             description="durability=wal, explicitly: 202 after the group fsync",
         ),
-        # A multi-process variant would be one more entry, e.g.
-        # Target("mallard-2w", (*MALLARD_COMMAND, "--workers", "2"),
-        #        env={"MALLARD_FLUSH_INTERVAL": "1"}, stores_events=True),
+        Target(
+            "mallard-2w",
+            (*MALLARD_COMMAND, "--workers", "2"),
+            env={"MALLARD_FLUSH_INTERVAL": "1"},
+            stores_events=True,
+            default=False,
+            description="mallard serve --workers 2: two processes on one socket",
+        ),
     ]
 }
 
