@@ -73,7 +73,7 @@ async def supervise(settings: Settings, serve_args: list[str]) -> int:
                 if not stopping.is_set():
                     log.info("received %s: stopping the workers", signal.Signals(signum).name)
                     stopping.set()
-                    deadline = trio.current_time() + settings.shutdown_timeout + 5
+                    deadline = trio.current_time() + settings.shutdown_timeout + 1
                     nursery.cancel_scope.deadline = deadline
                 for process in processes.values():
                     if process.returncode is None:
