@@ -454,3 +454,12 @@ async def test_export_rejects_unknown_format(stats_server: RunningServer) -> Non
     )
     assert response.status_code == 400
     assert "format" in response.json()["error"]
+
+
+async def test_all_time_starts_at_the_first_event(stats_server: RunningServer) -> None:
+    answer = await query(
+        stats_server, metrics=["pageviews"], dimensions=["time:day"], date_range="all"
+    )
+    labels = [row["dimensions"][0] for row in answer["results"]]
+    assert labels[0] == "2026-01-10"  # not 2000-01-01
+    assert sum(row["metrics"][0] for row in answer["results"]) == 7

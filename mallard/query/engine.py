@@ -81,6 +81,16 @@ class QueryEngine:
                     ]
         return sorted(found)
 
+    def first_day(self, site_id: str) -> dt.date | None:
+        """The UTC date of the site's oldest partition (None without data)."""
+        site_dir = self.layout.events / f"site_id={site_id}"
+        days = []
+        with contextlib.suppress(FileNotFoundError), os.scandir(site_dir) as partitions:
+            for partition in partitions:
+                with contextlib.suppress(ValueError):
+                    days.append(dt.date.fromisoformat(partition.name.removeprefix("date=")))
+        return min(days, default=None)
+
     def pending_table(self, site_id: str, start: dt.datetime, end: dt.datetime) -> pa.Table:
         """The accepted, not yet flushed events of the site in ``[start, end)``."""
         parts = self._pending()

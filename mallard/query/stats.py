@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from mallard.query.engine import QueryEngine
-from mallard.query.model import Query, previous_period
+from mallard.query.model import Query, days_range, previous_period
 from mallard.query.sql import TIME_FORMATS, aggregate_sql, concrete_dimension
 
 Row = dict[str, Any]
@@ -101,8 +101,22 @@ def _change(metric: str, now: Any, before: Any) -> Any:
     return round(100 * ((now or 0) - before) / before)
 
 
+def _from_first_event(engine: QueryEngine, query: Query) -> Query:
+    """``date_range: "all"`` starts on the site's first day, not at the epoch."""
+    if query.raw.get("date_range") != "all":
+        return query
+    first = engine.first_day(query.site_id)
+    if first is None or first <= query.date_range.first_day:
+        return query
+    if query.timezone != "UTC":  # the first UTC day may begin on the local day before
+        first -= dt.timedelta(days=1)
+    first = min(first, query.date_range.last_day)
+    return query.with_range(days_range(first, query.date_range.last_day, query.timezone))
+
+
 async def run_query(engine: QueryEngine, query: Query) -> dict[str, Any]:
     """The whole answer: ``results``, ``meta`` and the normalised ``query``."""
+    query = _from_first_event(engine, query)
     rows, total = await _rows(engine, query)
     rows = fill_time_gaps(query, rows)
     meta: dict[str, Any] = {}
