@@ -18,7 +18,8 @@ Time range
 Visit (session)
     Built from the events in range only (see :func:`sessions`): a visit that
     began before ``start_us`` is cut, and its in-range events form a visit of
-    their own. Every visit built this way starts inside the range.
+    their own. Every visit built this way starts inside the range. A visit
+    also ends at UTC midnight: the next event opens a new one.
 Filters
     A list of ``[operator, dimension, values]`` (optionally a fourth element
     ``{"case_sensitive": False}``), all of which must hold (AND), as in
@@ -76,6 +77,7 @@ from mallard.storage.schema import Event
 PAGEVIEW = "pageview"
 VISIT_TIMEOUT_S = 1800
 MICROS_PER_SECOND = 1_000_000
+MICROS_PER_DAY = 86_400 * MICROS_PER_SECOND
 NONE_LABEL = "(none)"
 PROPS_PREFIX = "event:props:"
 
@@ -159,7 +161,10 @@ def _visit_groups(events: Sequence[Event], timeout_s: int) -> list[list[Event]]:
         entries.sort(key=lambda entry: (entry[0], entry[1]))
         current: list[Event] = []
         for _, _, event in entries:
-            if current and event.timestamp - current[-1].timestamp > timeout_us:
+            if current and (
+                event.timestamp - current[-1].timestamp > timeout_us
+                or event.timestamp // MICROS_PER_DAY != current[-1].timestamp // MICROS_PER_DAY
+            ):
                 groups.append(current)
                 current = []
             current.append(event)
@@ -203,7 +208,8 @@ def sessions(events: Sequence[Event], timeout_s: int = VISIT_TIMEOUT_S) -> list[
     starts a new visit when it comes *more than* ``timeout_s`` seconds after
     the visitor's previous event (a gap of exactly ``timeout_s`` continues the
     visit). The gap is measured from the previous event, not from the visit's
-    start, so a visit can last arbitrarily long.
+    start. An event on a later UTC day than the previous one also starts a new
+    visit, so a visit never spans midnight UTC.
 
     Entry and exit page are the pathnames of the visit's first and last
     pageview in that order (``None`` if it has no pageview); a bounce is a

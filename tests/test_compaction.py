@@ -16,11 +16,14 @@ import pytest
 import trio
 
 from mallard.query.engine import QueryEngine
+from mallard.query.model import parse_query
+from mallard.query.sql import reads_rollup
+from mallard.query.stats import run_query
 from mallard.storage.compaction import compact
 from mallard.storage.layout import DataLayout
 from mallard.storage.parquet import write_batch
-from mallard.storage.schema import EVENT_SCHEMA, events_to_table
-from tests.factories import DAY_US, make_events
+from mallard.storage.schema import EVENT_SCHEMA, VISIT_SCHEMA, events_to_table
+from tests.factories import DAY_US, make_event, make_events
 
 DAY = dt.date(1970, 1, 1) + dt.timedelta(days=20_000)
 
@@ -89,6 +92,54 @@ def test_files_from_other_tools_are_compacted_too(layout: DataLayout) -> None:
     table = pq.read_table(merged)
     assert "/imported" in table["pathname"].to_pylist()
     assert table.num_rows == len([e for e in events if e.site_id == "a.com"]) + 1
+
+
+def visits(layout: DataLayout, site: str = "a.com") -> int:
+    query = parse_query({"site_id": site, "metrics": ["visits"], "date_range": [str(DAY)] * 2})
+    assert reads_rollup(query)
+    answer = trio.run(run_query, QueryEngine(layout), query)
+    return answer["results"][0]["metrics"][0]
+
+
+def rollups(layout: DataLayout, site: str = "a.com") -> list[Path]:
+    return sorted((layout.visits / f"site_id={site}" / f"date={DAY}").glob("*.parquet"))
+
+
+def test_compaction_writes_the_days_visits_beside_it(layout: DataLayout) -> None:
+    events = fill(layout)
+    compact(layout, before=DAY + dt.timedelta(days=1))
+    [merged], [rollup] = partition_files(layout), rollups(layout)
+    assert rollup.name == merged.name
+    table = pq.read_table(rollup)
+    assert table.schema == VISIT_SCHEMA
+    site_events = [e for e in events if e.site_id == "a.com"]  # one visitor each
+    assert table.num_rows == len(site_events) == visits(layout)
+    pq.write_table(table.slice(0, 3), rollup)  # proof that queries read the rollup
+    assert visits(layout) == 3
+
+
+def test_a_file_landing_in_a_compacted_day_is_read_until_compacted_again(
+    layout: DataLayout,
+) -> None:
+    fill(layout)
+    compact(layout, before=DAY + dt.timedelta(days=1))
+    before = visits(layout)
+    late = make_event(site_id="a.com", visitor_id=-1, timestamp=20_000 * DAY_US + 7)
+    write_batch(events_to_table([late]), layout, "20260102T000000-1-bbbbbbbb-00000000")
+    assert visits(layout) == before + 1  # the stale rollup is not used
+    compact(layout, before=DAY + dt.timedelta(days=1))
+    assert len(partition_files(layout)) == len(rollups(layout)) == 1
+    assert visits(layout) == before + 1
+
+
+def test_a_lone_imported_file_gets_its_rollup(layout: DataLayout) -> None:
+    write_batch(events_to_table(make_events(30, sites=("a.com",))), layout, "backup")
+    report = compact(layout, before=DAY + dt.timedelta(days=1))
+    assert (report.files_in, report.files_out) == (1, 1)
+    [merged], [rollup] = partition_files(layout), rollups(layout)
+    assert merged.name.startswith("compacted-") and rollup.name == merged.name
+    assert visits(layout) == 30
+    assert compact(layout, before=DAY + dt.timedelta(days=1)).files_in == 0
 
 
 def test_queries_never_see_a_gap_or_a_duplicate(layout: DataLayout) -> None:

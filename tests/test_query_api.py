@@ -42,7 +42,7 @@ EVENTS = [
     event(1, at(D, 11, 0), "/blog"),
     # visitor 2, visit C: from Bing, in France, one page: a bounce.
     event(2, at(D, 10, 30), "/", referrer_source="Bing", country_code="FR"),
-    # visitor 3, visit D: 23:50 -> 00:10 the next day, 1200 s across midnight.
+    # visitor 3, visit D: 23:50, and 00:10 the next day: visits end at UTC midnight.
     event(3, at(D, 23, 50), "/"),
     event(3, at(NEXT, 0, 10), "/docs"),
     # visitor 4, visit E: a pageview and a purchase a minute later: not a bounce.
@@ -95,14 +95,15 @@ async def test_one_day(stats_server: RunningServer) -> None:
     assert metrics(answer) == [4, 5, 6, 8, 60, 84, 1.2, 10.0]
 
 
-async def test_two_days_keep_the_midnight_visit_whole(stats_server: RunningServer) -> None:
-    # Visit D is now one visit of 2 pages and 1200 s; bounces B C -> 40 %;
-    # durations 360 0 0 1200 60 -> 324 s; 7 pageviews over 5 visits.
+async def test_two_days_split_the_midnight_visit(stats_server: RunningServer) -> None:
+    # Visitor 3 is one visitor with two one-page visits, D1 and D2, one per UTC day:
+    # visits A B C D1 D2 E; bounces B C D1 D2 -> 67 %; durations 360 0 0 0 0 60 -> 70 s;
+    # 7 pageviews over 6 visits.
     answer = await query(stats_server, metrics=ALL, date_range=[D.isoformat(), NEXT.isoformat()])
-    assert metrics(answer) == [4, 5, 7, 9, 40, 324, 1.4, 10.0]
+    assert metrics(answer) == [4, 6, 7, 9, 67, 70, 1.17, 10.0]
 
 
-async def test_daily_timeseries_counts_a_visit_on_its_first_day(
+async def test_daily_timeseries_counts_each_days_visits(
     stats_server: RunningServer,
 ) -> None:
     answer = await query(
@@ -112,7 +113,7 @@ async def test_daily_timeseries_counts_a_visit_on_its_first_day(
         date_range=[D.isoformat(), NEXT.isoformat()],
         include={"time_labels": True},
     )
-    assert table(answer) == {("2026-01-10",): [4, 5, 6], ("2026-01-11",): [1, 0, 1]}
+    assert table(answer) == {("2026-01-10",): [4, 5, 6], ("2026-01-11",): [1, 1, 1]}
     assert answer["meta"]["time_labels"] == ["2026-01-10", "2026-01-11"]
 
 
@@ -142,7 +143,8 @@ async def test_entry_and_exit_pages(stats_server: RunningServer) -> None:
         dimensions=["visit:exit_page"],
         date_range=[D.isoformat(), NEXT.isoformat()],
     )
-    assert table(exits) == {("/pricing",): [2], ("/blog",): [1], ("/",): [1], ("/docs",): [1]}
+    # visitor 3 leaves from "/" on day D and from "/docs" after midnight
+    assert table(exits) == {("/pricing",): [2], ("/blog",): [1], ("/",): [2], ("/docs",): [1]}
 
 
 async def test_visit_filter_keeps_whole_visits(stats_server: RunningServer) -> None:
@@ -290,7 +292,7 @@ async def test_dashboard_endpoints(stats_server: RunningServer) -> None:
     base = {"site_id": SITE, "period": "custom", "date": f"{D},{NEXT}"}
     client, url = stats_server.client, stats_server.url
     main = (await client.get(f"{url}/api/stats/main", params=base)).json()
-    assert main["results"][0]["metrics"][:3] == [4, 5, 7]
+    assert main["results"][0]["metrics"][:3] == [4, 6, 7]  # visitor 3: a visit each day
     series = (await client.get(f"{url}/api/stats/timeseries", params=base)).json()
     assert [row["metrics"] for row in series["results"]] == [[4, 6], [1, 1]]
     pages = (

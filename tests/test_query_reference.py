@@ -9,6 +9,8 @@ the reference's, metric for metric.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
+import shutil
 from decimal import Decimal
 from typing import Any
 
@@ -19,6 +21,7 @@ from mallard.query import behaviour
 from mallard.query.engine import QueryEngine
 from mallard.query.model import Query, days_range, parse_query
 from mallard.query.stats import run_query
+from mallard.storage.compaction import compact
 from mallard.storage.layout import DataLayout
 from mallard.storage.schema import Event
 from mallard.synthetic import generate
@@ -47,9 +50,23 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataLayout, list[Eve
     return layout, events
 
 
-@pytest.fixture
-def engine(data: tuple[DataLayout, list[Event]]) -> QueryEngine:
-    return QueryEngine(data[0])
+@pytest.fixture(scope="module")
+def compacted(data: tuple[DataLayout, list[Event]], tmp_path_factory: Any) -> DataLayout:
+    """The same events, most days compacted with visit rollups, the last days as flushed."""
+    root = tmp_path_factory.mktemp("compacted") / "data"
+    shutil.copytree(data[0].root, root)
+    layout = DataLayout(root)
+    report = compact(layout, before=END - dt.timedelta(days=2))
+    assert report.partitions == 11 and any(layout.visits.rglob("*.parquet"))
+    return layout
+
+
+@pytest.fixture(params=["events", "rollups"])
+def engine(request: Any, data: tuple[DataLayout, list[Event]]) -> QueryEngine:
+    """Every comparison runs twice: visits rebuilt from events, and read from rollups."""
+    if request.param == "events":
+        return QueryEngine(data[0])
+    return QueryEngine(request.getfixturevalue("compacted"))
 
 
 def plain(value: Any) -> Any:
@@ -187,7 +204,13 @@ async def test_retention(engine: QueryEngine, data: Any, period: str, timezone: 
 def test_reference_data_has_what_the_comparison_needs(data: Any) -> None:
     visits = ref.sessions(data[1])
     assert any(v.is_bounce for v in visits) and any(not v.is_bounce for v in visits)
-    midnight = [v for v in visits if v.start_us // 86_400_000_000 != v.end_us // 86_400_000_000]
-    assert midnight, "no visit crosses midnight"
+    day = 86_400_000_000
+    assert all(v.start_us // day == v.end_us // day for v in visits)
+    assert any(  # activity across midnight, which the reference splits there
+        a.visitor_id == b.visitor_id
+        and a.timestamp // day != b.timestamp // day
+        and b.timestamp - a.timestamp <= ref.VISIT_TIMEOUT_S * 1_000_000
+        for a, b in itertools.pairwise(sorted(data[1], key=lambda e: (e.visitor_id, e.timestamp)))
+    ), "no visitor is active across midnight"
     assert any(e.revenue_amount for e in data[1])
     assert days_range(FIRST, END, "UTC").first_day == FIRST

@@ -372,7 +372,7 @@ def test_event_name_breakdown_and_its_conversion_rate() -> None:
 # --- timeseries ---
 
 
-def test_a_visit_across_utc_midnight_counts_once_on_the_day_it_started() -> None:
+def test_activity_across_utc_midnight_is_one_visitor_with_a_visit_each_day() -> None:
     events = [ev(1, utc(2024, 1, 1, 23, 50), "/a"), ev(1, utc(2024, 1, 2, 0, 10), "/b")]
     result = timeseries(
         events,
@@ -382,14 +382,16 @@ def test_a_visit_across_utc_midnight_counts_once_on_the_day_it_started() -> None
         dt.date(2024, 1, 3),
         ["visitors", "pageviews", "visits"],
     )
-    # One 20-minute visit: counted on Jan 1; the visitor is active on both days.
+    # 20 minutes apart, but on two UTC days: a visit on each day.
     assert result == [
         ("2024-01-01", {"visitors": 1, "pageviews": 1, "visits": 1}),
-        ("2024-01-02", {"visitors": 1, "pageviews": 1, "visits": 0}),
+        ("2024-01-02", {"visitors": 1, "pageviews": 1, "visits": 1}),
         ("2024-01-03", {"visitors": 0, "pageviews": 0, "visits": 0}),  # empty day listed
     ]
-    whole = aggregate(events, ["visits"], start_us=utc(2024, 1, 1), end_us=utc(2024, 1, 3))
-    assert whole == {"visits": 1}
+    whole = aggregate(
+        events, ["visitors", "visits"], start_us=utc(2024, 1, 1), end_us=utc(2024, 1, 3)
+    )
+    assert whole == {"visitors": 1, "visits": 2}
 
 
 def test_an_event_at_23_30_utc_on_jan_1_is_jan_2_in_berlin() -> None:

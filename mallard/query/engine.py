@@ -10,6 +10,7 @@ event. No DuckDB extension is ever downloaded: only what ships in the wheel.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import os
 import threading
@@ -21,12 +22,27 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import trio
 
-from mallard.storage.compaction import site_lock
+from mallard.storage.compaction import COMPACTED_PREFIX, site_lock
 from mallard.storage.layout import DataLayout
-from mallard.storage.schema import events_to_table
+from mallard.storage.schema import MICROS_PER_DAY, VISIT_SCHEMA, events_to_table
 
 PendingEvents = Callable[[], Sequence[pa.Table]]
 EMPTY_EVENTS = events_to_table([])
+EMPTY_VISITS = VISIT_SCHEMA.empty_table()
+EPOCH = dt.date(1970, 1, 1)
+
+
+@dataclasses.dataclass
+class Snapshot:
+    """What a query reads: event files, and visit rollups by day number."""
+
+    files: list[str] = dataclasses.field(default_factory=list)
+    rollups: dict[int, str] = dataclasses.field(default_factory=dict)
+
+
+def _listing(paths: list[str]) -> str:
+    """A DuckDB list literal of file paths."""
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
 
 class QueryTimeout(Exception):
@@ -62,24 +78,43 @@ class QueryEngine:
 
     # --- which data a query reads ---
 
-    def files(self, site_id: str, start: dt.datetime, end: dt.datetime) -> list[str]:
-        """The site's Parquet files whose UTC date partition overlaps ``[start, end)``."""
+    def _snapshot(self, site_id: str, start: dt.datetime, end: dt.datetime) -> Snapshot:
+        """The range's event files, and the visit rollups of its wholly covered days.
+
+        A day's rollup counts only while it matches the day's events: a single
+        compacted file of the same name (a later flush or import into the day
+        adds a file, and the day is read from events again until compacted).
+        """
         site_dir = self.layout.events / f"site_id={site_id}"
-        first, last = start.date().isoformat(), (end - dt.timedelta(microseconds=1)).date()
-        found = []
+        first, last = start.date(), (end - dt.timedelta(microseconds=1)).date()
+        snapshot = Snapshot()
         try:
             partitions = os.scandir(site_dir)
         except FileNotFoundError:
-            return []
+            return snapshot
         with partitions:
             for partition in partitions:
-                day = partition.name.removeprefix("date=")
-                if partition.is_dir() and first <= day <= last.isoformat():
-                    names = os.listdir(partition.path)
-                    found += [
-                        os.path.join(partition.path, n) for n in names if n.endswith(".parquet")
-                    ]
-        return sorted(found)
+                try:
+                    day = dt.date.fromisoformat(partition.name.removeprefix("date="))
+                except ValueError:
+                    continue
+                if not (partition.is_dir() and first <= day <= last):
+                    continue
+                names = [n for n in os.listdir(partition.path) if n.endswith(".parquet")]
+                snapshot.files += [os.path.join(partition.path, n) for n in names]
+                day_start = dt.datetime.combine(day, dt.time(), dt.UTC)
+                if start <= day_start and day_start + dt.timedelta(days=1) <= end:
+                    rollup = self._rollup(site_id, day, names)
+                    if rollup:
+                        snapshot.rollups[(day - EPOCH).days] = rollup
+        snapshot.files.sort()
+        return snapshot
+
+    def _rollup(self, site_id: str, day: dt.date, names: list[str]) -> str | None:
+        if len(names) != 1 or not names[0].startswith(COMPACTED_PREFIX):
+            return None
+        path = self.layout.visits / f"site_id={site_id}" / f"date={day.isoformat()}" / names[0]
+        return str(path) if path.exists() else None
 
     def first_day(self, site_id: str) -> dt.date | None:
         """The UTC date of the site's oldest partition (None without data)."""
@@ -113,32 +148,58 @@ class QueryEngine:
         with self._lock:
             return self._database.cursor()
 
-    @staticmethod
     def _prepare_source(
-        cursor: duckdb.DuckDBPyConnection, files: list[str], pending: pa.Table
+        self,
+        cursor: duckdb.DuckDBPyConnection,
+        site_id: str,
+        start: dt.datetime,
+        end: dt.datetime,
+        pending: pa.Table,
+        *,
+        rollup: bool = False,
     ) -> None:
+        """Bind ``source`` (and with ``rollup``, ``rolled_visits`` and ``rolled_days``)."""
+        snapshot = self._snapshot(site_id, start, end)
         cursor.register("pending_events", pending)
-        if files:
-            listing = ", ".join("'" + f.replace("'", "''") + "'" for f in files)
+        if snapshot.files:
             cursor.execute(
                 "CREATE OR REPLACE TEMP VIEW source AS "
-                f"SELECT * EXCLUDE (date) FROM read_parquet([{listing}], "
+                f"SELECT * EXCLUDE (date) FROM read_parquet({_listing(snapshot.files)}, "
                 "hive_partitioning = true, union_by_name = true) "
                 "UNION ALL BY NAME SELECT * FROM pending_events"
             )
         else:
             cursor.execute("CREATE OR REPLACE TEMP VIEW source AS SELECT * FROM pending_events")
+        if not rollup:
+            return
+        if pending.num_rows:  # a day with unflushed events is read from its events
+            days = pc.divide(pending["timestamp"].cast(pa.int64()), MICROS_PER_DAY).to_pylist()
+            for day in days:
+                snapshot.rollups.pop(day, None)
+        cursor.register(
+            "rolled_days", pa.table({"day": pa.array(list(snapshot.rollups), pa.int64())})
+        )
+        if snapshot.rollups:
+            cursor.execute(
+                "CREATE OR REPLACE TEMP VIEW rolled_visits AS SELECT * FROM "
+                f"read_parquet({_listing(list(snapshot.rollups.values()))})"
+            )
+        else:
+            cursor.register("rolled_visits", EMPTY_VISITS)
 
     async def fetch(
         self,
         sql: str,
         parameters: dict[str, Any] | list[Any] | None = None,
         *,
+        rollup: bool = False,
         site_id: str | None = None,
         start: dt.datetime | None = None,
         end: dt.datetime | None = None,
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run ``sql`` (with ``source`` bound to a site and range when given).
+
+        ``rollup`` also binds the range's visit rollups (see ``sql.rollup_ctes``).
 
         Cancelling the calling task, or exceeding the timeout, interrupts DuckDB.
         """
@@ -155,7 +216,7 @@ class QueryEngine:
                 if site_id is not None:
                     assert start is not None and end is not None and pending is not None
                     stack.enter_context(site_lock(self.layout, site_id))
-                    self._prepare_source(cursor, self.files(site_id, start, end), pending)
+                    self._prepare_source(cursor, site_id, start, end, pending, rollup=rollup)
                 result = cursor.execute(sql, parameters or [])
                 columns = [d[0] for d in result.description or []]
                 return columns, result.fetchall()
@@ -197,7 +258,7 @@ class QueryEngine:
 
         def open_reader() -> pa.RecordBatchReader:
             lock.enter_context(site_lock(self.layout, site_id))
-            self._prepare_source(cursor, self.files(site_id, start, end), pending)
+            self._prepare_source(cursor, site_id, start, end, pending)
             return cursor.sql(sql, params=parameters).to_arrow_reader(batch_rows)
 
         def next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:

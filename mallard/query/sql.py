@@ -7,11 +7,11 @@ Parquet files for the range plus accepted events not yet flushed) and builds:
     the site's events in ``[start, end)``.
 ``numbered``
     each event with its visit number: a visitor's new visit starts when more
-    than 30 minutes passed since their previous event.
+    than 30 minutes passed since their previous event, or at UTC midnight.
 ``visits``
     one row per visit: start, end, events, pageviews, entry and exit page
-    (first and last pageview) and the attributes of its first event (source,
-    UTM, device, browser, OS, country).
+    (first and last pageview), revenue and the attributes of its first event
+    (source, UTM, device, browser, OS, country).
 ``rows``
     every event with its visit's attributes, so one filter tree can test event
     and visit dimensions alike.
@@ -21,16 +21,24 @@ aggregate the selected rows; visit metrics (visits, bounce rate, duration,
 views per visit) aggregate the visits that contain at least one selected row.
 A filter on a visit dimension therefore keeps whole visits, a filter on an
 event dimension keeps the visits in which such an event happened.
+
+Rebuilding visits takes window functions over every event of the range, the
+slowest part of a dashboard. Compaction therefore also writes each finished
+day's visits (:func:`rollup_sql`), and queries that need nothing but visits and
+plain event scans (:func:`reads_rollup`) read those instead, building visits
+from events only for the days without a rollup. Both paths give the same
+numbers, which the tests check.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from mallard.query.model import (
     EVENT_DIMENSIONS,
     PROPS_PREFIX,
+    TIME_DIMENSIONS,
     VISIT_DIMENSIONS,
     VISIT_METRICS,
     Combination,
@@ -38,14 +46,11 @@ from mallard.query.model import (
     Filter,
     Query,
 )
+from mallard.storage.schema import VISIT_ATTRIBUTES, VISIT_SCHEMA
 
 VISIT_TIMEOUT = "INTERVAL 30 MINUTE"
+UTC_DAY = "(epoch_us(timestamp) // 86400000000)"
 NONE_LABEL = "(none)"
-VISIT_ATTRIBUTES = (
-    "referrer_source", "referrer", "utm_source", "utm_medium", "utm_campaign", "utm_content",
-    "utm_term", "device_type", "browser", "browser_version", "os", "os_version", "country_code",
-    "region", "city",
-)  # fmt: skip
 TIME_FORMATS = {
     "time:hour": ("hour", "%Y-%m-%d %H:00:00"),
     "time:day": ("day", "%Y-%m-%d"),
@@ -124,25 +129,21 @@ def _condition_sql(condition: Condition, params: Parameters, timezone: str) -> s
     return f"(NOT {test})" if negate else test
 
 
-def base_ctes(query: Query, params: Parameters, *, sessions: bool) -> str:
-    """``events``, and with ``sessions`` also ``numbered``, ``visits`` and ``rows``."""
-    site = params.add(query.site_id)
-    start = params.add(query.date_range.start)
-    end = params.add(query.date_range.end)
-    events = (
-        f"events AS (SELECT * FROM source WHERE site_id = {site} "
-        f"AND timestamp >= {start} AND timestamp < {end})"
-    )
-    if not sessions:
-        return f"WITH {events}, rows AS (SELECT * FROM events)"
+def visit_ctes(events: str, visits: str) -> str:
+    """``marked``, ``numbered`` and ``<visits>`` CTEs over the events relation ``events``.
+
+    This is the one definition of a visit, used by queries and by the rollup
+    that compaction writes: a visitor's events with at most 30 minutes between
+    consecutive ones, within one UTC day (where daily files, rollups and
+    visitor ids are cut).
+    """
     attributes = ",\n        ".join(
         f"arg_min_null({column}, timestamp) AS visit_{column}" for column in VISIT_ATTRIBUTES
     )
-    return f"""WITH {events},
-    marked AS (
-        SELECT *, CASE WHEN lag(timestamp) OVER (PARTITION BY visitor_id ORDER BY timestamp)
-                            >= timestamp - {VISIT_TIMEOUT} THEN 0 ELSE 1 END AS opens_visit
-        FROM events
+    return f"""marked AS (
+        SELECT *, CASE WHEN lag(timestamp) OVER visitor >= timestamp - {VISIT_TIMEOUT}
+                        AND lag({UTC_DAY}) OVER visitor = {UTC_DAY} THEN 0 ELSE 1 END AS opens_visit
+        FROM {events} WINDOW visitor AS (PARTITION BY visitor_id ORDER BY timestamp)
     ),
     numbered AS (
         SELECT * EXCLUDE (opens_visit),
@@ -150,7 +151,7 @@ def base_ctes(query: Query, params: Parameters, *, sessions: bool) -> str:
                                       ROWS UNBOUNDED PRECEDING) AS visit_no
         FROM marked
     ),
-    visits AS (
+    {visits} AS (
         SELECT visitor_id, visit_no,
         min(timestamp) AS visit_start,
         max(timestamp) AS visit_end,
@@ -158,12 +159,61 @@ def base_ctes(query: Query, params: Parameters, *, sessions: bool) -> str:
         count(*) FILTER (WHERE event_name = 'pageview') AS visit_pageviews,
         arg_min(pathname, timestamp) FILTER (WHERE event_name = 'pageview') AS entry_page,
         arg_max(pathname, timestamp) FILTER (WHERE event_name = 'pageview') AS exit_page,
-        {attributes}
+        {attributes},
+        sum(revenue_amount) AS visit_revenue,
+        count(revenue_amount) AS visit_revenue_events
         FROM numbered GROUP BY visitor_id, visit_no
-    ),
+    )"""
+
+
+def rollup_sql(events: str) -> str:
+    """The visits of the events relation ``events``, in ``VISIT_SCHEMA``'s columns."""
+    return (
+        f"WITH {visit_ctes(events, 'visits')}\n"
+        f"SELECT {', '.join(VISIT_SCHEMA.names)} FROM visits ORDER BY visitor_id, visit_start"
+    )
+
+
+def _events_cte(query: Query, params: Parameters) -> str:
+    site = params.add(query.site_id)
+    start = params.add(query.date_range.start)
+    end = params.add(query.date_range.end)
+    return (
+        f"events AS (SELECT * FROM source WHERE site_id = {site} "
+        f"AND timestamp >= {start} AND timestamp < {end})"
+    )
+
+
+def base_ctes(query: Query, params: Parameters, *, sessions: bool) -> str:
+    """``events``, and with ``sessions`` also ``numbered``, ``visits`` and ``rows``."""
+    if not sessions:
+        return f"WITH {_events_cte(query, params)}, rows AS (SELECT * FROM events)"
+    return f"""WITH {_events_cte(query, params)},
+    {visit_ctes("events", "visits")},
     rows AS (
         SELECT numbered.*, visits.* EXCLUDE (visitor_id, visit_no)
         FROM numbered JOIN visits USING (visitor_id, visit_no)
+    )"""
+
+
+def rollup_ctes(query: Query, params: Parameters) -> str:
+    """``events`` and ``visits``, reading the rollup for the days the engine has one.
+
+    The engine binds ``rolled_visits`` (the visits of the range's rolled-up
+    days, each day wholly inside the range) and ``rolled_days`` (those days'
+    numbers); visits of every other day are built from its events.
+    """
+    start = params.add(query.date_range.start)
+    end = params.add(query.date_range.end)
+    return f"""WITH {_events_cte(query, params)},
+    fresh_events AS (
+        SELECT * FROM events WHERE {UTC_DAY} NOT IN (SELECT day FROM rolled_days)
+    ),
+    {visit_ctes("fresh_events", "fresh_visits")},
+    visits AS (
+        SELECT * FROM rolled_visits WHERE visit_start >= {start} AND visit_start < {end}
+        UNION ALL BY NAME
+        SELECT * FROM fresh_visits
     )"""
 
 
@@ -175,10 +225,42 @@ def needs_sessions(query: Query) -> bool:
     return any(_mentions_visit_dimension(item) for item in query.filters)
 
 
-def _mentions_visit_dimension(item: Filter) -> bool:
+def _dimensions_of(item: Filter) -> list[str]:
     if isinstance(item, Combination):
-        return any(_mentions_visit_dimension(child) for child in item.children)
-    return item.dimension in VISIT_DIMENSIONS
+        return [d for child in item.children for d in _dimensions_of(child)]
+    return [item.dimension]
+
+
+def _mentions_visit_dimension(item: Filter) -> bool:
+    return any(d in VISIT_DIMENSIONS for d in _dimensions_of(item))
+
+
+def reads_rollup(query: Query) -> bool:
+    """True when the query can be answered from visits alone (plus plain event scans).
+
+    That holds when every filter tests a visit dimension (so it keeps or drops
+    whole visits) and every dimension is a visit dimension or time. Event
+    metrics then come from an event scan when nothing is visit-scoped, else
+    from the selected visits' totals, which equal the totals of their events,
+    except per time bucket (a visit counts where it starts): event metrics by
+    time with a visit filter need the events.
+    """
+    if not needs_sessions(query) or "conversion_rate" in query.metrics:
+        return False
+    filtered = [d for item in query.filters for d in _dimensions_of(item)]
+    if any(d not in VISIT_DIMENSIONS for d in filtered):
+        return False
+    if any(d not in VISIT_DIMENSIONS and d not in TIME_DIMENSIONS for d in query.dimensions):
+        return False
+    return not (
+        _visit_scoped(query)
+        and any(d in TIME_DIMENSIONS for d in query.dimensions)
+        and any(m not in VISIT_METRICS for m in query.metrics)
+    )
+
+
+def _visit_scoped(query: Query) -> bool:
+    return bool(query.filters) or any(d in VISIT_DIMENSIONS for d in query.dimensions)
 
 
 def _without_goal_conditions(filters: tuple[Filter, ...]) -> tuple[Filter, ...]:
@@ -195,99 +277,130 @@ def _where(filters: tuple[Filter, ...], params: Parameters, timezone: str) -> st
     return " AND ".join(filter_sql(item, params, timezone) for item in filters)
 
 
-def aggregate_sql(query: Query) -> tuple[str, dict[str, Any]]:
+class Statement(NamedTuple):
+    """SQL for the engine; ``rollup`` asks it to bind ``rolled_visits``/``rolled_days``."""
+
+    sql: str
+    parameters: dict[str, Any]
+    rollup: bool = False
+
+
+def _group_columns(
+    query: Query, dimensions: list[str], names: list[str], params: Parameters, at: str
+) -> str:
+    """``<expression> AS d0, ...`` for the dimensions, time bucketed by column ``at``."""
+    expressions = [
+        labelled(column_for(d, params, timezone=query.timezone, at=at)) for d in dimensions
+    ]
+    return "".join(f"{e} AS {n}, " for e, n in zip(expressions, names, strict=True))
+
+
+def _stats_ctes(query: Query, dimensions: list[str], names: list[str], params: Parameters) -> str:
+    """``event_stats``, ``visit_stats`` (when visits are needed) and ``grand_total``.
+
+    Filters select rows. Event metrics aggregate the selected rows; visit
+    metrics aggregate the visits that contain at least one selected row.
+    """
+    tz = query.timezone
+    where = _where(query.filters, params, tz)
+    group_by = ", ".join(names) or "()"
+    if "event:page" in dimensions:  # pages are what pageviews were of
+        where = f"({where}) AND event_name = 'pageview'"
+    rollup = reads_rollup(query)
+    if rollup and _visit_scoped(query):  # everything from the selected visits
+        dims = _group_columns(query, dimensions, names, params, "visit_start")
+        return f"""{rollup_ctes(query, params)},
+    selected AS (SELECT * FROM visits WHERE {where}),
+    event_stats AS (
+        SELECT {dims}count(DISTINCT visitor_id) AS visitors,
+               sum(visit_pageviews) AS pageviews,
+               sum(visit_events) AS events,
+               sum(visit_revenue) AS total_revenue,
+               sum(visit_revenue_events) AS revenue_events
+        FROM selected GROUP BY {group_by}
+    ),
+    visit_stats AS ({_visit_totals(dims, "selected", group_by)}),
+    grand_total AS (SELECT count(DISTINCT visitor_id) AS all_visitors FROM selected)"""
+    sessions = needs_sessions(query)
+    if rollup:
+        ctes = f"{rollup_ctes(query, params)}, rows AS (SELECT * FROM events)"
+    else:
+        ctes = base_ctes(query, params, sessions=sessions)
+    dims = _group_columns(query, dimensions, names, params, "timestamp")
+    ctes += f""",
+    selected AS (SELECT * FROM rows WHERE {where}),
+    event_stats AS (
+        SELECT {dims}count(DISTINCT visitor_id) AS visitors,
+               count(*) FILTER (WHERE event_name = 'pageview') AS pageviews,
+               count(*) AS events,
+               sum(revenue_amount) AS total_revenue,
+               count(revenue_amount) AS revenue_events
+        FROM selected GROUP BY {group_by}
+    ),
+    grand_total AS (SELECT count(DISTINCT visitor_id) AS all_visitors FROM selected)"""
+    if not sessions:
+        return ctes
+    # a visit falls in the time bucket where it started
+    visit_dims = _group_columns(query, dimensions, names, params, "visit_start")
+    if rollup:  # nothing is visit-scoped: every visit of the range matches
+        return ctes + f",\n    visit_stats AS ({_visit_totals(visit_dims, 'visits', group_by)})"
+    group_names = "".join(f"{n}, " for n in names)
+    return (
+        ctes
+        + f""",
+    matched_visits AS (
+        SELECT {group_names}visits.* EXCLUDE (visitor_id, visit_no) FROM visits JOIN (
+            SELECT DISTINCT {visit_dims}visitor_id, visit_no FROM selected
+        ) USING (visitor_id, visit_no)
+    ),
+    visit_stats AS ({_visit_totals(group_names, "matched_visits", group_by)})"""
+    )
+
+
+def _visit_totals(dims: str, visits: str, group_by: str) -> str:
+    return f"""
+        SELECT {dims}count(*) AS visits,
+               sum(visit_pageviews) AS visit_pageviews,
+               count(*) FILTER (WHERE visit_events = 1 AND visit_pageviews = 1) AS bounces,
+               sum(epoch_us(visit_end) - epoch_us(visit_start)) AS duration_us
+        FROM {visits} GROUP BY {group_by}
+    """
+
+
+def aggregate_sql(query: Query) -> Statement:
     """SQL answering ``query``: one row per dimension group, dimensions then metrics.
 
     Ordering and pagination are applied, and the last column is the total
     number of groups (for ``include.total_rows``).
     """
     params = Parameters()
-    sessions = needs_sessions(query)
     tz = query.timezone
     dimensions = [concrete_dimension(query, d) for d in query.dimensions]
     names = [f"d{i}" for i in range(len(dimensions))]
-    event_dims = [labelled(column_for(d, params, timezone=tz)) for d in dimensions]
-    ctes = [base_ctes(query, params, sessions=sessions)]
-    where = _where(query.filters, params, tz)
-    pages_only = "event:page" in dimensions  # pages are what pageviews were of
-    if pages_only:
-        where = f"({where}) AND event_name = 'pageview'"
-    select_dims = ", ".join(f"{e} AS {n}" for e, n in zip(event_dims, names, strict=True))
-    group_by = ", ".join(names) or "()"
-    dims_prefix = (select_dims + ", ") if select_dims else ""
-
-    ctes.append(
-        f"""selected AS (SELECT * FROM rows WHERE {where}),
-    event_stats AS (
-        SELECT {dims_prefix}
-               count(DISTINCT visitor_id) AS visitors,
-               count(*) FILTER (WHERE event_name = 'pageview') AS pageviews,
-               count(*) AS events,
-               sum(revenue_amount) AS total_revenue,
-               count(revenue_amount) AS revenue_events
-        FROM selected GROUP BY {group_by}
-    )"""
-    )
-    joins = []
-    if sessions:
-        visit_dims = [  # a visit falls in the time bucket where it started
-            labelled(column_for(d, params, timezone=tz, at="visit_start"))
-            if d in TIME_FORMATS
-            else expression
-            for d, expression in zip(dimensions, event_dims, strict=True)
-        ]
-        visit_select = ", ".join(f"{e} AS {n}" for e, n in zip(visit_dims, names, strict=True))
-        visit_prefix = (visit_select + ", ") if visit_select else ""
-        ctes.append(
-            f"""matched_visits AS (
-        SELECT DISTINCT {visit_prefix}visitor_id, visit_no FROM selected
-    ),
-    visit_stats AS (
-        SELECT {"".join(n + ", " for n in names)}
-               count(*) AS visits,
-               sum(visit_pageviews) AS visit_pageviews,
-               count(*) FILTER (WHERE visit_events = 1 AND visit_pageviews = 1) AS bounces,
-               sum(epoch_us(visit_end) - epoch_us(visit_start)) AS duration_us
-        FROM matched_visits JOIN visits USING (visitor_id, visit_no)
-        GROUP BY {group_by}
-    )"""
-        )
-        joins.append("visit_stats")
+    ctes = [_stats_ctes(query, dimensions, names, params)]
+    join_sql = ""
+    if needs_sessions(query):
+        using = f"USING ({', '.join(names)})" if names else "ON TRUE"
+        join_sql += f" FULL JOIN visit_stats {using}"
     if "conversion_rate" in query.metrics:
         goal_free = _where(_without_goal_conditions(query.filters), params, tz)
-        if pages_only:
+        if "event:page" in dimensions:
             goal_free = f"({goal_free}) AND event_name = 'pageview'"
-        base_names = [
-            n
-            for n, d in zip(names, dimensions, strict=True)
+        kept = [
+            (n, d) for n, d in zip(names, dimensions, strict=True)
             if d not in ("event:goal", "event:name")
-        ]
-        base_exprs = [
-            f"{e} AS {n}"
-            for n, e, d in zip(names, event_dims, dimensions, strict=True)
-            if d not in ("event:goal", "event:name")
-        ]
-        base_select = "".join(expression + ", " for expression in base_exprs)
+        ]  # fmt: skip
+        base_dims = _group_columns(
+            query, [d for _, d in kept], [n for n, _ in kept], params, "timestamp"
+        )
+        goal_names = ", ".join(n for n, _ in kept)
         ctes.append(
             f"""goal_base AS (
-        SELECT {base_select}count(DISTINCT visitor_id) AS base_visitors
-        FROM rows WHERE {goal_free} GROUP BY {", ".join(base_names) or "()"}
+        SELECT {base_dims}count(DISTINCT visitor_id) AS base_visitors
+        FROM rows WHERE {goal_free} GROUP BY {goal_names or "()"}
     )"""
         )
-    ctes.append("grand_total AS (SELECT count(DISTINCT visitor_id) AS all_visitors FROM selected)")
-
-    join_sql = ""
-    for table in joins:
-        using = f"USING ({', '.join(names)})" if names else "ON TRUE"
-        join_sql += f" FULL JOIN {table} {using}"
-    if "conversion_rate" in query.metrics:
-        goal_names = [
-            n
-            for n, d in zip(names, dimensions, strict=True)
-            if d not in ("event:goal", "event:name")
-        ]
-        using = f"USING ({', '.join(goal_names)})" if goal_names else "ON TRUE"
-        join_sql += f" LEFT JOIN goal_base {using}"
+        join_sql += f" LEFT JOIN goal_base {f'USING ({goal_names})' if goal_names else 'ON TRUE'}"
     join_sql += " CROSS JOIN grand_total"
 
     metric_sql = {
@@ -314,7 +427,7 @@ def aggregate_sql(query: Query) -> tuple[str, dict[str, Any]]:
         + ("" if names else "WHERE TRUE\n")
         + f"ORDER BY {order}\nLIMIT {limit} OFFSET {offset}"
     )
-    return sql, params.values
+    return Statement(sql, params.values, reads_rollup(query))
 
 
 def ratio(numerator: str, denominator: str, places: int) -> str:

@@ -21,10 +21,11 @@ def _json_number(value: Any) -> Any:
 
 
 async def _rows(engine: QueryEngine, query: Query) -> tuple[list[Row], int]:
-    sql, parameters = aggregate_sql(query)
+    statement = aggregate_sql(query)
     _, records = await engine.fetch(
-        sql,
-        parameters,
+        statement.sql,
+        statement.parameters,
+        rollup=statement.rollup,
         site_id=query.site_id,
         start=query.date_range.start,
         end=query.date_range.end,

@@ -3,7 +3,11 @@
 Frequent flushes leave a file per flush per site and day; every file costs
 every query that reads the day. Compaction merges a finished day's files into
 one, sorted by visitor and time (what visit reconstruction reads in order),
-in row groups of ``ROW_GROUP_ROWS``.
+in row groups of ``ROW_GROUP_ROWS``, and writes the day's visits beside it
+(``visits/site_id=…/date=…/<same name>.parquet``, see
+:func:`mallard.query.sql.rollup_sql`), so visit metrics need not rebuild them.
+A day that has one file but no matching rollup (imported, or compacted
+before rollups existed) is rewritten the same way.
 
 The swap is atomic for readers: queries hold a shared lock on the site
 (:func:`site_lock`) while they list and read its files, and compaction takes it
@@ -25,12 +29,14 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from mallard.query.sql import rollup_sql
 from mallard.storage.layout import DataLayout
 from mallard.storage.parquet import fsync_dir
-from mallard.storage.schema import EVENT_SCHEMA
+from mallard.storage.schema import EVENT_SCHEMA, VISIT_SCHEMA
 from mallard.storage.wal import SEGMENT_SUFFIX
 
 log = logging.getLogger("mallard.compaction")
@@ -76,8 +82,22 @@ def _in_flight(layout: DataLayout, file: Path) -> bool:
     return (layout.wal / writer_id / f"{batch}{SEGMENT_SUFFIX}").exists()
 
 
+def _rollup_of(layout: DataLayout, site_id: str, partition: Path, events_file: Path) -> Path:
+    return layout.visits / f"site_id={site_id}" / partition.name / events_file.name
+
+
+def _settled(layout: DataLayout, site_id: str, partition: Path) -> bool:
+    """True when the day is one compacted file with its visit rollup beside it."""
+    files = list(partition.glob("*.parquet"))
+    return (
+        len(files) == 1
+        and files[0].name.startswith(COMPACTED_PREFIX)
+        and _rollup_of(layout, site_id, partition, files[0]).exists()
+    )
+
+
 def partitions_to_compact(layout: DataLayout, before: dt.date) -> list[tuple[str, Path]]:
-    """(site, partition folder) of every day before ``before`` that has several files."""
+    """(site, partition folder) of every day before ``before`` not yet compacted."""
     found = []
     for site_dir in sorted(layout.events.glob("site_id=*")):
         site_id = site_dir.name.removeprefix("site_id=")
@@ -86,9 +106,23 @@ def partitions_to_compact(layout: DataLayout, before: dt.date) -> list[tuple[str
                 day = dt.date.fromisoformat(partition.name.removeprefix("date="))
             except ValueError:
                 continue
-            if day < before and len(list(partition.glob("*.parquet"))) > 1:
+            if day < before and not _settled(layout, site_id, partition):
                 found.append((site_id, partition))
     return found
+
+
+def _visits_of(events: pa.Table) -> pa.Table:
+    """The day's visits (``VISIT_SCHEMA``), by the same SQL the queries use."""
+    with duckdb.connect(config={"threads": 1}) as connection:
+        connection.register("day_events", events)
+        visits = connection.sql(rollup_sql("day_events")).to_arrow_table()
+    return visits.cast(VISIT_SCHEMA)
+
+
+def _write_aside(table: pa.Table, staging: Path) -> None:
+    pq.write_table(table, staging, compression="zstd", row_group_size=ROW_GROUP_ROWS)
+    with open(staging, "rb") as file:
+        os.fsync(file.fileno())
 
 
 def _read_events(files: list[Path]) -> pa.Table:
@@ -106,21 +140,27 @@ def _read_events(files: list[Path]) -> pa.Table:
 
 
 def compact_partition(layout: DataLayout, site_id: str, partition: Path) -> tuple[int, int]:
-    """Merge the partition's settled files into one; returns (files merged, rows)."""
+    """Merge the partition's settled files into one, with its visits; returns (files, rows)."""
     files = sorted(f for f in partition.glob("*.parquet") if not _in_flight(layout, f))
-    if len(files) < 2:
+    if not files or _settled(layout, site_id, partition):
         return 0, 0
     table = _read_events(files).sort_by([("visitor_id", "ascending"), ("timestamp", "ascending")])
     name = f"{COMPACTED_PREFIX}{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    events_file = partition / f"{name}.parquet"
+    rollup_file = _rollup_of(layout, site_id, partition, events_file)
     staging = layout.tmp / f"{name}.parquet.tmp"
-    pq.write_table(table, staging, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-    with open(staging, "rb") as file:
-        os.fsync(file.fileno())
+    staging_visits = layout.tmp / f"{name}.visits.tmp"
+    _write_aside(table, staging)
+    _write_aside(_visits_of(table), staging_visits)
+    rollup_file.parent.mkdir(parents=True, exist_ok=True)
+    stale_rollups = list(rollup_file.parent.glob("*.parquet"))
     with site_lock(layout, site_id, exclusive=True):
-        os.replace(staging, partition / f"{name}.parquet")
-        for file in files:
+        os.replace(staging_visits, rollup_file)
+        os.replace(staging, events_file)
+        for file in files + stale_rollups:
             file.unlink()
         fsync_dir(partition)
+        fsync_dir(rollup_file.parent)
     return len(files), table.num_rows
 
 

@@ -17,13 +17,18 @@ def day_to_date(day: int) -> dt.date:
 
 @dataclass(frozen=True)
 class DataLayout:
-    """The folders below ``data_dir``: events (Hive-partitioned Parquet), keys, tmp."""
+    """The folders below ``data_dir``: events (Hive-partitioned Parquet), visits, WAL, keys, tmp."""
 
     root: Path
 
     @property
     def events(self) -> Path:
         return self.root / "events"
+
+    @property
+    def visits(self) -> Path:
+        """Visit rollups: one file per compacted day, named after its events file."""
+        return self.root / "visits"
 
     @property
     def keys(self) -> Path:

@@ -47,6 +47,30 @@ EVENT_SCHEMA = pa.schema(
 
 MICROS_PER_DAY = 86_400_000_000
 
+# Event columns a visit takes from its first event.
+VISIT_ATTRIBUTES = (
+    "referrer_source", "referrer", "utm_source", "utm_medium", "utm_campaign", "utm_content",
+    "utm_term", "device_type", "browser", "browser_version", "os", "os_version", "country_code",
+    "region", "city",
+)  # fmt: skip
+
+# One row per visit: what compaction writes beside a finished day's events
+# (``data_dir/visits/``) so visit metrics read visits instead of rebuilding them.
+VISIT_SCHEMA = pa.schema(
+    [
+        pa.field("visitor_id", pa.int64(), nullable=False),
+        pa.field("visit_start", TIMESTAMP_TYPE, nullable=False),
+        pa.field("visit_end", TIMESTAMP_TYPE, nullable=False),
+        pa.field("visit_events", pa.int64(), nullable=False),
+        pa.field("visit_pageviews", pa.int64(), nullable=False),
+        pa.field("entry_page", pa.string()),
+        pa.field("exit_page", pa.string()),
+        *(pa.field(f"visit_{name}", EVENT_SCHEMA.field(name).type) for name in VISIT_ATTRIBUTES),
+        pa.field("visit_revenue", pa.decimal128(38, 2)),
+        pa.field("visit_revenue_events", pa.int64(), nullable=False),
+    ]
+)
+
 
 class Event(NamedTuple):
     """One accepted event, held as a tuple until it is flushed.
