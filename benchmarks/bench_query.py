@@ -4,9 +4,11 @@
 
 For each size, N synthetic events over ``--days`` UTC days for one site, ending today, are
 written with :func:`mallard.synthetic.generate` (cached under ``--data-root``, so re-runs
-skip it) and a fresh ``python -m mallard serve`` is started on them (no compaction, no
-admin password: loopback may ask). For the ranges ``30d`` and ``all``, every question is
-timed over HTTP and, right after, as plain SQL in an in-process DuckDB over
+skip it), compacted as the server would (every day before yesterday becomes one sorted
+file with its visit rollup; yesterday and today stay as written), and a fresh
+``python -m mallard serve`` is started on them (no admin password: loopback may ask).
+For the ranges ``30d`` and ``all``, every question is timed over HTTP and, right after,
+as plain SQL in an in-process DuckDB over
 ``read_parquet('<dir>/events/**/*.parquet', hive_partitioning = true)``: one warm-up
 each, then ``--repeat`` runs (median and p90). The answers are compared (``OK`` /
 ``MISMATCH``); the server's peak RSS is sampled throughout.
@@ -38,6 +40,9 @@ from typing import Any, TypeVar
 
 import duckdb
 
+from mallard.progress import progress_bar
+from mallard.storage.compaction import compact
+from mallard.storage.layout import DataLayout
 from mallard.synthetic import generate
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -54,7 +59,6 @@ from bench_ingest import (  # noqa: E402
     machine_info,
     progress,
 )
-from generate import progress_bar  # noqa: E402
 
 T = TypeVar("T")
 Rows = list[tuple[Any, ...]]
@@ -82,9 +86,9 @@ EVENTS = """WITH ev AS (
     WHERE site_id = $site AND timestamp >= $start AND timestamp < $end
 )"""
 VISITS = """, marked AS (
-    SELECT *, coalesce(timestamp - lag(timestamp) OVER (PARTITION BY visitor_id ORDER BY timestamp)
-                       > INTERVAL 30 MINUTE, true)::INT AS opens
-    FROM ev
+    SELECT *, coalesce(timestamp - lag(timestamp) OVER visitor > INTERVAL 30 MINUTE
+                       OR date <> lag(date) OVER visitor, true)::INT AS opens
+    FROM ev WINDOW visitor AS (PARTITION BY visitor_id ORDER BY timestamp)
 ), numbered AS (
     SELECT *, sum(opens) OVER (PARTITION BY visitor_id ORDER BY timestamp
                                ROWS UNBOUNDED PRECEDING) AS visit_no
@@ -409,6 +413,7 @@ def prepare_dataset(events: int, args: argparse.Namespace, today: dt.date) -> di
         "seed": args.seed,
         "site": SITE,
         "end": today.isoformat(),
+        "layout": "compacted with visit rollups",
     }
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -427,9 +432,18 @@ def prepare_dataset(events: int, args: argparse.Namespace, today: dt.date) -> di
             sites=[SITE],
             end=today,
             seed=args.seed,
-            progress=progress_bar(),
+            progress=progress_bar("  generating", "events"),
         )
-        manifest = wanted | {"generation": dataclasses.asdict(report)}
+        progress("  compacting: each day becomes one sorted file with its visit rollup")
+        compaction = compact(
+            DataLayout(directory),
+            before=today - dt.timedelta(days=1),
+            progress=progress_bar("  compacting", "days"),
+        )
+        manifest = wanted | {
+            "generation": dataclasses.asdict(report),
+            "compaction": dataclasses.asdict(compaction),
+        }
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     files = list((directory / "events").glob("**/*.parquet"))
     generation = manifest["generation"]

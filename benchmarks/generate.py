@@ -12,37 +12,15 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 
+from mallard.progress import progress_bar
 from mallard.synthetic import generate
-
-BAR_WIDTH = 30
 
 
 def site_names(count: int) -> list[str]:
     """``example.com``, then ``site2.example.com``, ``site3.example.com``, ..."""
     return ["example.com"] + [f"site{i}.example.com" for i in range(2, count + 1)]
-
-
-def progress_bar() -> Callable[[int, int], None]:
-    """A ``progress(done, total)`` callback drawing one ``\\r``-updated line on stderr."""
-    started = time.perf_counter()
-
-    def show(done: int, total: int) -> None:
-        share = done / total if total else 1.0
-        filled = round(share * BAR_WIDTH)
-        rate = done / max(time.perf_counter() - started, 1e-9)
-        sys.stderr.write(
-            f"\r[{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {share:4.0%} "
-            f"{done:,}/{total:,} events, {rate:,.0f}/s"
-        )
-        if done >= total:
-            sys.stderr.write("\n")
-        sys.stderr.flush()
-
-    return show
 
 
 def positive(text: str) -> int:
@@ -69,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         sites=site_names(args.sites),
         end=args.end,
         seed=args.seed,
-        progress=progress_bar(),
+        progress=progress_bar("generating", "events"),
     )
     print(
         f"{report.events:,} events, {report.files:,} files, "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import sys
-from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 
@@ -50,6 +49,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 
 def _compact(settings: Settings, before: str | None) -> int:
+    from mallard.progress import progress_bar
     from mallard.storage.compaction import compact
     from mallard.storage.layout import DataLayout
 
@@ -62,24 +62,13 @@ def _compact(settings: Settings, before: str | None) -> int:
     if not layout.events.is_dir():
         print(f"mallard: no events under {settings.data_dir}", file=sys.stderr)
         return 1
-    report = compact(layout, before=day, progress=_progress_bar("compacting"))
+    report = compact(layout, before=day, progress=progress_bar("compacting", "days"))
     print(
         f"compacted {report.files_in} files into {report.files_out} "
         f"({report.rows} rows, {report.partitions} partitions) in {report.seconds:.1f} s",
         file=sys.stderr,
     )
     return 0
-
-
-def _progress_bar(label: str) -> Callable[[int, int], None]:
-    def show(done: int, total: int) -> None:
-        width = 30
-        filled = width * done // max(total, 1)
-        end = "\n" if done >= total else ""
-        print(f"\r{label} [{'#' * filled}{'.' * (width - filled)}] {done}/{total}",
-              end=end, file=sys.stderr, flush=True)  # fmt: skip
-
-    return show
 
 
 def _serve(settings: Settings, args: argparse.Namespace, argv: list[str]) -> int:

@@ -32,6 +32,11 @@ numbers, which the tests check.
 
 from __future__ import annotations
 
+import datetime as dt
+import functools
+import itertools
+import math
+import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
@@ -51,6 +56,10 @@ from mallard.storage.schema import VISIT_ATTRIBUTES, VISIT_SCHEMA
 VISIT_TIMEOUT = "INTERVAL 30 MINUTE"
 UTC_DAY = "(epoch_us(timestamp) // 86400000000)"
 NONE_LABEL = "(none)"
+MICROS_PER_HOUR = 3_600_000_000
+MICROS_PER_DAY = 86_400_000_000
+MONDAY = 4  # 1970-01-05, the first Monday after the epoch, is day 4
+EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 TIME_FORMATS = {
     "time:hour": ("hour", "%Y-%m-%d %H:00:00"),
     "time:day": ("day", "%Y-%m-%d"),
@@ -83,20 +92,89 @@ class Parameters:
         return f"${name}"
 
 
-def column_for(dimension: str, params: Parameters, *, timezone: str, at: str = "timestamp") -> str:
-    """The SQL expression a dimension groups and filters by, over ``rows``."""
+def column_for(dimension: str, params: Parameters, *, timezone: str) -> str:
+    """The SQL expression an event or visit dimension groups and filters by, over ``rows``."""
     if dimension in EVENT_DIMENSIONS:
         return EVENT_DIMENSIONS[dimension]
     if dimension in VISIT_DIMENSIONS:
         column = VISIT_DIMENSIONS[dimension]
         return column if column in ("entry_page", "exit_page") else f"visit_{column}"
-    if dimension.startswith(PROPS_PREFIX):
-        key = dimension[len(PROPS_PREFIX) :].replace('"', "")
-        path = params.add('$."' + key + '"')
-        return f"json_extract_string(props, {path})"
+    key = dimension[len(PROPS_PREFIX) :].replace('"', "")
+    path = params.add('$."' + key + '"')
+    return f"json_extract_string(props, {path})"
+
+
+@functools.lru_cache(maxsize=256)
+def utc_offsets(timezone: str, start: dt.datetime, end: dt.datetime) -> tuple[tuple[int, int], ...]:
+    """``(from_us, offset_us)`` for each stretch of ``[start, end)`` with one UTC offset."""
+    zone = zoneinfo.ZoneInfo(timezone)
+
+    def offset(moment: dt.datetime) -> int:
+        return moment.astimezone(zone).utcoffset() // dt.timedelta(microseconds=1)
+
+    pieces = [(_micros(start), offset(start))]
+    moment = start
+    while moment < end:
+        step = min(moment + dt.timedelta(days=1), end)
+        if offset(step) != pieces[-1][1]:  # a transition in (moment, step]: find its second
+            low, high = int(moment.timestamp()), math.ceil(step.timestamp())
+            while high - low > 1:
+                middle = (low + high) // 2
+                at_middle = offset(dt.datetime.fromtimestamp(middle, dt.UTC))
+                low, high = (middle, high) if at_middle == pieces[-1][1] else (low, middle)
+            changed = dt.datetime.fromtimestamp(high, dt.UTC)
+            pieces.append((_micros(changed), offset(changed)))
+        moment = step
+    return tuple(pieces)
+
+
+def _micros(moment: dt.datetime) -> int:
+    return (moment - EPOCH) // dt.timedelta(microseconds=1)
+
+
+def time_bucket(dimension: str, query: Query, at: str) -> str:
+    """The time bucket of column ``at`` in the query's timezone, as a number.
+
+    Local time is epoch microseconds plus the zone's offset at that instant
+    (a CASE over the range's DST transitions), so hours, days and weeks are
+    integer divisions: several times cheaper per row than converting
+    timestamps. Months are calendar-shaped and truncate a timestamp instead.
+    """
+    unit = TIME_FORMATS[dimension][0]
+    if unit == "month":
+        return f"date_trunc('month', timezone('{_zone(query)}', {at}))"
+    pieces = utc_offsets(query.timezone, query.date_range.start, query.date_range.end)
+    micros = f"epoch_us({at})"
+    if len(pieces) == 1:
+        offset = str(pieces[0][1])
+    else:
+        branches = " ".join(
+            f"WHEN {micros} < {until} THEN {offset}"
+            for (_, offset), (until, _) in itertools.pairwise(pieces)
+        )
+        offset = f"CASE {branches} ELSE {pieces[-1][1]} END"
+    local_day = f"(({micros} + {offset}) // {MICROS_PER_DAY})"
+    if unit == "hour":
+        return f"(({micros} + {offset}) // {MICROS_PER_HOUR})"
+    if unit == "day":
+        return local_day
+    return f"(({local_day} - {MONDAY}) // 7)"  # weeks start on Monday
+
+
+def _zone(query: Query) -> str:
+    return query.timezone.replace("'", "")  # IANA names, validated by the model
+
+
+def time_label(dimension: str, bucket: str) -> str:
+    """SQL turning a :func:`time_bucket` value into its label, e.g. ``2026-01-31``."""
     unit, pattern = TIME_FORMATS[dimension]
-    local = f"timezone({params.add(timezone)}, {at})"
-    return f"strftime(date_trunc('{unit}', {local}), '{pattern}')"
+    moment = {
+        "hour": f"make_timestamp({bucket} * {MICROS_PER_HOUR})",
+        "day": f"make_timestamp({bucket} * {MICROS_PER_DAY})",
+        "week": f"make_timestamp(({bucket} * 7 + {MONDAY}) * {MICROS_PER_DAY})",
+        "month": bucket,
+    }[unit]
+    return f"strftime({moment}, '{pattern}')"
 
 
 def labelled(expression: str) -> str:
@@ -290,13 +368,17 @@ def _group_columns(
 ) -> str:
     """``<expression> AS d0, ...`` for the dimensions, time bucketed by column ``at``."""
     expressions = [
-        labelled(column_for(d, params, timezone=query.timezone, at=at)) for d in dimensions
+        time_bucket(d, query, at)
+        if d in TIME_FORMATS
+        else labelled(column_for(d, params, timezone=query.timezone))
+        for d in dimensions
     ]
     return "".join(f"{e} AS {n}, " for e, n in zip(expressions, names, strict=True))
 
 
 def _stats_ctes(query: Query, dimensions: list[str], names: list[str], params: Parameters) -> str:
-    """``event_stats``, ``visit_stats`` (when visits are needed) and ``grand_total``.
+    """``event_stats``, ``visit_stats`` (when visits are needed) and ``grand_total``
+    (for ``percentage``).
 
     Filters select rows. Event metrics aggregate the selected rows; visit
     metrics aggregate the visits that contain at least one selected row.
@@ -312,38 +394,24 @@ def _stats_ctes(query: Query, dimensions: list[str], names: list[str], params: P
         return f"""{rollup_ctes(query, params)},
     selected AS (SELECT * FROM visits WHERE {where}),
     event_stats AS (
-        SELECT {dims}count(DISTINCT visitor_id) AS visitors,
-               sum(visit_pageviews) AS pageviews,
-               sum(visit_events) AS events,
-               sum(visit_revenue) AS total_revenue,
-               sum(visit_revenue_events) AS revenue_events
-        FROM selected GROUP BY {group_by}
-    ),
-    visit_stats AS ({_visit_totals(dims, "selected", group_by)}),
-    grand_total AS (SELECT count(DISTINCT visitor_id) AS all_visitors FROM selected)"""
-    sessions = needs_sessions(query)
+        SELECT {dims}{_event_totals(query, VISIT_TOTALS)} FROM selected GROUP BY {group_by}
+    ){_visit_stats(query, dims, "selected", group_by)}{_grand_total(query)}"""
     if rollup:
         ctes = f"{rollup_ctes(query, params)}, rows AS (SELECT * FROM events)"
     else:
-        ctes = base_ctes(query, params, sessions=sessions)
+        ctes = base_ctes(query, params, sessions=needs_sessions(query))
     dims = _group_columns(query, dimensions, names, params, "timestamp")
     ctes += f""",
     selected AS (SELECT * FROM rows WHERE {where}),
     event_stats AS (
-        SELECT {dims}count(DISTINCT visitor_id) AS visitors,
-               count(*) FILTER (WHERE event_name = 'pageview') AS pageviews,
-               count(*) AS events,
-               sum(revenue_amount) AS total_revenue,
-               count(revenue_amount) AS revenue_events
-        FROM selected GROUP BY {group_by}
-    ),
-    grand_total AS (SELECT count(DISTINCT visitor_id) AS all_visitors FROM selected)"""
-    if not sessions:
+        SELECT {dims}{_event_totals(query, EVENT_TOTALS)} FROM selected GROUP BY {group_by}
+    ){_grand_total(query)}"""
+    if not wants_visit_stats(query):
         return ctes
     # a visit falls in the time bucket where it started
     visit_dims = _group_columns(query, dimensions, names, params, "visit_start")
     if rollup:  # nothing is visit-scoped: every visit of the range matches
-        return ctes + f",\n    visit_stats AS ({_visit_totals(visit_dims, 'visits', group_by)})"
+        return ctes + _visit_stats(query, visit_dims, "visits", group_by)
     group_names = "".join(f"{n}, " for n in names)
     return (
         ctes
@@ -352,19 +420,58 @@ def _stats_ctes(query: Query, dimensions: list[str], names: list[str], params: P
         SELECT {group_names}visits.* EXCLUDE (visitor_id, visit_no) FROM visits JOIN (
             SELECT DISTINCT {visit_dims}visitor_id, visit_no FROM selected
         ) USING (visitor_id, visit_no)
-    ),
-    visit_stats AS ({_visit_totals(group_names, "matched_visits", group_by)})"""
+    ){_visit_stats(query, group_names, "matched_visits", group_by)}"""
     )
 
 
-def _visit_totals(dims: str, visits: str, group_by: str) -> str:
-    return f"""
+# what each event metric needs, aggregated over selected events or over selected visits
+EVENT_TOTALS = {
+    "visitors": "count(DISTINCT visitor_id) AS visitors",
+    "pageviews": "count(*) FILTER (WHERE event_name = 'pageview') AS pageviews",
+    "events": "count(*) AS events",
+    "revenue": "sum(revenue_amount) AS total_revenue, count(revenue_amount) AS revenue_events",
+}
+VISIT_TOTALS = {
+    "visitors": "count(DISTINCT visitor_id) AS visitors",
+    "pageviews": "sum(visit_pageviews) AS pageviews",
+    "events": "sum(visit_events) AS events",
+    "revenue": "sum(visit_revenue) AS total_revenue, sum(visit_revenue_events) AS revenue_events",
+}
+NEEDS = {
+    "visitors": "visitors", "percentage": "visitors", "conversion_rate": "visitors",
+    "pageviews": "pageviews", "events": "events",
+    "total_revenue": "revenue", "average_revenue": "revenue",
+}  # fmt: skip
+
+
+def _event_totals(query: Query, totals: dict[str, str]) -> str:
+    """Only the aggregates the query's metrics use: each one costs a pass over the rows."""
+    needed = {NEEDS[m] for m in query.metrics if m in NEEDS} or {"events"}
+    return ", ".join(sql for name, sql in totals.items() if name in needed)
+
+
+def _grand_total(query: Query) -> str:
+    if "percentage" not in query.metrics:
+        return ""
+    return ",\n    grand_total AS (SELECT count(DISTINCT visitor_id) AS all_visitors FROM selected)"
+
+
+def wants_visit_stats(query: Query) -> bool:
+    return any(metric in VISIT_METRICS for metric in query.metrics)
+
+
+def _visit_stats(query: Query, dims: str, visits: str, group_by: str) -> str:
+    """The ``visit_stats`` CTE over the relation ``visits``, when a visit metric is asked."""
+    if not wants_visit_stats(query):
+        return ""
+    return f""",
+    visit_stats AS (
         SELECT {dims}count(*) AS visits,
                sum(visit_pageviews) AS visit_pageviews,
                count(*) FILTER (WHERE visit_events = 1 AND visit_pageviews = 1) AS bounces,
                sum(epoch_us(visit_end) - epoch_us(visit_start)) AS duration_us
         FROM {visits} GROUP BY {group_by}
-    """
+    )"""
 
 
 def aggregate_sql(query: Query) -> Statement:
@@ -379,7 +486,7 @@ def aggregate_sql(query: Query) -> Statement:
     names = [f"d{i}" for i in range(len(dimensions))]
     ctes = [_stats_ctes(query, dimensions, names, params)]
     join_sql = ""
-    if needs_sessions(query):
+    if wants_visit_stats(query):
         using = f"USING ({', '.join(names)})" if names else "ON TRUE"
         join_sql += f" FULL JOIN visit_stats {using}"
     if "conversion_rate" in query.metrics:
@@ -401,7 +508,8 @@ def aggregate_sql(query: Query) -> Statement:
     )"""
         )
         join_sql += f" LEFT JOIN goal_base {f'USING ({goal_names})' if goal_names else 'ON TRUE'}"
-    join_sql += " CROSS JOIN grand_total"
+    if "percentage" in query.metrics:
+        join_sql += " CROSS JOIN grand_total"
 
     metric_sql = {
         "visitors": "coalesce(visitors, 0)",
@@ -416,7 +524,10 @@ def aggregate_sql(query: Query) -> Statement:
         "percentage": ratio("100 * coalesce(visitors, 0)", "all_visitors", 2),
         "conversion_rate": ratio("100 * coalesce(visitors, 0)", "base_visitors", 2),
     }
-    columns = names + [f"{metric_sql[m]} AS m_{m}" for m in query.metrics]
+    columns = [
+        f"{time_label(d, n)} AS {n}" if d in TIME_FORMATS else n
+        for d, n in zip(dimensions, names, strict=True)
+    ] + [f"{metric_sql[m]} AS m_{m}" for m in query.metrics]
     order = _order_sql(query, names, dimensions)
     limit = params.add(query.limit)
     offset = params.add(query.offset)

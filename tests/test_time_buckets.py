@@ -1,0 +1,78 @@
+"""Time buckets across DST changes and odd offsets, against the plain-Python reference.
+
+The engine buckets time by integer arithmetic on epoch microseconds plus the zone's
+offset at each instant (see :func:`mallard.query.sql.time_bucket`); these cases put
+events on both sides of real transitions.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from pathlib import Path
+
+import pytest
+
+from mallard.query.engine import QueryEngine
+from mallard.query.model import parse_query
+from mallard.query.sql import utc_offsets
+from mallard.query.stats import run_query
+from mallard.storage.layout import DataLayout
+from mallard.storage.parquet import write_batch
+from mallard.storage.schema import events_to_table
+from tests import reference_stats as ref
+from tests.factories import make_event
+
+SITE = "example.com"
+HOUR_US = 3_600_000_000
+# (zone, a local day with a transition or an odd offset)
+CASES = [
+    ("Europe/Berlin", dt.date(2026, 3, 29)),  # 02:00 -> 03:00
+    ("America/New_York", dt.date(2026, 11, 1)),  # 02:00 -> 01:00, an hour twice
+    ("Australia/Lord_Howe", dt.date(2026, 4, 5)),  # half-hour DST ends
+    ("Asia/Kathmandu", dt.date(2026, 3, 1)),  # UTC+05:45
+]
+
+
+def test_offsets_change_at_the_transition() -> None:
+    start = dt.datetime(2026, 3, 28, tzinfo=dt.UTC)
+    pieces = utc_offsets("Europe/Berlin", start, start + dt.timedelta(days=3))
+    transition = dt.datetime(2026, 3, 29, 1, tzinfo=dt.UTC)
+    assert pieces == (
+        (int(start.timestamp() * 1e6), HOUR_US),
+        (int(transition.timestamp() * 1e6), 2 * HOUR_US),
+    )
+    assert len(utc_offsets("UTC", start, start + dt.timedelta(days=400))) == 1
+
+
+@pytest.mark.parametrize(("zone", "day"), CASES, ids=[zone for zone, _ in CASES])
+@pytest.mark.parametrize("interval", ["hour", "day"])
+async def test_buckets_match_the_reference(
+    tmp_path: Path, zone: str, day: dt.date, interval: str
+) -> None:
+    first, last = day - dt.timedelta(days=1), day + dt.timedelta(days=1)
+    start = int(dt.datetime.combine(first, dt.time(), dt.UTC).timestamp() * 1e6) - 14 * HOUR_US
+    events = [  # every 20 minutes for four days, three visitors taking turns, gaps included
+        make_event(site_id=SITE, visitor_id=i % 3, timestamp=start + i * 20 * 60_000_000,
+                   pathname=f"/{i % 5}")
+        for i in range(4 * 72) if i % 11
+    ]  # fmt: skip
+    layout = DataLayout(tmp_path / "data")
+    layout.create()
+    write_batch(events_to_table(events), layout, "buckets")
+    query = parse_query(
+        {
+            "site_id": SITE,
+            "metrics": ["visitors", "visits", "pageviews"],
+            "dimensions": [f"time:{interval}"],
+            "date_range": [first.isoformat(), last.isoformat()],
+            "timezone": zone,
+            "include": {"time_labels": True},
+        }
+    )
+    answer = await run_query(QueryEngine(layout), query)
+    got = {tuple(row["dimensions"]): row["metrics"] for row in answer["results"]}
+    expected = ref.timeseries(
+        events, interval, zone, first, last, ["visitors", "visits", "pageviews"]
+    )
+    assert answer["meta"]["time_labels"] == [label for label, _ in expected]
+    assert got == {(label,): list(m.values()) for label, m in expected}  # gaps are zeros
