@@ -30,6 +30,7 @@ import json
 import shutil
 import sys
 import tempfile
+import threading
 import time
 import urllib.parse
 from collections import Counter
@@ -59,6 +60,7 @@ from bench_ingest import (  # noqa: E402
     machine_info,
     progress,
 )
+from loadgen import LoadResult, run_load  # noqa: E402
 
 T = TypeVar("T")
 Rows = list[tuple[Any, ...]]
@@ -314,17 +316,18 @@ class Context:
     pool: ThreadPoolExecutor
 
 
+def _path(route: str, extra: dict[str, str], period: str) -> str:
+    return f"/api/stats/{route}?" + urllib.parse.urlencode(
+        {"site_id": SITE, "period": period, **extra}
+    )
+
+
 def measure(case: Case, period: str, context: Context) -> dict[str, Any]:
     """Warm-up plus ``repeat`` runs of the HTTP requests and the naive SQL, interleaved."""
     start, end = range_bounds(period, context.today)
     parameters = {"site": SITE, "start": start, "end": end}
     http_jobs = [
-        functools.partial(
-            http_get,
-            context.address,
-            f"/api/stats/{route}?"
-            + urllib.parse.urlencode({"site_id": SITE, "period": period, **extra}),
-        )
+        functools.partial(http_get, context.address, _path(route, extra, period))
         for route, extra in case.requests
     ]
     events = EVENTS.format(glob="'" + context.glob.replace("'", "''") + "'")
@@ -385,6 +388,61 @@ def measure(case: Case, period: str, context: Context) -> dict[str, Any]:
 
 
 # --- data ------------------------------------------------------------------------------
+
+
+def ingest_under_queries(url: str, context: Context, args: argparse.Namespace) -> dict[str, Any]:
+    """Ingestion latency at a fixed rate, idle and while heavy queries run (same server).
+
+    The heavy load is the all-time dashboard's 10 requests, fired again as soon as they
+    return, for the whole measured window. Events go to the load generator's sites;
+    what they add to the dataset is removed afterwards.
+    """
+    started = time.time()
+
+    def load() -> LoadResult:
+        return run_load(url, connections=16, duration=args.ingest_seconds,
+                        rate=args.ingest_rate, warmup=1.0, processes=1)  # fmt: skip
+
+    idle = load()
+    stop = threading.Event()
+    queries = [0]
+
+    def heavy() -> None:
+        jobs = [
+            functools.partial(http_get, context.address, _path(route, extra, "all"))
+            for route, extra in map(_request, DASHBOARD)
+        ]
+        while not stop.is_set():
+            timed(jobs, context.pool)
+            queries[0] += len(jobs)
+
+    worker = threading.Thread(target=heavy)
+    worker.start()
+    try:
+        busy = load()
+    finally:
+        stop.set()
+        worker.join()
+    result = {
+        "rate": args.ingest_rate,
+        "idle": idle.to_dict(),
+        "busy": busy.to_dict(),
+        "queries_during": queries[0],
+        "p99_ratio": busy.latency_ms["p99"] / idle.latency_ms["p99"],
+    }
+    _remove_ingested(Path(context.glob.split("/events/")[0]), started)
+    return result
+
+
+def _remove_ingested(data_dir: Path, since: float) -> None:
+    """Keep the cached dataset as generated: drop what the ingestion phase wrote."""
+    for site_dir in (data_dir / "events").glob("site_id=*"):
+        if site_dir.name != f"site_id={SITE}":
+            shutil.rmtree(site_dir, ignore_errors=True)
+            continue
+        for file in site_dir.glob("date=*/*.parquet"):
+            if file.stat().st_mtime >= since:
+                file.unlink()
 
 
 def parse_sizes(text: str) -> list[tuple[str, int]]:
@@ -481,6 +539,7 @@ def run_size(
     host, port = urllib.parse.urlsplit(url).netloc.rsplit(":", 1)
     progress(f"  server listening on {url}")
     records = []
+    ingestion = None
     try:
         with duckdb.connect() as connection:
             context = Context(
@@ -501,6 +560,14 @@ def run_size(
                         f"{record['http_median_ms']:9.1f} ms, naive "
                         f"{record['naive_median_ms']:9.1f} ms, {record['check']}"
                     )
+            if args.ingest_seconds:
+                progress(f"  ingestion at {args.ingest_rate:g} req/s, idle and under queries")
+                ingestion = ingest_under_queries(url, context, args)
+                progress(
+                    f"  ingestion p99 idle {ingestion['idle']['latency_ms']['p99']:.1f} ms, "
+                    f"under queries {ingestion['busy']['latency_ms']['p99']:.1f} ms "
+                    f"({ingestion['p99_ratio']:.2f}x; {ingestion['queries_during']} queries)"
+                )
         sampler.sample()
         server.stop()
     finally:
@@ -516,6 +583,7 @@ def run_size(
         "dataset": data,
         "rss_start_mib": round(sampler.start_mib, 1),
         "rss_peak_mib": round(sampler.peak_mib, 1),
+        "ingestion": ingestion,
         "shutdown_s": server.shutdown_seconds,
         "exit_code": server.exit_code,
         "log_problem_count": problem_count,
@@ -593,6 +661,16 @@ def summary_lines(sizes: list[dict[str, Any]], records: list[dict[str, Any]]) ->
             f"({size['rss_start_mib']:,.0f} after start); dashboard, 10 requests at once: "
             f"{dashboards}"
         )
+        if size["ingestion"]:
+            ingestion = size["ingestion"]
+            idle, busy = ingestion["idle"], ingestion["busy"]
+            lines.append(
+                f"{size['size']}: ingestion at {ingestion['rate']:g} req/s, p50/p99 idle "
+                f"{idle['latency_ms']['p50']:.1f}/{idle['latency_ms']['p99']:.1f} ms, under "
+                f"{ingestion['queries_during']} dashboard queries "
+                f"{busy['latency_ms']['p50']:.1f}/{busy['latency_ms']['p99']:.1f} ms: p99 "
+                f"{ingestion['p99_ratio']:.2f}x idle; errors {idle['errors'] + busy['errors']}"
+            )
     for record in records:
         if record["query"] == "main" and "http_rows" in record:
             http_visitors, _, http_views = record["http_rows"][0]
@@ -662,6 +740,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where datasets are cached (default: %(default)s)",
     )
     parser.add_argument("--keep-data", action="store_true", help="keep each server's log")
+    parser.add_argument(
+        "--ingest-seconds", type=float, default=15.0,
+        help="ingestion latency phase per size, idle then under queries (0: skip)",
+    )  # fmt: skip
+    parser.add_argument("--ingest-rate", type=float, default=300.0, help="events/s in that phase")
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args(argv)

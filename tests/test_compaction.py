@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from collections import Counter
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -184,3 +185,27 @@ def test_mallard_compact_command(layout: DataLayout) -> None:
     assert "compacting [" in result.stderr and "3/3" in result.stderr
     assert "compacted 18 files into 3" in result.stderr
     assert len(partition_files(layout)) == 1
+
+
+def test_cached_answers_never_outlive_the_data(layout: DataLayout) -> None:
+    fill(layout, files=2)
+    pending: list[pa.Table] = []
+    engine = QueryEngine(layout, pending=lambda: pending)
+    start = dt.datetime.combine(DAY, dt.time(), dt.UTC)
+    range_ = {"site_id": "a.com", "start": start, "end": start + dt.timedelta(days=1)}
+
+    def count() -> int:
+        _, rows = trio.run(partial(engine.fetch, "SELECT count(*) FROM source", **range_))
+        return rows[0][0]
+
+    first = count()
+    assert count() == first and engine.cache.hits == 1
+    late = make_event(site_id="a.com", visitor_id=-1, timestamp=20_000 * DAY_US + 9)
+    pending.append(events_to_table([late]))  # accepted, not flushed
+    assert count() == first + 1
+    pending.clear()
+    write_batch(events_to_table([late]), layout, "20260102T000000-1-cccccccc-00000000")
+    assert count() == first + 1  # flushed: a new file, a new key
+    compact(layout, before=DAY + dt.timedelta(days=1))
+    assert count() == first + 1
+    assert engine.cache.hits == 1

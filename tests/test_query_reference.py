@@ -185,7 +185,10 @@ async def test_funnel(engine: QueryEngine, data: Any, window: int) -> None:
     assert got[0]["visitors"] > got[-1]["visitors"] > 0  # the data has a real funnel
 
 
-@pytest.mark.parametrize(("period", "timezone"), [("week", "UTC"), ("day", "Europe/Berlin")])
+@pytest.mark.parametrize(
+    ("period", "timezone"),
+    [("week", "UTC"), ("day", "Europe/Berlin"), ("month", "America/New_York")],
+)
 async def test_retention(engine: QueryEngine, data: Any, period: str, timezone: str) -> None:
     query = parse_query(
         {"site_id": SITE, "metrics": ["visitors"], "timezone": timezone,
@@ -198,7 +201,8 @@ async def test_retention(engine: QueryEngine, data: Any, period: str, timezone: 
     )
     expected = ref.retention(data[1], period, timezone, **bounds(query))
     assert behaviour.retention_result(rows) == expected
-    assert any(p["visitors"] for c in expected for p in c["periods"][1:])  # people came back
+    if period != "month":  # the data spans two weeks
+        assert any(p["visitors"] for c in expected for p in c["periods"][1:])  # people came back
 
 
 def test_reference_data_has_what_the_comparison_needs(data: Any) -> None:

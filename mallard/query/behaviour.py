@@ -12,7 +12,14 @@ from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
 from mallard.query.model import Query, QueryError
-from mallard.query.sql import Parameters, base_ctes, filter_sql
+from mallard.query.sql import (
+    MICROS_PER_DAY,
+    MONDAY,
+    Parameters,
+    base_ctes,
+    filter_sql,
+    time_bucket,
+)
 
 MAX_FUNNEL_STEPS = 8
 STEP = re.compile(r"(page|event):(.+)")
@@ -72,7 +79,10 @@ def funnel_sql(
     """
     params = Parameters()
     ctes = [base_ctes(query, params, sessions=False)]
-    ctes.append(f"candidates AS (SELECT * FROM rows WHERE {_filters(query, params)})")
+    any_step = " OR ".join(_step_sql(step, params) for step in steps)
+    ctes.append(  # only events that are some step: every join below reads them alone
+        f"candidates AS (SELECT * FROM rows WHERE ({any_step}) AND {_filters(query, params)})"
+    )
     ctes.append(
         f"""s0 AS (SELECT visitor_id, min(timestamp) AS reached, min(timestamp) AS entered
         FROM candidates WHERE {_step_sql(steps[0], params)} GROUP BY visitor_id)"""
@@ -120,28 +130,37 @@ def retention_sql(query: Query, period: str) -> tuple[str, dict[str, Any]]:
 
     For each cohort and offset k: visitors of the cohort active in period
     cohort + k. Periods follow the query's time zone; weeks start on Monday.
+    Periods are numbered (days or weeks since the epoch, months since year 0)
+    so offsets are differences of integers.
     """
     if period not in RETENTION_PERIODS:
         raise QueryError("period must be day, week or month")
     params = Parameters()
-    tz = params.add(query.timezone)
-    unit = RETENTION_PERIODS[period]
+    slot = time_bucket(f"time:{period}", query, "timestamp")
+    if period == "month":
+        slot = f"(year({slot}) * 12 + month({slot}) - 1)"
     sql = (
         base_ctes(query, params, sessions=False)
         + f""",
     active AS (
-        SELECT DISTINCT visitor_id, date_trunc('{unit}', timezone({tz}, timestamp))::DATE AS slot
-        FROM rows WHERE {_filters(query, params)}
+        SELECT DISTINCT visitor_id, {slot} AS slot FROM rows WHERE {_filters(query, params)}
     ),
     cohorts AS (SELECT visitor_id, min(slot) AS cohort FROM active GROUP BY visitor_id),
     sizes AS (SELECT cohort, count(*) AS size FROM cohorts GROUP BY cohort)
-SELECT c.cohort, s.size, datediff('{unit}', c.cohort, a.slot) AS offset_periods,
-       count(DISTINCT a.visitor_id) AS visitors,
-       datediff('{unit}', c.cohort, (SELECT max(slot) FROM active)) AS span
+SELECT {_period_start(period, "c.cohort")} AS cohort, s.size, a.slot - c.cohort AS offset_periods,
+       count(*) AS visitors, (SELECT max(slot) FROM active) - c.cohort AS span
 FROM active a JOIN cohorts c USING (visitor_id) JOIN sizes s USING (cohort)
-GROUP BY ALL ORDER BY c.cohort, offset_periods"""
+GROUP BY ALL ORDER BY cohort, offset_periods"""
     )
     return sql, params.values
+
+
+def _period_start(period: str, number: str) -> str:
+    """The first day (a DATE) of the numbered period."""
+    if period == "month":
+        return f"make_date(({number} // 12)::INT, ({number} % 12 + 1)::INT, 1)"
+    days = number if period == "day" else f"({number} * 7 + {MONDAY})"
+    return f"make_timestamp({days} * {MICROS_PER_DAY})::DATE"
 
 
 def retention_result(rows: list[tuple[Any, ...]]) -> list[dict]:

@@ -9,6 +9,7 @@ event. No DuckDB extension is ever downloaded: only what ships in the wheel.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import dataclasses
 import datetime as dt
@@ -39,6 +40,50 @@ class Snapshot:
     files: list[str] = dataclasses.field(default_factory=list)
     rollups: dict[int, str] = dataclasses.field(default_factory=dict)
 
+    def fingerprint(self) -> tuple[Any, ...]:
+        """Changes whenever a file is added, removed or rewritten."""
+        stats = []
+        for path in self.files:
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:  # gone meanwhile: this snapshot is stale anyway
+                return (object(),)
+            stats.append((path, info.st_size, info.st_mtime_ns))
+        return tuple(stats), tuple(sorted(self.rollups.items()))
+
+
+class ResultCache:
+    """Answers of recent queries, keyed by the SQL and the exact data it read.
+
+    The key holds every file's size and modification time and the number of
+    unflushed events the query saw, so any write in between (a new event, a
+    flush, a compaction) makes a different key: a cached answer is never older
+    than the data. Least recently used answers go first.
+    """
+
+    def __init__(self, entries: int) -> None:
+        self._entries = entries
+        self._answers: collections.OrderedDict[Any, Any] = collections.OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+
+    def get(self, key: Any) -> Any:
+        with self._lock:
+            answer = self._answers.get(key)
+            if answer is not None:
+                self._answers.move_to_end(key)
+                self.hits += 1
+            return answer
+
+    def put(self, key: Any, answer: Any) -> None:
+        if self._entries <= 0:
+            return
+        with self._lock:
+            self._answers[key] = answer
+            self._answers.move_to_end(key)
+            while len(self._answers) > self._entries:
+                self._answers.popitem(last=False)
+
 
 def _listing(paths: list[str]) -> str:
     """A DuckDB list literal of file paths."""
@@ -60,6 +105,7 @@ class QueryEngine:
         max_concurrent: int = 4,
         timeout: float = 30.0,
         memory_limit: str = "1GB",
+        cache_entries: int = 256,
     ) -> None:
         self.layout = layout
         self._pending = pending
@@ -75,15 +121,19 @@ class QueryEngine:
         )
         self._lock = threading.Lock()
         self._limiter = trio.CapacityLimiter(max_concurrent)
+        self.cache = ResultCache(cache_entries)
 
     # --- which data a query reads ---
 
-    def _snapshot(self, site_id: str, start: dt.datetime, end: dt.datetime) -> Snapshot:
+    def _snapshot(
+        self, site_id: str, start: dt.datetime, end: dt.datetime, pending: pa.Table
+    ) -> Snapshot:
         """The range's event files, and the visit rollups of its wholly covered days.
 
         A day's rollup counts only while it matches the day's events: a single
         compacted file of the same name (a later flush or import into the day
-        adds a file, and the day is read from events again until compacted).
+        adds a file, and the day is read from events again until compacted),
+        and no unflushed event of the day waits.
         """
         site_dir = self.layout.events / f"site_id={site_id}"
         first, last = start.date(), (end - dt.timedelta(microseconds=1)).date()
@@ -108,6 +158,10 @@ class QueryEngine:
                     if rollup:
                         snapshot.rollups[(day - EPOCH).days] = rollup
         snapshot.files.sort()
+        if pending.num_rows and snapshot.rollups:
+            days = pc.divide(pending["timestamp"].cast(pa.int64()), MICROS_PER_DAY)
+            for day in pc.unique(days).to_pylist():
+                snapshot.rollups.pop(day, None)
         return snapshot
 
     def _rollup(self, site_id: str, day: dt.date, names: list[str]) -> str | None:
@@ -148,18 +202,15 @@ class QueryEngine:
         with self._lock:
             return self._database.cursor()
 
+    @staticmethod
     def _prepare_source(
-        self,
         cursor: duckdb.DuckDBPyConnection,
-        site_id: str,
-        start: dt.datetime,
-        end: dt.datetime,
+        snapshot: Snapshot,
         pending: pa.Table,
         *,
         rollup: bool = False,
     ) -> None:
         """Bind ``source`` (and with ``rollup``, ``rolled_visits`` and ``rolled_days``)."""
-        snapshot = self._snapshot(site_id, start, end)
         cursor.register("pending_events", pending)
         if snapshot.files:
             cursor.execute(
@@ -172,10 +223,6 @@ class QueryEngine:
             cursor.execute("CREATE OR REPLACE TEMP VIEW source AS SELECT * FROM pending_events")
         if not rollup:
             return
-        if pending.num_rows:  # a day with unflushed events is read from its events
-            days = pc.divide(pending["timestamp"].cast(pa.int64()), MICROS_PER_DAY).to_pylist()
-            for day in days:
-                snapshot.rollups.pop(day, None)
         cursor.register(
             "rolled_days", pa.table({"day": pa.array(list(snapshot.rollups), pa.int64())})
         )
@@ -211,15 +258,22 @@ class QueryEngine:
         interrupted = False
 
         def run() -> tuple[list[str], list[tuple[Any, ...]]]:
+            key = None
             with contextlib.ExitStack() as stack:
                 stack.callback(cursor.close)
                 if site_id is not None:
                     assert start is not None and end is not None and pending is not None
                     stack.enter_context(site_lock(self.layout, site_id))
-                    self._prepare_source(cursor, site_id, start, end, pending, rollup=rollup)
+                    snapshot = self._snapshot(site_id, start, end, pending)
+                    key = (sql, repr(parameters), rollup, snapshot.fingerprint(), pending.num_rows)
+                    if (answer := self.cache.get(key)) is not None:
+                        return answer
+                    self._prepare_source(cursor, snapshot, pending, rollup=rollup)
                 result = cursor.execute(sql, parameters or [])
-                columns = [d[0] for d in result.description or []]
-                return columns, result.fetchall()
+                answer = [d[0] for d in result.description or []], result.fetchall()
+            if key is not None:
+                self.cache.put(key, answer)
+            return answer
 
         try:
             with trio.fail_after(self._timeout):
@@ -258,7 +312,7 @@ class QueryEngine:
 
         def open_reader() -> pa.RecordBatchReader:
             lock.enter_context(site_lock(self.layout, site_id))
-            self._prepare_source(cursor, site_id, start, end, pending)
+            self._prepare_source(cursor, self._snapshot(site_id, start, end, pending), pending)
             return cursor.sql(sql, params=parameters).to_arrow_reader(batch_rows)
 
         def next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:

@@ -318,10 +318,11 @@ def reads_rollup(query: Query) -> bool:
 
     That holds when every filter tests a visit dimension (so it keeps or drops
     whole visits) and every dimension is a visit dimension or time. Event
-    metrics then come from an event scan when nothing is visit-scoped, else
-    from the selected visits' totals, which equal the totals of their events,
-    except per time bucket (a visit counts where it starts): event metrics by
-    time with a visit filter need the events.
+    metrics then come from the selected visits' totals, which equal the totals
+    of their events (every event of the range is in exactly one visit of the
+    range), except per time bucket, where a visit counts where it starts: by
+    time, event metrics come from an event scan, which is only possible when
+    nothing is visit-scoped.
     """
     if not needs_sessions(query) or "conversion_rate" in query.metrics:
         return False
@@ -389,7 +390,8 @@ def _stats_ctes(query: Query, dimensions: list[str], names: list[str], params: P
     if "event:page" in dimensions:  # pages are what pageviews were of
         where = f"({where}) AND event_name = 'pageview'"
     rollup = reads_rollup(query)
-    if rollup and _visit_scoped(query):  # everything from the selected visits
+    by_time = any(d in TIME_FORMATS for d in dimensions)
+    if rollup and (_visit_scoped(query) or not by_time):  # everything from the selected visits
         dims = _group_columns(query, dimensions, names, params, "visit_start")
         return f"""{rollup_ctes(query, params)},
     selected AS (SELECT * FROM visits WHERE {where}),
@@ -410,7 +412,7 @@ def _stats_ctes(query: Query, dimensions: list[str], names: list[str], params: P
         return ctes
     # a visit falls in the time bucket where it started
     visit_dims = _group_columns(query, dimensions, names, params, "visit_start")
-    if rollup:  # nothing is visit-scoped: every visit of the range matches
+    if rollup:  # by time, nothing visit-scoped: every visit of the range matches
         return ctes + _visit_stats(query, visit_dims, "visits", group_by)
     group_names = "".join(f"{n}, " for n in names)
     return (
