@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as dt
 import sys
 from functools import partial
@@ -39,13 +40,66 @@ def _parser() -> argparse.ArgumentParser:
     compact.add_argument(
         "--before", metavar="YYYY-MM-DD", help="compact days before this one (default yesterday)"
     )
+    demo = commands.add_parser(
+        "demo", help="serve a data dir filled with realistic synthetic traffic (a tour)"
+    )
+    demo.add_argument("--data-dir", default="./mallard-demo", help="default ./mallard-demo")
+    demo.add_argument("--host", help="bind address (default 127.0.0.1)")
+    demo.add_argument("--port", help="bind port, 0 for any free port (default 8000)")
+    demo.add_argument("--events", type=_count, default=500_000, help="default 500000")
+    demo.add_argument("--days", type=_count, default=56, help="days up to today (default 56)")
+    demo.add_argument("--fresh", action="store_true", help="generate again even if data exists")
     return parser
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at least 1")
+    return value
+
+
+DEMO_SITES = ["example.com", "shop.example.org", "blog.example.net"]
+
+
+def _demo(settings: Settings, args: argparse.Namespace) -> int:
+    """Fill the data dir with synthetic traffic (unless it has some), compact it, serve it."""
+    import shutil
+
+    from mallard.progress import progress_bar
+    from mallard.storage.compaction import compact
+    from mallard.storage.layout import DataLayout
+    from mallard.synthetic import generate
+
+    layout = DataLayout(settings.data_dir)
+    if args.fresh:
+        shutil.rmtree(layout.root, ignore_errors=True)
+    if any(layout.events.glob("site_id=*")):
+        print(f"demo: reusing the traffic in {layout.root} (--fresh for new)", file=sys.stderr)
+    else:
+        report = generate(
+            layout.root,
+            events=args.events,
+            days=args.days,
+            sites=DEMO_SITES,
+            progress=progress_bar("demo: generating", "events"),
+        )
+        print(f"demo: {report.events:,} events for {', '.join(DEMO_SITES)}", file=sys.stderr)
+        compact(layout, progress=progress_bar("demo: compacting", "days"))
+    print(
+        f"demo: sites {', '.join(DEMO_SITES)}; open the URL of the 'listening on' line below",
+        file=sys.stderr,
+    )
+    return _serve(dataclasses.replace(settings, workers=1), args, [])
 
 
 def _settings(args: argparse.Namespace) -> Settings:
     names = ("host", "port", "data_dir", "workers")
     flags = {name: getattr(args, name, None) for name in names}
-    return load_settings(config_file=args.config, flags=flags)
+    return load_settings(config_file=getattr(args, "config", None), flags=flags)
 
 
 def _compact(settings: Settings, before: str | None) -> int:
@@ -78,7 +132,7 @@ def _serve(settings: Settings, args: argparse.Namespace, argv: list[str]) -> int
 
     configure_logging(settings.log_format)
     try:
-        if args.listen_fd is not None:  # one of the supervisor's workers
+        if getattr(args, "listen_fd", None) is not None:  # one of the supervisor's workers
             trio.run(partial(serve, settings, listen_fd=args.listen_fd, worker=args.worker_index))
         elif settings.workers > 1:
             return trio.run(supervise, settings, argv[1:])
@@ -113,4 +167,6 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_USAGE
     if args.command == "compact":
         return _compact(settings, args.before)
+    if args.command == "demo":
+        return _demo(settings, args)
     return _serve(settings, args, argv)

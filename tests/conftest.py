@@ -132,9 +132,13 @@ class ServerProcess:
 
 
 def start_process(
-    data_dir: Path, *args: str, env: dict[str, str] | None = None, timeout: float = 30
+    data_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    timeout: float = 30,
+    command: str = "serve",
 ) -> ServerProcess:
-    """``python -m mallard serve`` on a free port; returns once it is listening."""
+    """``python -m mallard <command>`` on a free port; returns once it is listening."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLARD_")}
     environment.update(env or {})
     data_dir.mkdir(parents=True, exist_ok=True)
@@ -145,7 +149,7 @@ def start_process(
                 sys.executable,
                 "-m",
                 "mallard",
-                "serve",
+                command,
                 "--port",
                 "0",
                 "--data-dir",

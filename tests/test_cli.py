@@ -138,3 +138,21 @@ def test_port_in_use_is_one_line(tmp_path: Path) -> None:
     finally:
         first.signal(signal.SIGTERM)
         first.wait()
+
+
+def test_demo_fills_a_data_dir_and_serves_it(tmp_path: Path) -> None:
+    data_dir = tmp_path / "demo"
+    args = ("--events", "3000", "--days", "10")
+    server = start_process(data_dir, *args, command="demo", timeout=120)
+    assert "demo: generating [" in server.log and "demo: compacting [" in server.log
+    params = {"site_id": "shop.example.org", "period": "30d", "metrics": "visitors,visits"}
+    main = httpx.get(f"{server.url}/api/stats/main", params=params).json()
+    visitors, visits = main["results"][0]["metrics"]
+    assert 0 < visitors <= visits
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    assert any((data_dir / "visits").rglob("*.parquet"))  # compacted, with visit rollups
+    again = start_process(data_dir, *args, command="demo")  # reuses what is there
+    assert "reusing the traffic" in again.log
+    again.signal(signal.SIGTERM)
+    assert again.wait() == 0
