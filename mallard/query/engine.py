@@ -23,8 +23,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import trio
 
-from mallard.storage.compaction import COMPACTED_PREFIX, site_lock
+from mallard.storage.compaction import COMPACTED_PREFIX
 from mallard.storage.layout import DataLayout
+from mallard.storage.locks import site_lock
 from mallard.storage.schema import MICROS_PER_DAY, VISIT_SCHEMA, events_to_table
 
 PendingEvents = Callable[[], Sequence[pa.Table]]
@@ -169,6 +170,14 @@ class QueryEngine:
             return None
         path = self.layout.visits / f"site_id={site_id}" / f"date={day.isoformat()}" / names[0]
         return str(path) if path.exists() else None
+
+    def site_ids(self) -> set[str]:
+        """Every site with a partition folder of events."""
+        with contextlib.suppress(FileNotFoundError), os.scandir(self.layout.events) as entries:
+            return {
+                e.name.removeprefix("site_id=") for e in entries if e.name.startswith("site_id=")
+            }
+        return set()
 
     def first_day(self, site_id: str) -> dt.date | None:
         """The UTC date of the site's oldest partition (None without data)."""

@@ -10,8 +10,9 @@ A day that has one file but no matching rollup (imported, or compacted
 before rollups existed) is rewritten the same way.
 
 The swap is atomic for readers: queries hold a shared lock on the site
-(:func:`site_lock`) while they list and read its files, and compaction takes it
-exclusively only to rename the merged file in and delete the old ones. Files
+(:func:`~mallard.storage.locks.site_lock`) while they list and read its files,
+and compaction takes it exclusively only to rename the merged file in and
+delete the old ones. Files
 whose write-ahead log segment still exists are left alone, so a replay can
 never bring back a file that compaction merged.
 """
@@ -20,12 +21,11 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import fcntl
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ import pyarrow.parquet as pq
 
 from mallard.query.sql import rollup_sql
 from mallard.storage.layout import DataLayout
+from mallard.storage.locks import maintenance_lock, site_lock
 from mallard.storage.parquet import fsync_dir
 from mallard.storage.schema import EVENT_SCHEMA, VISIT_SCHEMA
 from mallard.storage.wal import SEGMENT_SUFFIX
@@ -43,26 +44,6 @@ log = logging.getLogger("mallard.compaction")
 
 ROW_GROUP_ROWS = 128 * 1024
 COMPACTED_PREFIX = "compacted-"
-
-
-@contextlib.contextmanager
-def site_lock(layout: DataLayout, site_id: str, *, exclusive: bool = False) -> Iterator[None]:
-    """Readers share it while they read a site's files; compaction's swap takes it alone.
-
-    An ``flock`` on ``events/site_id=<site>/.lock``: it works between threads
-    (each call opens its own descriptor) and between processes alike.
-    """
-    site_dir = layout.events / f"site_id={site_id}"
-    try:
-        fd = os.open(site_dir / ".lock", os.O_RDWR | os.O_CREAT, 0o644)
-    except FileNotFoundError:  # no data for this site yet: nothing to protect
-        yield
-        return
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH)
-        yield
-    finally:
-        os.close(fd)
 
 
 @dataclass
@@ -141,6 +122,11 @@ def _read_events(files: list[Path]) -> pa.Table:
 
 def compact_partition(layout: DataLayout, site_id: str, partition: Path) -> tuple[int, int]:
     """Merge the partition's settled files into one, with its visits; returns (files, rows)."""
+    with maintenance_lock(layout, site_id):
+        return _merge(layout, site_id, partition)
+
+
+def _merge(layout: DataLayout, site_id: str, partition: Path) -> tuple[int, int]:
     files = sorted(f for f in partition.glob("*.parquet") if not _in_flight(layout, f))
     if not files or _settled(layout, site_id, partition):
         return 0, 0

@@ -31,6 +31,11 @@ class DataLayout:
         return self.root / "visits"
 
     @property
+    def dropped(self) -> Path:
+        """Counts of the events ingestion dropped, by site, day, reason (and bot)."""
+        return self.root / "dropped"
+
+    @property
     def keys(self) -> Path:
         return self.root / "keys"
 

@@ -1,0 +1,163 @@
+"""Erasure: a site's events in a time range removed from everywhere they live.
+
+Accepted events live in three places: Parquet files (with their day's visit
+rollup), the writers' unflushed tables, and write-ahead log segments that a
+restart after a crash would replay. An erasure first records a *tombstone* in
+``data_dir/erasures.json``; writers drop tombstoned rows from every batch
+before it is written and WAL replay does the same, so nothing accepted before
+the erasure can come back. Then the Parquet files of the days in range are
+rewritten without the erased rows and all swapped in under the site's
+exclusive lock: a query sees the whole erasure or none of it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from mallard.storage.layout import DataLayout
+from mallard.storage.locks import maintenance_lock, site_lock
+from mallard.storage.parquet import fsync_dir
+from mallard.storage.schema import MICROS_PER_DAY
+
+ERASED_PREFIX = "erased-"
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """Events of ``site_id`` timed in ``[start_us, end_us)`` and accepted before ``erased_us``."""
+
+    site_id: str
+    start_us: int
+    end_us: int
+    erased_us: int
+
+
+@dataclass
+class ErasureReport:
+    files_rewritten: int = 0
+    files_removed: int = 0
+    rows_erased: int = 0
+
+
+class Tombstones:
+    """The tombstones on disk, re-read only when the file changes."""
+
+    def __init__(self, layout: DataLayout) -> None:
+        self._path = layout.root / "erasures.json"
+        self._seen: tuple[int, int] | None = None
+        self._tombstones: tuple[Tombstone, ...] = ()
+
+    def current(self) -> tuple[Tombstone, ...]:
+        try:
+            info = os.stat(self._path)
+        except FileNotFoundError:
+            return ()
+        if (info.st_mtime_ns, info.st_size) != self._seen:
+            entries = json.loads(self._path.read_text())
+            self._tombstones = tuple(Tombstone(**entry) for entry in entries)
+            self._seen = (info.st_mtime_ns, info.st_size)
+        return self._tombstones
+
+    def add(self, tombstone: Tombstone, staging: Path) -> None:
+        """Append durably: written aside, then renamed over the old list."""
+        entries = [asdict(t) for t in self.current()] + [asdict(tombstone)]
+        staging.write_text(json.dumps(entries, indent=1) + "\n")
+        with open(staging, "rb") as file:
+            os.fsync(file.fileno())
+        os.replace(staging, self._path)
+        fsync_dir(self._path.parent)
+
+    def keep(self, table: pa.Table) -> pa.Table:
+        """``table`` without the rows any tombstone erases."""
+        tombstones = self.current()
+        if not tombstones or table.num_rows == 0:
+            return table
+        return table.filter(pc.invert(erased_mask(table, tombstones)))
+
+
+def erased_mask(table: pa.Table, tombstones: tuple[Tombstone, ...]) -> pa.ChunkedArray:
+    """True for the rows of ``table`` that a tombstone erases."""
+    micros = table["timestamp"].cast(pa.int64())
+    mask = pa.chunked_array([pa.array([False] * table.num_rows)])
+    for tombstone in tombstones:
+        hit = pc.and_(
+            pc.equal(table["site_id"], tombstone.site_id),
+            pc.and_(
+                pc.greater_equal(micros, tombstone.start_us),
+                pc.less(micros, min(tombstone.end_us, tombstone.erased_us)),
+            ),
+        )
+        mask = pc.or_(mask, hit)
+    return mask
+
+
+def erase(
+    layout: DataLayout, tombstones: Tombstones, site_id: str, start: dt.datetime, end: dt.datetime
+) -> ErasureReport:
+    """Record the tombstone, then remove the rows from the site's Parquet files. Blocking."""
+    now_us = time.time_ns() // 1000
+    tombstone = Tombstone(site_id, _micros(start), _micros(end), now_us)
+    tombstones.add(tombstone, layout.tmp / f"erasures-{uuid.uuid4().hex}.tmp")
+    report = ErasureReport()
+    with maintenance_lock(layout, site_id):
+        replaced, removed = _rewrite_days(layout, tombstone, report)
+        with site_lock(layout, site_id, exclusive=True):
+            for staging, destination in replaced:
+                os.replace(staging, destination)
+            for file in removed:
+                file.unlink(missing_ok=True)
+            for folder in {f.parent for f in removed}:
+                fsync_dir(folder)
+    return report
+
+
+def _rewrite_days(
+    layout: DataLayout, tombstone: Tombstone, report: ErasureReport
+) -> tuple[list[tuple[Path, Path]], list[Path]]:
+    """Stage each touched file's remaining rows; (staged -> destination, files to remove)."""
+    replaced: list[tuple[Path, Path]] = []
+    removed: list[Path] = []
+    site_dir = layout.events / f"site_id={tombstone.site_id}"
+    first, last = tombstone.start_us // MICROS_PER_DAY, (tombstone.end_us - 1) // MICROS_PER_DAY
+    for day in range(first, last + 1):
+        partition = layout.partition(tombstone.site_id, day)
+        if not partition.is_dir():
+            continue
+        touched = False
+        for file in sorted(partition.glob("*.parquet")):
+            table = pq.read_table(file, partitioning=None)
+            erased = erased_mask(table, (tombstone,))
+            count = pc.sum(erased).as_py() or 0
+            if not count:
+                continue
+            report.rows_erased += count
+            touched = True
+            removed.append(file)
+            rest = table.filter(pc.invert(erased))
+            if rest.num_rows:
+                name = f"{ERASED_PREFIX}{uuid.uuid4().hex}.parquet"
+                staging = layout.tmp / f"{name}.tmp"
+                pq.write_table(rest, staging, compression="zstd")
+                with open(staging, "rb") as handle:
+                    os.fsync(handle.fileno())
+                replaced.append((staging, partition / name))
+                report.files_rewritten += 1
+            else:
+                report.files_removed += 1
+        if touched:  # the day's visit rollup no longer matches: compaction writes a new one
+            removed += list((layout.visits / site_dir.name / partition.name).glob("*.parquet"))
+    return replaced, removed
+
+
+def _micros(moment: dt.datetime) -> int:
+    return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)
