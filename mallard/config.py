@@ -11,6 +11,7 @@ import dataclasses
 import ipaddress
 import os
 import tomllib
+import zoneinfo
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -33,6 +34,7 @@ class Settings:
     data_dir: Path = Path("./data")
     secret: str | None = None
     site_ids: tuple[str, ...] = ()
+    sites: tuple[tuple[str, str], ...] = ()  # (site id, its default timezone)
     filter_bots: bool = True
     rate_limit: float = 0.0
     rate_burst: float | None = None
@@ -48,8 +50,19 @@ class Settings:
         ipaddress.ip_network("::1/128"),
     )
     admin_password: str | None = None
+    cookie_secure: bool = False
+    session_ttl: float = 7 * 86400.0
+    login_max_failures: int = 5
+    login_lockout: float = 900.0
     log_format: str = "text"
     geoip_db: Path | None = None
+    metrics_token: str | None = None
+    gdpr_mode: bool = False
+    strip_referrer_query: bool = False
+    round_timestamps: bool = False
+    drop_versions: bool = False
+    drop_screen_size: bool = False
+    country_only: bool = False
 
     @property
     def effective_rate_burst(self) -> float:
@@ -146,6 +159,32 @@ def _site_ids(value: Any) -> tuple[str, ...]:
     return tuple(site.lower() for site in sites)
 
 
+def _sites(value: Any) -> tuple[tuple[str, str], ...]:
+    """``{"example.com" = {timezone = "Europe/Berlin"}}`` in TOML, ``a.com=Europe/Berlin,b.org``."""
+    if isinstance(value, dict):
+        entries = []
+        for site, options in value.items():
+            if isinstance(options, dict) and set(options) <= {"timezone"}:
+                entries.append((site, options.get("timezone", "UTC")))
+            else:
+                raise ValueError(f'site {site!r}: expected {{ timezone = "Area/City" }}')
+    else:
+        entries = [(site, zone or "UTC") for site, _, zone in map(_split_site, _string_list(value))]
+    sites = []
+    known = zoneinfo.available_timezones() | {"UTC"} if entries else set()
+    for site, zone in entries:
+        _site_ids(site)
+        if not isinstance(zone, str) or zone not in known:
+            raise ValueError(f"site {site!r}: {zone!r} is not an IANA time zone like Europe/Berlin")
+        sites.append((site.lower(), zone))
+    return tuple(sites)
+
+
+def _split_site(entry: str) -> tuple[str, str, str]:
+    site, equals, zone = entry.partition("=")
+    return site.strip(), equals, zone.strip()
+
+
 def _networks(value: Any) -> tuple[Network, ...]:
     networks = []
     for item in _string_list(value):
@@ -195,6 +234,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "data_dir": _path,
     "secret": _optional_text,
     "site_ids": _site_ids,
+    "sites": _sites,
     "filter_bots": _boolean,
     "rate_limit": _number(0),
     "rate_burst": _optional_number(1),
@@ -207,8 +247,19 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "shutdown_timeout": _number(0, inclusive=False),
     "trusted_proxies": _networks,
     "admin_password": _optional_text,
+    "cookie_secure": _boolean,
+    "session_ttl": _number(0, inclusive=False),
+    "login_max_failures": _integer(1),
+    "login_lockout": _number(0, inclusive=False),
     "log_format": _choice("text", "json"),
     "geoip_db": _existing_file,
+    "metrics_token": _optional_text,
+    "gdpr_mode": _boolean,
+    "strip_referrer_query": _boolean,
+    "round_timestamps": _boolean,
+    "drop_versions": _boolean,
+    "drop_screen_size": _boolean,
+    "country_only": _boolean,
 }
 
 

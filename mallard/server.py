@@ -26,6 +26,7 @@ from mallard.ingest.geo import GeoLookup
 from mallard.ingest.pipeline import Ingestor
 from mallard.ingest.ratelimit import RateLimiter
 from mallard.ingest.visitor import VisitorIds, load_or_create_secret
+from mallard.metrics import Metrics, worker_metrics
 from mallard.query.engine import QueryEngine
 from mallard.storage.compaction import compact
 from mallard.storage.layout import DataLayout
@@ -75,12 +76,14 @@ async def serve(
     visitors = VisitorIds(secret)
     share = settings.workers if worker is not None else 1
     limiter = RateLimiter(settings.rate_limit / share, settings.effective_rate_burst / share)
+    metrics = worker_metrics(layout) if worker is not None else Metrics()
     await _replay_write_ahead_logs(layout)
     writer = EventWriter(
         layout,
         flush_count=settings.flush_count,
         flush_interval=settings.flush_interval,
         durability=settings.durability,
+        metrics=metrics,
     )
     engine = QueryEngine(layout, pending=writer.unflushed)
     events_send, events_receive = trio.open_memory_channel[Event](settings.queue_size)
@@ -92,7 +95,9 @@ async def serve(
         limiter=limiter,
         geo=GeoLookup(settings.geoip_db),
     )
-    app = IngestEndpoint(ingestor, create_app(settings=settings, writer=writer, engine=engine))
+    app = IngestEndpoint(
+        ingestor, create_app(settings=settings, writer=writer, engine=engine, metrics=metrics)
+    )
 
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, stop)
@@ -100,7 +105,7 @@ async def serve(
         nursery.start_soon(_every, UPKEEP_INTERVAL, limiter.forget_idle)
         nursery.start_soon(_every, UPKEEP_INTERVAL, visitors.forget_inactive)
         if settings.compaction_interval and not worker:  # one compactor per data dir
-            nursery.start_soon(_compact_every, settings.compaction_interval, layout)
+            nursery.start_soon(_compact_every, settings.compaction_interval, layout, metrics)
         async with trio.open_nursery() as pipeline:  # done once the writer has flushed all
             pipeline.start_soon(writer.run, events_receive)
             config = hypercorn_config(settings, listen_fd)
@@ -112,6 +117,7 @@ async def serve(
             task_status.started(binds[0])
         nursery.cancel_scope.cancel()
     engine.close()
+    metrics.close()
     if nursery.cancel_scope.cancelled_caught and writer.pending:
         fate = (
             "they stay in the write-ahead log and are replayed at the next start"
@@ -139,6 +145,8 @@ async def _replay_write_ahead_logs(layout: DataLayout) -> None:
             extra={
                 "events": report.events,
                 "segments": report.segments,
+                "writers": report.writers,
+                "files": report.files,
                 "duration_ms": report.seconds * 1000,
             },
         )
@@ -181,13 +189,16 @@ async def _bound_shutdown(stop: trio.Event, scope: trio.CancelScope, timeout: fl
     scope.deadline = trio.current_time() + timeout
 
 
-async def _compact_every(interval: float, layout: DataLayout) -> None:
+async def _compact_every(interval: float, layout: DataLayout, metrics: Metrics) -> None:
     """Merge the small files of finished days, in a worker thread, every ``interval`` s."""
     while True:
         try:
             await trio.to_thread.run_sync(compact, layout)
         except OSError as error:  # a full disk, say: try again next time
-            log.error("compaction failed: %s", error)
+            metrics.compactions_failed.inc()
+            log.error("compaction failed: %s", error, extra={"error": str(error)})
+        else:
+            metrics.compactions_done.inc()
         await trio.sleep(interval)
 
 

@@ -129,7 +129,7 @@ class IngestEndpoint:
             return
         if method not in ("POST", "GET", "HEAD"):
             error = InvalidEvent(405, f"{method} is not allowed on {EVENT_PATH}; use POST or GET")
-            await _respond_error(send, error)
+            await self._refuse(send, error)
             return
         headers = _headers(scope)
         try:
@@ -140,7 +140,7 @@ class IngestEndpoint:
                 event = parse_query(scope["query_string"])
             await self._ingestor.ingest(event, _request_facts(scope, headers))
         except InvalidEvent as error:
-            await _respond_error(send, error)
+            await self._refuse(send, error)
             return
         if method == "POST":
             await _respond(send, 202, ACCEPTED_HEADERS)
@@ -154,7 +154,7 @@ class IngestEndpoint:
             await _respond(send, 204, PREFLIGHT_HEADERS)
             return
         if method != "POST":
-            await _respond_error(send, InvalidEvent(405, f"use POST on {BATCH_PATH}"))
+            await self._refuse(send, InvalidEvent(405, f"use POST on {BATCH_PATH}"))
             return
         headers = _headers(scope)
         try:
@@ -163,7 +163,7 @@ class IngestEndpoint:
                 parse_batch(body), _request_facts(scope, headers)
             )
         except InvalidEvent as error:
-            await _respond_error(send, error)
+            await self._refuse(send, error)
             return
         results = [
             {"status": 202}
@@ -182,6 +182,15 @@ class IngestEndpoint:
              (b"content-length", str(len(payload)).encode())],
             payload,
         )  # fmt: skip
+
+    async def _refuse(self, send: Send, error: InvalidEvent) -> None:
+        """Answer an error; an invalid request counts as one dropped event.
+
+        Refusals (403, 429, 503) were counted where they were decided.
+        """
+        if not isinstance(error, Refused):
+            self._ingestor.reject(error)
+        await _respond_error(send, error)
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:

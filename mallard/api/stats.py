@@ -8,8 +8,6 @@ translate parameters.
 from __future__ import annotations
 
 import datetime as dt
-import hmac
-import ipaddress
 import json
 from collections.abc import AsyncIterator
 from typing import Any
@@ -17,7 +15,8 @@ from typing import Any
 import pyarrow as pa
 from quart import Blueprint, Response, current_app, jsonify, request
 
-from mallard.config import Settings
+from mallard.auth import access
+from mallard.ingest import dropped
 from mallard.query import behaviour, export
 from mallard.query.engine import QueryEngine, QueryTimeout
 from mallard.query.model import Query, QueryError, parse_query
@@ -54,10 +53,6 @@ SESSION_METRICS = ("visits", "visit_duration", "views_per_visit", "bounce_rate")
 DEFAULT_BREAKDOWN_LIMIT = 100
 
 
-def _settings() -> Settings:
-    return current_app.config["MALLARD_SETTINGS"]
-
-
 def _engine() -> QueryEngine:
     return current_app.config["MALLARD_ENGINE"]
 
@@ -67,29 +62,22 @@ def _error(status: int, message: str) -> Any:
 
 
 @blueprint.before_request
-async def require_access() -> Any:
-    """Interim access rule until accounts exist.
+async def require_access() -> None:
+    """A session, API key or shared link that may read the requested site.
 
-    Without ``admin_password`` the stats API answers loopback clients only;
-    with it, ``Authorization: Bearer <password>`` (or Basic with that password).
+    Raw exports need an account (session or key): a shared link only shows a
+    dashboard. While no password exists at all, loopback clients may read.
     """
-    password = _settings().admin_password
-    if password is None:
-        peer = (request.scope.get("client") or ("",))[0]
-        try:
-            loopback = ipaddress.ip_address(peer).is_loopback
-        except ValueError:
-            loopback = False
-        if not loopback:
-            return _error(403, "set admin_password to use the stats API from other machines")
-        return None
-    supplied = request.authorization.password if request.authorization else None
-    header = request.headers.get("Authorization", "")
-    if header.lower().startswith("bearer "):
-        supplied = header[7:].strip()
-    if supplied is None or not hmac.compare_digest(supplied.encode(), password.encode()):
-        return _error(401, "authentication required")
-    return None
+    await access.reader(
+        await access.requested_site(), shared_links=request.endpoint != "stats.export_data"
+    )
+
+
+def _parse(body: Any) -> Query:
+    """The query, in its site's configured timezone unless it names one."""
+    zones = dict(current_app.config["MALLARD_SETTINGS"].sites)
+    site = body.get("site_id") if isinstance(body, dict) else None
+    return parse_query(body, default_timezone=zones.get(site, "UTC"))
 
 
 async def _answer(query: Query) -> Any:
@@ -102,7 +90,7 @@ async def query_v2() -> Any:
     if body is None:
         return _error(400, "the body must be a JSON query object")
     try:
-        query = parse_query(body)
+        query = _parse(body)
     except QueryError as error:
         return _error(400, str(error))
     return await _answer(query)
@@ -137,7 +125,7 @@ def _legacy_query(
         body["include"]["comparisons"] = {"mode": args["compare"]}
     elif args.get("compare"):
         raise QueryError("compare must be previous_period or year_over_year")
-    return parse_query(body)
+    return _parse(body)
 
 
 def _date_range(period: str, date: str | None) -> Any:
@@ -231,7 +219,7 @@ async def realtime() -> Any:
         "metrics": ["visitors"],
         "date_range": [(now - dt.timedelta(minutes=5)).isoformat(), now.isoformat()],
     }
-    result = await run_query(_engine(), parse_query(body))
+    result = await run_query(_engine(), _parse(body))
     return jsonify({"visitors": result["results"][0]["metrics"][0]})
 
 
@@ -338,3 +326,19 @@ async def _single(batch: pa.RecordBatch) -> AsyncIterator[pa.RecordBatch]:
 
 def _empty(names: list[str]) -> pa.RecordBatch:
     return pa.RecordBatch.from_pydict({name: pa.array([], pa.string()) for name in names})
+
+
+@blueprint.get("/api/stats/dropped")
+async def dropped_events() -> Any:
+    """What ingestion dropped and why: per UTC day and reason, and the top bot user agents."""
+    query = _legacy_query(["visitors"], [])
+    writer = current_app.config["MALLARD_WRITER"]
+    report = await dropped.report(
+        _engine(),
+        writer.drops if writer else None,
+        query.site_id,
+        query.date_range.start,
+        query.date_range.end,
+        bots=_positive_int("limit", 10, 100),
+    )
+    return jsonify(report)

@@ -2,13 +2,14 @@
 
 Order of checks, so that invalid floods never spend a site's rate budget:
 validation (400/422, done by the caller while parsing), Origin (403), bot
-filter (silently dropped), rate limit (429), queue space (503).
+filter (silently dropped), rate limit (429), queue space (503). Every event is
+counted once: accepted, or dropped with its reason (metrics and drop report).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from urllib.parse import urlsplit
@@ -17,8 +18,10 @@ import trio
 
 from mallard.config import Settings
 from mallard.ingest.client import client_ip
+from mallard.ingest.dropped import BACK_PRESSURE, BOT, INVALID, ORIGIN, RATE_LIMITED
 from mallard.ingest.enrich import build_event
 from mallard.ingest.geo import GeoLookup, Location
+from mallard.ingest.privacy import PrivacyRules, redactor
 from mallard.ingest.ratelimit import RateLimiter
 from mallard.ingest.useragent import UserAgentInfo, analyse
 from mallard.ingest.validation import EventInput, InvalidEvent
@@ -102,18 +105,24 @@ class Ingestor:
         self._limiter = limiter
         self._geo = geo
         self._clock = clock
+        self._redact = redactor(PrivacyRules.from_settings(settings))
+        self._metrics = writer.metrics
+        self._accepted = writer.metrics.accepted
+        self._drops = writer.drops
 
     async def ingest(self, event: EventInput, request: RequestFacts) -> Outcome:
         """Queue the event for storage, or raise :class:`Refused`.
 
         With the write-ahead log, returns only once the event is durable.
         """
-        client = self._admit(request)
+        client = self._admit(request, (event.domain,))
         if client is None:
             return Outcome.BOT
         sequence = self._enqueue(event, client, self._clock())
         if self._writer.durable and not await self._writer.wait_durable(sequence):
+            self._dropped(BACK_PRESSURE, event.domain)
             raise _busy()
+        self._accepted.inc()
         return Outcome.STORED
 
     async def ingest_batch(
@@ -124,35 +133,61 @@ class Ingestor:
         Request-wide checks (Origin, bots) apply to all; the rate limit and the
         queue to each event in order. Returns once every accepted one is durable.
         """
-        client = self._admit(request)
+        valid = []
+        for item in events:
+            if isinstance(item, InvalidEvent):
+                self.reject(item)
+            else:
+                valid.append(item.domain)
+        client = self._admit(request, valid)
         if client is None:
             return [item if isinstance(item, InvalidEvent) else None for item in events]
         now_ns = self._clock()
         outcomes: list[InvalidEvent | None] = []
-        sequences: dict[int, int] = {}  # index -> sequence number of a queued event
+        queued: dict[int, tuple[int, str]] = {}  # index -> (sequence number, site) when queued
         for index, item in enumerate(events):
             if isinstance(item, InvalidEvent):
                 outcomes.append(item)
                 continue
             try:
-                sequences[index] = self._enqueue(item, client, now_ns)
+                queued[index] = (self._enqueue(item, client, now_ns), item.domain)
             except Refused as refusal:
                 outcomes.append(refusal)
             else:
                 outcomes.append(None)
         if self._writer.durable:
-            for index, sequence in sequences.items():
+            for index, (sequence, site) in queued.items():
                 if not await self._writer.wait_durable(sequence):
                     outcomes[index] = _busy()
+                    self._dropped(BACK_PRESSURE, site)
+        self._accepted.inc(outcomes.count(None))
         return outcomes
 
-    def _admit(self, request: RequestFacts) -> Client | None:
-        """Checks that hold for the whole request; None for a bot (drop, answer 202)."""
+    def reject(self, error: InvalidEvent) -> None:
+        """Count an event refused as invalid (400, 413, 422...), per site when it named one."""
+        if error.site_id is None:
+            self._metrics.dropped(INVALID)
+        else:
+            self._dropped(INVALID, error.site_id)
+
+    def _dropped(self, reason: str, site_id: str, user_agent: str = "") -> None:
+        self._metrics.dropped(reason, site_id)
+        self._drops.record(reason, site_id, user_agent)
+
+    def _admit(self, request: RequestFacts, sites: Iterable[str]) -> Client | None:
+        """Checks that hold for the whole request; None for a bot (drop, answer 202).
+
+        ``sites`` are the sites of the request's valid events, for the drop counts.
+        """
         settings = self._settings
         if not origin_allowed(request.origin, settings.site_ids):
+            for site in sites:
+                self._dropped(ORIGIN, site)
             raise Refused(403, "Origin is not in the site_ids allowlist")
         user_agent = analyse(request.user_agent)
         if settings.filter_bots and user_agent.is_bot:
+            for site in sites:
+                self._dropped(BOT, site, request.user_agent)
             return None
         ip = client_ip(
             request.peer, request.forwarded_for, request.real_ip, settings.trusted_proxies
@@ -163,6 +198,7 @@ class Ingestor:
         """Rate-limit, enrich and queue one event; returns its sequence number."""
         wait = self._limiter.acquire(event.domain, now_ns / 1e9)
         if wait:
+            self._dropped(RATE_LIMITED, event.domain)
             raise Refused(429, f"rate limit exceeded for {event.domain}", retry_after=_ceil(wait))
         row = build_event(
             event,
@@ -171,9 +207,12 @@ class Ingestor:
             user_agent=client.analysis,
             location=client.location,
         )
+        if self._redact is not None:
+            row = self._redact(row)
         try:
             self._events.send_nowait(row)
         except trio.WouldBlock:
+            self._dropped(BACK_PRESSURE, event.domain)
             raise _busy() from None
         self._sent += 1
         return self._sent

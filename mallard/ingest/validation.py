@@ -30,7 +30,12 @@ CENTS = Decimal("0.01")
 
 
 class InvalidEvent(Exception):
-    """The request cannot become an event; ``status`` is the HTTP answer."""
+    """The request cannot become an event; ``status`` is the HTTP answer.
+
+    ``site_id`` is the event's site when its ``d`` was valid (for drop counts).
+    """
+
+    site_id: str | None = None
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
@@ -146,6 +151,20 @@ def _parse_number_text(field: str, text: str) -> float:
 
 def validate_fields(data: dict[str, Any]) -> EventInput:
     """Check a decoded event object field by field; unknown fields are ignored."""
+    try:
+        return _validate_fields(data)
+    except InvalidEvent as error:
+        error.site_id = _valid_site_id(data.get("d"))
+        raise
+
+
+def _valid_site_id(value: Any) -> str | None:
+    if isinstance(value, str) and SITE_ID_PATTERN.fullmatch(value):
+        return value.lower()
+    return None
+
+
+def _validate_fields(data: dict[str, Any]) -> EventInput:
     missing = [field for field in ("d", "n", "u") if data.get(field) is None]
     if missing:
         raise InvalidEvent(422, f"missing required field: {', '.join(missing)}")

@@ -110,8 +110,13 @@ def erase(
     tombstones.add(tombstone, layout.tmp / f"erasures-{uuid.uuid4().hex}.tmp")
     report = ErasureReport()
     with maintenance_lock(layout, site_id):
-        replaced, removed = _rewrite_days(layout, tombstone, report)
+        seen: set[Path] = set()
+        replaced, removed = _rewrite_days(layout, tombstone, report, seen)
         with site_lock(layout, site_id, exclusive=True):
+            # a flush that was under way when the tombstone was written may have landed
+            late_replaced, late_removed = _rewrite_days(layout, tombstone, report, seen)
+            replaced += late_replaced
+            removed += late_removed
             for staging, destination in replaced:
                 os.replace(staging, destination)
             for file in removed:
@@ -122,9 +127,12 @@ def erase(
 
 
 def _rewrite_days(
-    layout: DataLayout, tombstone: Tombstone, report: ErasureReport
+    layout: DataLayout, tombstone: Tombstone, report: ErasureReport, seen: set[Path]
 ) -> tuple[list[tuple[Path, Path]], list[Path]]:
-    """Stage each touched file's remaining rows; (staged -> destination, files to remove)."""
+    """Stage the remaining rows of each touched file not in ``seen`` (which grows).
+
+    Returns (staged file -> destination, files to remove).
+    """
     replaced: list[tuple[Path, Path]] = []
     removed: list[Path] = []
     site_dir = layout.events / f"site_id={tombstone.site_id}"
@@ -134,7 +142,8 @@ def _rewrite_days(
         if not partition.is_dir():
             continue
         touched = False
-        for file in sorted(partition.glob("*.parquet")):
+        for file in sorted(set(partition.glob("*.parquet")) - seen):
+            seen.add(file)
             table = pq.read_table(file, partitioning=None)
             erased = erased_mask(table, (tombstone,))
             count = pc.sum(erased).as_py() or 0
@@ -155,6 +164,7 @@ def _rewrite_days(
             else:
                 report.files_removed += 1
         if touched:  # the day's visit rollup no longer matches: compaction writes a new one
+            # (listed again by a second pass: unlinking twice is harmless)
             removed += list((layout.visits / site_dir.name / partition.name).glob("*.parquet"))
     return replaced, removed
 

@@ -123,11 +123,11 @@ class WriteAheadLog:
     def segment_path(self, number: int) -> Path:
         return self.folder / f"{number:08d}{SEGMENT_SUFFIX}"
 
-    def append(self, number: int, events: Sequence[Event]) -> None:
+    def append(self, number: int, events: Sequence[Event]) -> float:
         """Append one record to segment ``number`` and fsync it (blocking: run in a thread).
 
-        On failure the segment is cut back to its last good record, so a later
-        append never follows garbage.
+        Returns the seconds the fsync took. On failure the segment is cut back
+        to its last good record, so a later append never follows garbage.
         """
         record = frame(encode_events(events))
         with self._mutex:
@@ -137,11 +137,14 @@ class WriteAheadLog:
             try:
                 self._segment.write(record)
                 self._segment.flush()
+                started = time.perf_counter()
                 os.fsync(self._segment.fileno())
+                fsync_seconds = time.perf_counter() - started
             except OSError:
                 self._truncate_to_good_size()
                 raise
             self._good_size += len(record)
+        return fsync_seconds
 
     def _open(self, number: int) -> None:
         self.close_segment()

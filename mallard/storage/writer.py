@@ -12,6 +12,9 @@ batch is full, the collector stops taking on events. With the WAL it refuses
 the groups it drains (their handlers answer 503); in memory mode it stops
 draining, the channel fills, and handlers answer 503 when they cannot enqueue.
 Either way memory stays bounded and no event is answered 202 and then dropped.
+
+The writer also owns the drop counts (:mod:`mallard.ingest.dropped`), written
+on the flush schedule, and reports what it does to :class:`~mallard.metrics.Metrics`.
 """
 
 from __future__ import annotations
@@ -24,6 +27,8 @@ from typing import Literal
 import pyarrow as pa
 import trio
 
+from mallard.ingest.dropped import DropLog
+from mallard.metrics import Metrics
 from mallard.storage.layout import DataLayout, batch_name, new_writer_id
 from mallard.storage.parquet import write_batch
 from mallard.storage.schema import Event, events_to_table
@@ -47,11 +52,14 @@ class EventWriter:
         flush_count: int,
         flush_interval: float,
         durability: Literal["wal", "memory"] = "wal",
+        metrics: Metrics | None = None,
     ) -> None:
         self.layout = layout
         self.flush_count = flush_count
         self.flush_interval = flush_interval
         self.writer_id = new_writer_id()
+        self.metrics = metrics or Metrics()
+        self.drops = DropLog(layout, self.writer_id)  # written on the same schedule as events
         self._wal = WriteAheadLog(layout, self.writer_id) if durability == "wal" else None
         self.flush_failing = False
         self.wal_failing = False
@@ -95,13 +103,20 @@ class EventWriter:
         return not any(first <= sequence <= last for first, last in self._refused)
 
     async def run(self, events: trio.MemoryReceiveChannel[Event]) -> None:
-        """Run until ``events`` is closed and everything received is flushed."""
+        """Run until ``events`` is closed and everything received is flushed.
+
+        Drop counts are written every ``flush_interval`` seconds and at the end.
+        """
         batches_send, batches_receive = trio.open_memory_channel[tuple[int, pa.Table]](0)
         try:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(self._flush_batches, batches_receive)
-                async with batches_send:
-                    await self._collect(events, batches_send)
+            async with trio.open_nursery() as timer:
+                timer.start_soon(self.drops.persist_every, self.flush_interval)
+                async with trio.open_nursery() as nursery:
+                    nursery.start_soon(self._flush_batches, batches_receive)
+                    async with batches_send:
+                        await self._collect(events, batches_send)
+                timer.cancel_scope.cancel()
+            await self.drops.persist()
         finally:
             if self._wal is not None:
                 self._wal.close()
@@ -146,13 +161,20 @@ class EventWriter:
             self._resolve(refused=(first, self._received))
             return
         try:
-            await trio.to_thread.run_sync(self._wal.append, self._batch_number, group)
+            fsync_seconds = await trio.to_thread.run_sync(
+                self._wal.append, self._batch_number, group
+            )
         except OSError as error:
             if not self.wal_failing:
-                log.error("write-ahead log append failed, answering 503: %s", error)
+                log.error(
+                    "write-ahead log append failed, answering 503: %s",
+                    error,
+                    extra={"events": len(group), "error": str(error)},
+                )
                 self.wal_failing = True
             self._resolve(refused=(first, self._received))
             return
+        self.metrics.wal_fsync_seconds.observe(fsync_seconds)
         if self.wal_failing:
             log.warning("write-ahead log works again")
             self.wal_failing = False
@@ -166,6 +188,7 @@ class EventWriter:
 
     async def _add(self, group: list[Event], *, convert_all: bool = False) -> None:
         self._staged.extend(group)
+        self.metrics.buffered.set(self.pending)
         if self._staged and (convert_all or len(self._staged) >= STAGED_ROWS):
             # Stay visible to queries and counts while converting.
             table = await trio.to_thread.run_sync(events_to_table, self._staged)
@@ -218,6 +241,7 @@ class EventWriter:
                     log.warning("could not delete WAL segment %d: %s", number, error)
             self._cut.popleft()
             self._cut_rows -= batch.num_rows
+            self.metrics.buffered.set(self.pending)
 
     async def _flush_with_retry(self, number: int, batch: pa.Table) -> None:
         name = batch_name(self.writer_id, number)
@@ -225,10 +249,15 @@ class EventWriter:
         while True:
             started = time.perf_counter()
             try:
-                files = await trio.to_thread.run_sync(write_batch, batch, self.layout, name)
+                files, size = await trio.to_thread.run_sync(self._write, batch, name)
             except Exception as error:  # keep the batch and retry: nothing accepted is dropped
                 if not self.flush_failing:
-                    log.error("flush of %d events failed, retrying: %s", batch.num_rows, error)
+                    log.error(
+                        "flush of %d events failed, retrying: %s",
+                        batch.num_rows,
+                        error,
+                        extra={"events": batch.num_rows, "error": str(error)},
+                    )
                     self.flush_failing = True
                 await trio.sleep(delay)
                 delay = min(delay * 2, MAX_RETRY_DELAY)
@@ -236,12 +265,30 @@ class EventWriter:
             if self.flush_failing:
                 log.warning("flushing works again")
                 self.flush_failing = False
-            elapsed_ms = (time.perf_counter() - started) * 1000
+            elapsed = time.perf_counter() - started
+            self._count_flush(batch.num_rows, files, size, elapsed)
             log.info(
-                "flushed %d events into %d files in %.1f ms",
+                "flushed %d events into %d files (%d bytes) in %.1f ms",
                 batch.num_rows,
-                len(files),
-                elapsed_ms,
-                extra={"events": batch.num_rows, "files": len(files), "duration_ms": elapsed_ms},
+                files,
+                size,
+                elapsed * 1000,
+                extra={
+                    "events": batch.num_rows,
+                    "files": files,
+                    "bytes": size,
+                    "duration_ms": elapsed * 1000,
+                },
             )
             return
+
+    def _write(self, batch: pa.Table, name: str) -> tuple[int, int]:
+        """Write a batch to Parquet (blocking); returns the files and bytes written."""
+        files = write_batch(batch, self.layout, name)
+        return len(files), sum(file.stat().st_size for file in files)
+
+    def _count_flush(self, events: int, files: int, size: int, seconds: float) -> None:
+        self.metrics.flush_seconds.observe(seconds)
+        self.metrics.flushed_events.inc(events)
+        self.metrics.parquet_files.inc(files)
+        self.metrics.parquet_bytes.inc(size)
