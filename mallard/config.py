@@ -43,6 +43,7 @@ class Settings:
     queue_size: int = 10_000
     durability: Literal["wal", "memory"] = "wal"
     compaction_interval: float = 3600.0
+    retention_days: int = 0  # 0 = keep everything
     workers: int = 1
     shutdown_timeout: float = 30.0
     trusted_proxies: tuple[Network, ...] = (
@@ -243,6 +244,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "queue_size": _integer(1),
     "durability": _choice("wal", "memory"),
     "compaction_interval": _number(0),
+    "retention_days": _integer(0),
     "workers": _workers,
     "shutdown_timeout": _number(0, inclusive=False),
     "trusted_proxies": _networks,

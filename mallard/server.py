@@ -29,7 +29,9 @@ from mallard.ingest.visitor import VisitorIds, load_or_create_secret
 from mallard.metrics import Metrics, worker_metrics
 from mallard.query.engine import QueryEngine
 from mallard.storage.compaction import compact
+from mallard.storage.erasure import Tombstones
 from mallard.storage.layout import DataLayout
+from mallard.storage.retention import expire
 from mallard.storage.schema import Event
 from mallard.storage.wal import recover
 from mallard.storage.writer import EventWriter
@@ -37,6 +39,7 @@ from mallard.storage.writer import EventWriter
 log = logging.getLogger("mallard.server")
 
 UPKEEP_INTERVAL = 60.0
+RETENTION_INTERVAL = 86_400.0
 
 
 class ShutdownTimeout(Exception):
@@ -77,13 +80,15 @@ async def serve(
     share = settings.workers if worker is not None else 1
     limiter = RateLimiter(settings.rate_limit / share, settings.effective_rate_burst / share)
     metrics = worker_metrics(layout) if worker is not None else Metrics()
-    await _replay_write_ahead_logs(layout)
+    tombstones = Tombstones(layout)  # erasures: no writer or replay brings those events back
+    await _replay_write_ahead_logs(layout, tombstones)
     writer = EventWriter(
         layout,
         flush_count=settings.flush_count,
         flush_interval=settings.flush_interval,
         durability=settings.durability,
         metrics=metrics,
+        tombstones=tombstones,
     )
     engine = QueryEngine(layout, pending=writer.unflushed)
     events_send, events_receive = trio.open_memory_channel[Event](settings.queue_size)
@@ -106,6 +111,8 @@ async def serve(
         nursery.start_soon(_every, UPKEEP_INTERVAL, visitors.forget_inactive)
         if settings.compaction_interval and not worker:  # one compactor per data dir
             nursery.start_soon(_compact_every, settings.compaction_interval, layout, metrics)
+        if settings.retention_days and not worker:
+            nursery.start_soon(_expire_daily, layout, settings.retention_days)
         async with trio.open_nursery() as pipeline:  # done once the writer has flushed all
             pipeline.start_soon(writer.run, events_receive)
             config = hypercorn_config(settings, listen_fd)
@@ -131,9 +138,9 @@ async def serve(
     log.info("stopped; all accepted events are flushed")
 
 
-async def _replay_write_ahead_logs(layout: DataLayout) -> None:
+async def _replay_write_ahead_logs(layout: DataLayout, tombstones: Tombstones) -> None:
     """Before serving: what stopped or crashed writers left in their WAL goes to Parquet."""
-    report = await trio.to_thread.run_sync(recover, layout)
+    report = await trio.to_thread.run_sync(recover, layout, tombstones)
     if report.segments:
         log.info(
             "replayed %d events from %d WAL segments of %d writers into %d files in %.1f ms",
@@ -200,6 +207,16 @@ async def _compact_every(interval: float, layout: DataLayout, metrics: Metrics) 
         else:
             metrics.compactions_done.inc()
         await trio.sleep(interval)
+
+
+async def _expire_daily(layout: DataLayout, keep_days: int) -> None:
+    """Delete the days older than ``retention_days``: at start, then every day."""
+    while True:
+        try:
+            await trio.to_thread.run_sync(expire, layout, keep_days)
+        except OSError as error:
+            log.error("retention failed: %s", error, extra={"error": str(error)})
+        await trio.sleep(RETENTION_INTERVAL)
 
 
 async def _every(interval: float, task: Callable[[float], object]) -> None:

@@ -52,6 +52,10 @@ ACCOUNT_ROUTES: dict[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/api/keys"): ("/api/keys", None),
     ("POST", "/api/keys"): ("/api/keys", {"name": "ci"}),
     ("DELETE", "/api/keys/<int:key_id>"): ("/api/keys/1", None),
+    ("DELETE", "/api/gdpr/erase"): (
+        f"/api/gdpr/erase?site_id={A}&from=2020-01-01&to=2020-01-02",
+        None,
+    ),
     ("GET", "/api/users"): ("/api/users", None),
     ("POST", "/api/users"): ("/api/users", {"username": "u", "roles": {A: "viewer"}}),
     ("PUT", "/api/users/<int:user_id>/roles/<site_id>"): (

@@ -189,7 +189,7 @@ def test_mallard_compact_command(layout: DataLayout) -> None:
 
 def test_cached_answers_never_outlive_the_data(layout: DataLayout) -> None:
     fill(layout, files=2)
-    pending: list[pa.Table] = []
+    pending: list[tuple[str, pa.Table]] = []
     engine = QueryEngine(layout, pending=lambda: pending)
     start = dt.datetime.combine(DAY, dt.time(), dt.UTC)
     range_ = {"site_id": "a.com", "start": start, "end": start + dt.timedelta(days=1)}
@@ -201,7 +201,7 @@ def test_cached_answers_never_outlive_the_data(layout: DataLayout) -> None:
     first = count()
     assert count() == first and engine.cache.hits == 1
     late = make_event(site_id="a.com", visitor_id=-1, timestamp=20_000 * DAY_US + 9)
-    pending.append(events_to_table([late]))  # accepted, not flushed
+    pending.append(("batch-0", events_to_table([late])))  # accepted, not flushed
     assert count() == first + 1
     pending.clear()
     write_batch(events_to_table([late]), layout, "20260102T000000-1-cccccccc-00000000")
@@ -209,3 +209,28 @@ def test_cached_answers_never_outlive_the_data(layout: DataLayout) -> None:
     compact(layout, before=DAY + dt.timedelta(days=1))
     assert count() == first + 1
     assert engine.cache.hits == 1
+
+
+def test_a_batch_flushed_while_a_query_starts_is_counted_once(layout: DataLayout) -> None:
+    """The writer's tables are taken before the files are listed: both may hold a batch."""
+    two_days = [
+        make_event(site_id="a.com", visitor_id=i, timestamp=(20_000 + i % 2) * DAY_US + i)
+        for i in range(10)
+    ]
+    batch = events_to_table(two_days)
+    engine = QueryEngine(layout, pending=lambda: [("w-00000007", batch)])
+    start = dt.datetime.combine(DAY, dt.time(), dt.UTC)
+
+    def count() -> int:
+        query = partial(
+            engine.fetch, "SELECT count(*) FROM source", site_id="a.com",
+            start=start, end=start + dt.timedelta(days=2),
+        )  # fmt: skip
+        return trio.run(query)[1][0][0]
+
+    assert count() == 10  # nothing written yet
+    first_day = events_to_table([e for e in two_days if e.day == 20_000])
+    write_batch(first_day, layout, "w-00000007")  # the flush has written one of two files
+    assert count() == 10
+    write_batch(batch, layout, "w-00000007")  # and the other
+    assert count() == 10

@@ -12,7 +12,7 @@ from quart_trio import QuartTrio
 from werkzeug.exceptions import HTTPException
 
 from mallard import __version__
-from mallard.api import auth, sites, stats
+from mallard.api import auth, gdpr, sites, stats
 from mallard.auth.headers import add_security_headers
 from mallard.auth.service import AuthService
 from mallard.config import Settings
@@ -41,6 +41,7 @@ def create_app(
     app.config["MALLARD_AUTH"] = AuthService(settings)
     app.register_blueprint(stats.blueprint)
     app.register_blueprint(sites.blueprint)
+    app.register_blueprint(gdpr.blueprint)
     app.register_blueprint(auth.blueprint)
     app.after_request(add_security_headers)
 

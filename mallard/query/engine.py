@@ -28,7 +28,8 @@ from mallard.storage.layout import DataLayout
 from mallard.storage.locks import site_lock
 from mallard.storage.schema import MICROS_PER_DAY, VISIT_SCHEMA, events_to_table
 
-PendingEvents = Callable[[], Sequence[pa.Table]]
+# The writer's unflushed events: (name its batch's files will have, table) pairs.
+PendingEvents = Callable[[], Sequence[tuple[str, pa.Table]]]
 EMPTY_EVENTS = events_to_table([])
 EMPTY_VISITS = VISIT_SCHEMA.empty_table()
 EPOCH = dt.date(1970, 1, 1)
@@ -40,6 +41,7 @@ class Snapshot:
 
     files: list[str] = dataclasses.field(default_factory=list)
     rollups: dict[int, str] = dataclasses.field(default_factory=dict)
+    written: dict[str, set[int]] = dataclasses.field(default_factory=dict)  # name -> days
 
     def fingerprint(self) -> tuple[Any, ...]:
         """Changes whenever a file is added, removed or rewritten."""
@@ -126,15 +128,34 @@ class QueryEngine:
 
     # --- which data a query reads ---
 
-    def _snapshot(
-        self, site_id: str, start: dt.datetime, end: dt.datetime, pending: pa.Table
-    ) -> Snapshot:
+    def _view(
+        self,
+        site_id: str,
+        start: dt.datetime,
+        end: dt.datetime,
+        parts: Sequence[tuple[str, pa.Table]],
+    ) -> tuple[Snapshot, pa.Table]:
+        """What a query reads: the files, and the unflushed events not written meanwhile.
+
+        The writer's tables were taken before the files are listed (under the
+        site lock), so a batch flushed in between is in both: its rows are
+        dropped from the unflushed ones for every day whose file is listed.
+        A day with unflushed events is read from its events, not its rollup.
+        """
+        snapshot = self._snapshot(site_id, start, end)
+        pending = self._pending_rows(parts, snapshot, site_id, start, end)
+        if pending.num_rows and snapshot.rollups:
+            days = pc.divide(pending["timestamp"].cast(pa.int64()), MICROS_PER_DAY)
+            for day in pc.unique(days).to_pylist():
+                snapshot.rollups.pop(day, None)
+        return snapshot, pending
+
+    def _snapshot(self, site_id: str, start: dt.datetime, end: dt.datetime) -> Snapshot:
         """The range's event files, and the visit rollups of its wholly covered days.
 
         A day's rollup counts only while it matches the day's events: a single
         compacted file of the same name (a later flush or import into the day
-        adds a file, and the day is read from events again until compacted),
-        and no unflushed event of the day waits.
+        adds a file, and the day is read from events again until compacted).
         """
         site_dir = self.layout.events / f"site_id={site_id}"
         first, last = start.date(), (end - dt.timedelta(microseconds=1)).date()
@@ -153,16 +174,16 @@ class QueryEngine:
                     continue
                 names = [n for n in os.listdir(partition.path) if n.endswith(".parquet")]
                 snapshot.files += [os.path.join(partition.path, n) for n in names]
+                for name in names:
+                    snapshot.written.setdefault(name.removesuffix(".parquet"), set()).add(
+                        (day - EPOCH).days
+                    )
                 day_start = dt.datetime.combine(day, dt.time(), dt.UTC)
                 if start <= day_start and day_start + dt.timedelta(days=1) <= end:
                     rollup = self._rollup(site_id, day, names)
                     if rollup:
                         snapshot.rollups[(day - EPOCH).days] = rollup
         snapshot.files.sort()
-        if pending.num_rows and snapshot.rollups:
-            days = pc.divide(pending["timestamp"].cast(pa.int64()), MICROS_PER_DAY)
-            for day in pc.unique(days).to_pylist():
-                snapshot.rollups.pop(day, None)
         return snapshot
 
     def _rollup(self, site_id: str, day: dt.date, names: list[str]) -> str | None:
@@ -189,21 +210,34 @@ class QueryEngine:
                     days.append(dt.date.fromisoformat(partition.name.removeprefix("date=")))
         return min(days, default=None)
 
-    def pending_table(self, site_id: str, start: dt.datetime, end: dt.datetime) -> pa.Table:
-        """The accepted, not yet flushed events of the site in ``[start, end)``."""
-        parts = self._pending()
-        if not parts:
-            return EMPTY_EVENTS
-        table = pa.concat_tables(parts)
-        micros = table["timestamp"].cast(pa.int64())
-        mask = pc.and_(
-            pc.equal(table["site_id"], site_id),
-            pc.and_(
-                pc.greater_equal(micros, int(start.timestamp() * 1_000_000)),
-                pc.less(micros, int(end.timestamp() * 1_000_000)),
-            ),
-        )
-        return table.filter(mask)
+    @staticmethod
+    def _pending_rows(
+        parts: Sequence[tuple[str, pa.Table]],
+        snapshot: Snapshot,
+        site_id: str,
+        start: dt.datetime,
+        end: dt.datetime,
+    ) -> pa.Table:
+        """The unflushed events of the site in ``[start, end)`` that no listed file holds."""
+        by_name: dict[str, list[pa.Table]] = {}
+        for name, table in parts:
+            by_name.setdefault(name, []).append(table)
+        selected = []
+        for name, tables in by_name.items():
+            table = pa.concat_tables(tables)
+            micros = table["timestamp"].cast(pa.int64())
+            mask = pc.and_(
+                pc.equal(table["site_id"], site_id),
+                pc.and_(
+                    pc.greater_equal(micros, int(start.timestamp() * 1_000_000)),
+                    pc.less(micros, int(end.timestamp() * 1_000_000)),
+                ),
+            )
+            if written := snapshot.written.get(name):
+                days = pc.divide(micros, MICROS_PER_DAY)
+                mask = pc.and_(mask, pc.invert(pc.is_in(days, pa.array(sorted(written)))))
+            selected.append(table.filter(mask))
+        return pa.concat_tables(selected) if selected else EMPTY_EVENTS
 
     # --- running ---
 
@@ -260,10 +294,7 @@ class QueryEngine:
         Cancelling the calling task, or exceeding the timeout, interrupts DuckDB.
         """
         cursor = self._cursor()
-        pending = None
-        if site_id is not None:
-            assert start is not None and end is not None
-            pending = self.pending_table(site_id, start, end)
+        parts = self._pending() if site_id is not None else ()
         interrupted = False
 
         def run() -> tuple[list[str], list[tuple[Any, ...]]]:
@@ -271,9 +302,9 @@ class QueryEngine:
             with contextlib.ExitStack() as stack:
                 stack.callback(cursor.close)
                 if site_id is not None:
-                    assert start is not None and end is not None and pending is not None
+                    assert start is not None and end is not None
                     stack.enter_context(site_lock(self.layout, site_id))
-                    snapshot = self._snapshot(site_id, start, end, pending)
+                    snapshot, pending = self._view(site_id, start, end, parts)
                     key = (sql, repr(parameters), rollup, snapshot.fingerprint(), pending.num_rows)
                     if (answer := self.cache.get(key)) is not None:
                         return answer
@@ -316,12 +347,12 @@ class QueryEngine:
         client that went away) interrupts the query.
         """
         cursor = self._cursor()
-        pending = self.pending_table(site_id, start, end)
+        parts = self._pending()
         lock = contextlib.ExitStack()  # held while the files are read: no compaction swap
 
         def open_reader() -> pa.RecordBatchReader:
             lock.enter_context(site_lock(self.layout, site_id))
-            self._prepare_source(cursor, self._snapshot(site_id, start, end, pending), pending)
+            self._prepare_source(cursor, *self._view(site_id, start, end, parts))
             return cursor.sql(sql, params=parameters).to_arrow_reader(batch_rows)
 
         def next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:

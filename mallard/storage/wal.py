@@ -36,6 +36,7 @@ from decimal import Decimal
 from pathlib import Path
 from typing import IO
 
+from mallard.storage.erasure import Tombstones
 from mallard.storage.layout import DataLayout, batch_name
 from mallard.storage.parquet import fsync_dir, write_batch
 from mallard.storage.schema import Event, events_to_table
@@ -217,8 +218,12 @@ def _orphaned_writers(layout: DataLayout) -> Iterator[tuple[Path, int]]:
             yield folder, lock
 
 
-def recover(layout: DataLayout) -> RecoveryReport:
-    """Replay the segments of stopped or crashed writers into Parquet (blocking)."""
+def recover(layout: DataLayout, tombstones: Tombstones | None = None) -> RecoveryReport:
+    """Replay the segments of stopped or crashed writers into Parquet (blocking).
+
+    Events erased since they were logged (``tombstones``) are left out.
+    """
+    keep = (tombstones or Tombstones(layout)).keep
     started = time.perf_counter()
     report = RecoveryReport()
     for folder, lock in _orphaned_writers(layout):
@@ -236,7 +241,7 @@ def recover(layout: DataLayout) -> RecoveryReport:
                         extra={"segment": str(segment), "records": contents.records},
                     )
                 name = batch_name(writer_id, int(segment.stem))
-                table = events_to_table(contents.events)
+                table = keep(events_to_table(contents.events))
                 report.files += len(write_batch(table, layout, name))
                 report.events += len(contents.events)
                 report.segments += 1

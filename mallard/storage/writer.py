@@ -29,6 +29,7 @@ import trio
 
 from mallard.ingest.dropped import DropLog
 from mallard.metrics import Metrics
+from mallard.storage.erasure import Tombstones
 from mallard.storage.layout import DataLayout, batch_name, new_writer_id
 from mallard.storage.parquet import write_batch
 from mallard.storage.schema import Event, events_to_table
@@ -53,8 +54,10 @@ class EventWriter:
         flush_interval: float,
         durability: Literal["wal", "memory"] = "wal",
         metrics: Metrics | None = None,
+        tombstones: Tombstones | None = None,
     ) -> None:
         self.layout = layout
+        self.tombstones = tombstones or Tombstones(layout)
         self.flush_count = flush_count
         self.flush_interval = flush_interval
         self.writer_id = new_writer_id()
@@ -69,7 +72,8 @@ class EventWriter:
         self._batch: list[pa.Table] = []  # being collected: batch number self._batch_number
         self._batch_rows = 0
         self._batch_number = 0
-        self._cut: deque[list[pa.Table]] = deque()  # handed to the flusher, oldest first
+        # (batch number, tables) handed to the flusher, oldest first
+        self._cut: deque[tuple[int, list[pa.Table]]] = deque()
         self._cut_rows = 0
         # Group commit: events are numbered in channel order, from 1.
         self._received = 0  # taken from the channel
@@ -91,10 +95,17 @@ class EventWriter:
         """Events taken from the channel and not yet in Parquet."""
         return len(self._staged) + self._batch_rows + self._cut_rows
 
-    def unflushed(self) -> list[pa.Table]:
-        """The accepted events not yet in Parquet, as tables (read-your-writes)."""
+    def unflushed(self) -> list[tuple[str, pa.Table]]:
+        """The accepted events not yet in Parquet (read-your-writes), erased ones left out.
+
+        Each table comes with the name its batch's files will have, so a reader
+        that also lists files can tell which of these have been written since.
+        """
         staged = [events_to_table(self._staged)] if self._staged else []
-        return [part for batch in self._cut for part in batch] + self._batch + staged
+        parts = [(number, table) for number, batch in self._cut for table in batch]
+        parts += [(self._batch_number, table) for table in self._batch + staged]
+        keep = self.tombstones.keep
+        return [(batch_name(self.writer_id, number), keep(table)) for number, table in parts]
 
     async def wait_durable(self, sequence: int) -> bool:
         """Wait until event number ``sequence`` is in the WAL (True) or refused (False)."""
@@ -210,21 +221,22 @@ class EventWriter:
         await self._add([], convert_all=True)
         if not self._batch:
             return True
-        parts, rows = self._batch, self._batch_rows
-        self._cut.append(parts)
+        number, parts, rows = self._batch_number, self._batch, self._batch_rows
+        self._cut.append((number, parts))
         self._cut_rows += rows
         self._batch, self._batch_rows = [], 0
+        self._batch_number += 1  # what the next events are collected into
         try:
             if wait:
-                await batches.send((self._batch_number, pa.concat_tables(parts)))
+                await batches.send((number, pa.concat_tables(parts)))
             else:
-                batches.send_nowait((self._batch_number, pa.concat_tables(parts)))
+                batches.send_nowait((number, pa.concat_tables(parts)))
         except trio.WouldBlock:
             self._cut.pop()
             self._cut_rows -= rows
             self._batch, self._batch_rows = parts, rows
+            self._batch_number = number
             return False
-        self._batch_number += 1
         return True
 
     # --- flusher ---
@@ -283,8 +295,11 @@ class EventWriter:
             return
 
     def _write(self, batch: pa.Table, name: str) -> tuple[int, int]:
-        """Write a batch to Parquet (blocking); returns the files and bytes written."""
-        files = write_batch(batch, self.layout, name)
+        """Write a batch to Parquet (blocking); returns the files and bytes written.
+
+        Events erased meanwhile (see :mod:`mallard.storage.erasure`) are left out.
+        """
+        files = write_batch(self.tombstones.keep(batch), self.layout, name)
         return len(files), sum(file.stat().st_size for file in files)
 
     def _count_flush(self, events: int, files: int, size: int, seconds: float) -> None:

@@ -1,0 +1,53 @@
+"""``DELETE /api/gdpr/erase``: a site's events in a range, removed from everywhere.
+
+``site_id``, ``from`` and ``to`` (dates, both included, in the site's time zone
+or ``timezone``; or ISO datetimes, ``to`` excluded). Needs an account that
+administers the site. See :mod:`mallard.storage.erasure` for what happens.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import trio
+from quart import Blueprint, current_app, jsonify, request
+
+from mallard.auth import access
+from mallard.auth.policy import can_manage_site
+from mallard.auth.service import Denied
+from mallard.query.model import QueryError, resolve_date_range, validate_site_id
+from mallard.storage.erasure import erase
+from mallard.storage.writer import EventWriter
+
+blueprint = Blueprint("gdpr", __name__)
+
+
+@blueprint.delete("/api/gdpr/erase")
+async def erase_range() -> Any:
+    principal = await access.account()
+    args = request.args
+    try:
+        site_id = validate_site_id(args.get("site_id"))
+        if not args.get("from") or not args.get("to"):
+            raise QueryError("from and to are required: dates (YYYY-MM-DD) or ISO datetimes")
+        zones = dict(current_app.config["MALLARD_SETTINGS"].sites)
+        timezone = args.get("timezone", zones.get(site_id, "UTC"))
+        dates = resolve_date_range([args["from"], args["to"]], timezone)
+    except QueryError as error:
+        return jsonify({"error": str(error)}), 400
+    if not can_manage_site(principal, site_id):
+        raise Denied(403, f"erasing needs an admin or owner of {site_id!r}")
+    writer: EventWriter = current_app.config["MALLARD_WRITER"]
+    report = await trio.to_thread.run_sync(
+        erase, writer.layout, writer.tombstones, site_id, dates.start, dates.end
+    )
+    return jsonify(
+        {
+            "site_id": site_id,
+            "from": dates.start.isoformat(),
+            "to": dates.end.isoformat(),
+            "rows_erased": report.rows_erased,
+            "files_rewritten": report.files_rewritten,
+            "files_removed": report.files_removed,
+        }
+    )
