@@ -13,6 +13,8 @@ import logging
 from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
+import msgspec
+
 from mallard.ingest.pipeline import Ingestor, Refused, RequestFacts
 from mallard.ingest.validation import (
     MAX_BATCH_BYTES,
@@ -52,6 +54,7 @@ PIXEL_HEADERS = [
     (b"cache-control", b"no-store"),
 ]
 ACCEPTED_HEADERS = [CORS, (b"content-length", b"0")]
+ACCEPTED_RESULT = {"status": 202}  # one event of a batch, as its answer lists it
 _WANTED_HEADERS = {
     b"content-length",
     b"user-agent",
@@ -166,15 +169,15 @@ class IngestEndpoint:
             await self._refuse(send, error)
             return
         results = [
-            {"status": 202}
+            ACCEPTED_RESULT
             if outcome is None
             else {"status": outcome.status, "error": outcome.message}
             for outcome in outcomes
         ]
-        accepted = sum(outcome is None for outcome in outcomes)
-        payload = json.dumps(
+        accepted = outcomes.count(None)
+        payload = msgspec.json.encode(
             {"accepted": accepted, "rejected": len(outcomes) - accepted, "results": results}
-        ).encode()
+        )
         await _respond(
             send,
             202 if accepted else 400,

@@ -143,6 +143,7 @@ class Ingestor:
         if client is None:
             return [item if isinstance(item, InvalidEvent) else None for item in events]
         now_ns = self._clock()
+        visitor = self._visitors.visitor_id(client.ip, client.user_agent, now_ns / 1e9)
         outcomes: list[InvalidEvent | None] = []
         queued: dict[int, tuple[int, str]] = {}  # index -> (sequence number, site) when queued
         for index, item in enumerate(events):
@@ -150,7 +151,7 @@ class Ingestor:
                 outcomes.append(item)
                 continue
             try:
-                queued[index] = (self._enqueue(item, client, now_ns), item.domain)
+                queued[index] = (self._enqueue(item, client, now_ns, visitor), item.domain)
             except Refused as refusal:
                 outcomes.append(refusal)
             else:
@@ -194,8 +195,13 @@ class Ingestor:
         )
         return Client(ip or "", request.user_agent, user_agent, self._geo.locate(ip))
 
-    def _enqueue(self, event: EventInput, client: Client, now_ns: int) -> int:
-        """Rate-limit, enrich and queue one event; returns its sequence number."""
+    def _enqueue(
+        self, event: EventInput, client: Client, now_ns: int, visitor_id: int | None = None
+    ) -> int:
+        """Rate-limit, enrich and queue one event; returns its sequence number.
+
+        ``visitor_id``: already known (one per batch: one client, one moment).
+        """
         wait = self._limiter.acquire(event.domain, now_ns / 1e9)
         if wait:
             self._dropped(RATE_LIMITED, event.domain)
@@ -203,7 +209,9 @@ class Ingestor:
         row = build_event(
             event,
             timestamp_us=now_ns // 1000,
-            visitor_id=self._visitors.visitor_id(client.ip, client.user_agent, now_ns / 1e9),
+            visitor_id=visitor_id
+            if visitor_id is not None
+            else self._visitors.visitor_id(client.ip, client.user_agent, now_ns / 1e9),
             user_agent=client.analysis,
             location=client.location,
         )

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
-import json
 import logging
 import os
 import shutil
@@ -35,6 +34,8 @@ from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import IO
+
+import msgspec
 
 from mallard.storage.erasure import Tombstones
 from mallard.storage.layout import DataLayout, batch_name
@@ -49,13 +50,13 @@ REVENUE_INDEX = Event._fields.index("revenue_amount")
 
 
 def encode_events(events: Sequence[Event]) -> bytes:
-    """One record's payload: the events as a compact JSON array of arrays."""
-    return json.dumps(events, separators=(",", ":"), ensure_ascii=False, default=str).encode()
+    """One record's payload: the events as a compact JSON array of arrays (amounts as text)."""
+    return msgspec.json.encode(events)
 
 
 def decode_events(payload: bytes) -> list[Event]:
     events = []
-    for fields in json.loads(payload):
+    for fields in msgspec.json.decode(payload):
         revenue = fields[REVENUE_INDEX]
         if revenue is not None:
             fields[REVENUE_INDEX] = Decimal(revenue)
