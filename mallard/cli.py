@@ -32,6 +32,7 @@ def _parser() -> argparse.ArgumentParser:
     # Set by the supervisor for the processes it starts, not by people:
     serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     compact = commands.add_parser(
         "compact", help="merge the small Parquet files of finished days now"
     )
@@ -133,7 +134,8 @@ def _serve(settings: Settings, args: argparse.Namespace, argv: list[str]) -> int
     configure_logging(settings.log_format)
     try:
         if getattr(args, "listen_fd", None) is not None:  # one of the supervisor's workers
-            trio.run(partial(serve, settings, listen_fd=args.listen_fd, worker=args.worker_index))
+            worker = partial(serve, listen_fd=args.listen_fd, worker=args.worker_index)
+            trio.run(partial(worker, settings, ready_fd=args.ready_fd))
         elif settings.workers > 1:
             return trio.run(supervise, settings, argv[1:])
         else:

@@ -44,6 +44,7 @@ class Settings:
     durability: Literal["wal", "memory"] = "wal"
     compaction_interval: float = 3600.0
     retention_days: int = 0  # 0 = keep everything
+    query_cache_entries: int = 256
     workers: int = 1
     shutdown_timeout: float = 30.0
     trusted_proxies: tuple[Network, ...] = (
@@ -245,6 +246,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "durability": _choice("wal", "memory"),
     "compaction_interval": _number(0),
     "retention_days": _integer(0),
+    "query_cache_entries": _integer(0),
     "workers": _workers,
     "shutdown_timeout": _number(0, inclusive=False),
     "trusted_proxies": _networks,

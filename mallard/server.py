@@ -9,7 +9,10 @@ the writer flushes everything it was given, and ``serve`` returns.
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
+import os
 import signal
 import threading
 import time
@@ -64,13 +67,15 @@ async def serve(
     stop: trio.Event | None = None,
     listen_fd: int | None = None,
     worker: int | None = None,
+    ready_fd: int | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until SIGINT/SIGTERM or ``stop``; then flush everything and return.
 
     ``task_status.started`` receives the URL the server listens on. As one of
     ``--workers`` processes (``worker`` set), it accepts on the supervisor's
-    socket ``listen_fd`` and enforces its share of the rate limit.
+    socket ``listen_fd``, enforces its share of the rate limit and, once it
+    serves, writes one byte to ``ready_fd`` (the supervisor waits for them).
     """
     stop = trio.Event() if stop is None else stop
     layout = DataLayout(settings.data_dir)
@@ -90,7 +95,9 @@ async def serve(
         metrics=metrics,
         tombstones=tombstones,
     )
-    engine = QueryEngine(layout, pending=writer.unflushed)
+    engine = QueryEngine(
+        layout, pending=writer.unflushed, cache_entries=settings.query_cache_entries
+    )
     events_send, events_receive = trio.open_memory_channel[Event](settings.queue_size)
     ingestor = Ingestor(
         settings,
@@ -104,6 +111,7 @@ async def serve(
         ingestor, create_app(settings=settings, writer=writer, engine=engine, metrics=metrics)
     )
 
+    gc.freeze()  # start-up objects (parsers, caches, tables) are never garbage: skip them
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, stop)
         nursery.start_soon(_bound_shutdown, stop, nursery.cancel_scope, settings.shutdown_timeout)
@@ -121,6 +129,10 @@ async def serve(
                 log.info("listening on %s", binds[0], extra={"url": binds[0]})
             else:
                 log.info("worker %d serving", worker, extra={"worker": worker})
+            if ready_fd is not None:
+                with contextlib.suppress(OSError):  # a supervisor gone: nobody waits
+                    os.write(ready_fd, b"!")
+                os.close(ready_fd)
             task_status.started(binds[0])
         nursery.cancel_scope.cancel()
     engine.close()

@@ -15,6 +15,7 @@ spreads connections evenly; compaction runs in worker 0 only.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import socket
 import subprocess
@@ -43,9 +44,13 @@ def url_of(sock: socket.socket) -> str:
 
 
 async def supervise(settings: Settings, serve_args: list[str]) -> int:
-    """Run ``settings.workers`` workers until a signal; returns the exit code."""
+    """Run ``settings.workers`` workers until a signal; returns the exit code.
+
+    ``listening on`` is logged once every worker serves: each writes a byte to
+    a pipe when it does (a restarted one too, which is read and ignored).
+    """
     sock = listening_socket(settings)
-    log.info("listening on %s (%d workers)", url_of(sock), settings.workers)
+    ready_read, ready_write = os.pipe()
     processes: dict[int, trio.Process] = {}
     stopping = trio.Event()
     codes: dict[int, int] = {}
@@ -54,10 +59,11 @@ async def supervise(settings: Settings, serve_args: list[str]) -> int:
         command = [
             sys.executable, "-m", "mallard", "serve", *serve_args,
             "--listen-fd", str(sock.fileno()), "--worker-index", str(index),
+            "--ready-fd", str(ready_write),
         ]  # fmt: skip
         while True:
             process = await trio.lowlevel.open_process(
-                command, pass_fds=(sock.fileno(),), stdin=subprocess.DEVNULL
+                command, pass_fds=(sock.fileno(), ready_write), stdin=subprocess.DEVNULL
             )
             processes[index] = process
             code = await process.wait()
@@ -79,12 +85,22 @@ async def supervise(settings: Settings, serve_args: list[str]) -> int:
                     if process.returncode is None:
                         process.send_signal(signal.SIGTERM)
 
-    async with trio.open_nursery() as nursery:
+    async def announce_when_ready(ready: trio.lowlevel.FdStream) -> None:
+        waiting = settings.workers
+        while waiting > 0 and (data := await ready.receive_some()):
+            waiting -= len(data)
+        log.info("listening on %s (%d workers)", url_of(sock), settings.workers)
+        while await ready.receive_some():  # restarted workers; nobody waits for them
+            pass
+
+    async with trio.lowlevel.FdStream(ready_read) as ready, trio.open_nursery() as nursery:
         nursery.start_soon(pass_signals_on, nursery)
+        nursery.start_soon(announce_when_ready, ready)
         async with trio.open_nursery() as workers:
             for index in range(settings.workers):
                 workers.start_soon(keep_running, index)
         nursery.cancel_scope.cancel()
+    os.close(ready_write)
     for process in processes.values():
         if process.returncode is None:  # past the shutdown deadline
             process.kill()

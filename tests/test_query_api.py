@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 from decimal import Decimal
 from typing import Any
 
@@ -359,6 +360,23 @@ async def test_retention(stats_server: RunningServer) -> None:
         {"offset": 0, "visitors": 4, "percentage": 100.0},
         {"offset": 1, "visitors": 1, "percentage": 25.0},  # visitor 3 after midnight
     ]
+
+
+async def test_funnel_and_retention_with_a_visit_filter(stats_server: RunningServer) -> None:
+    french = json.dumps([["is", "visit:country", ["FR"]]])  # visitor 2, one page: "/"
+    funnel = await get(
+        stats_server, "/api/stats/funnel", steps="page:/,page:/pricing", filters=french
+    )
+    assert [s["visitors"] for s in funnel["steps"]] == [1, 0]
+    retention = await get(
+        stats_server,
+        "/api/stats/retention",
+        period="custom",
+        date=f"{D},{NEXT}",
+        interval="day",
+        filters=french,
+    )
+    assert [(c["cohort"], c["visitors"]) for c in retention["cohorts"]] == [("2026-01-10", 1)]
 
 
 async def test_flow(stats_server: RunningServer) -> None:

@@ -18,6 +18,7 @@ from mallard.query.sql import (
     Parameters,
     base_ctes,
     filter_sql,
+    needs_sessions,
     time_bucket,
 )
 
@@ -78,7 +79,7 @@ def funnel_sql(
     and no later than ``t1 + window``.
     """
     params = Parameters()
-    ctes = [base_ctes(query, params, sessions=False)]
+    ctes = [base_ctes(query, params, sessions=needs_sessions(query))]
     any_step = " OR ".join(_step_sql(step, params) for step in steps)
     ctes.append(  # only events that are some step: every join below reads them alone
         f"candidates AS (SELECT * FROM rows WHERE ({any_step}) AND {_filters(query, params)})"
@@ -140,7 +141,7 @@ def retention_sql(query: Query, period: str) -> tuple[str, dict[str, Any]]:
     if period == "month":
         slot = f"(year({slot}) * 12 + month({slot}) - 1)"
     sql = (
-        base_ctes(query, params, sessions=False)
+        base_ctes(query, params, sessions=needs_sessions(query))
         + f""",
     active AS (
         SELECT DISTINCT visitor_id, {slot} AS slot FROM rows WHERE {_filters(query, params)}
