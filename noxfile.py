@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import nox
 
 nox.options.sessions = ["tests", "lint"]
@@ -10,7 +12,12 @@ nox.options.default_venv_backend = "venv"
 
 @nox.session
 def tests(session: nox.Session) -> None:
-    """The whole test suite against real servers, real Parquet and real DuckDB."""
+    """The whole test suite against real servers, real Parquet, real DuckDB and real Chromium."""
+    if shutil.which("chromium") is None and shutil.which("apt-get") is not None:
+        # The tracking-script tests drive Debian's Chromium (CI: a clean Debian machine, as root).
+        env = {"DEBIAN_FRONTEND": "noninteractive"}
+        session.run("apt-get", "update", external=True, env=env)
+        session.run("apt-get", "install", "-y", "chromium", external=True, env=env)
     session.install("-e", ".[test]")
     session.run("pytest", *session.posargs)
 

@@ -19,6 +19,7 @@ from mallard.config import Settings
 from mallard.metrics import Metrics, bearer_token_matches
 from mallard.query.engine import QueryEngine
 from mallard.storage.writer import EventWriter
+from mallard.web import routes as web
 
 
 def json_error(status: int, message: str) -> tuple[Response, int]:
@@ -44,6 +45,7 @@ def create_app(
     app.register_blueprint(gdpr.blueprint)
     app.register_blueprint(auth.blueprint)
     app.after_request(add_security_headers)
+    app.register_blueprint(web.blueprint)
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Any:

@@ -1,0 +1,1 @@
+"""What Mallard serves to browsers: the tracking script and the dashboard."""
