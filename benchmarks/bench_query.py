@@ -73,8 +73,9 @@ MANIFEST = "bench-manifest.json"
 SERVER = Target(
     "mallard",
     MALLARD_COMMAND,
-    env={"MALLARD_COMPACTION_INTERVAL": "0"},
-    description="python -m mallard serve on the generated data; no compaction during the run",
+    env={"MALLARD_COMPACTION_INTERVAL": "0", "MALLARD_QUERY_CACHE_ENTRIES": "0"},
+    description="python -m mallard serve on the generated data; no compaction during the run, "
+    "no answer cache (every run is computed)",
 )
 
 # --- the questions ---------------------------------------------------------------------
@@ -395,9 +396,8 @@ def ingest_under_queries(url: str, context: Context, args: argparse.Namespace) -
 
     The heavy load is the all-time dashboard's 10 requests, fired again as soon as they
     return, for the whole measured window. Events go to the load generator's sites;
-    what they add to the dataset is removed afterwards.
+    the caller removes what they add to the dataset (:func:`remove_ingested`).
     """
-    started = time.time()
 
     def load() -> LoadResult:
         return run_load(url, connections=16, duration=args.ingest_seconds,
@@ -423,26 +423,26 @@ def ingest_under_queries(url: str, context: Context, args: argparse.Namespace) -
     finally:
         stop.set()
         worker.join()
-    result = {
+    return {
         "rate": args.ingest_rate,
         "idle": idle.to_dict(),
         "busy": busy.to_dict(),
         "queries_during": queries[0],
         "p99_ratio": busy.latency_ms["p99"] / idle.latency_ms["p99"],
     }
-    _remove_ingested(Path(context.glob.split("/events/")[0]), started)
-    return result
 
 
-def _remove_ingested(data_dir: Path, since: float) -> None:
-    """Keep the cached dataset as generated: drop what the ingestion phase wrote."""
+def event_files(data_dir: Path) -> set[Path]:
+    return set((data_dir / "events").glob("**/*.parquet"))
+
+
+def remove_ingested(data_dir: Path, generated: set[Path]) -> None:
+    """Keep the cached dataset as generated: drop every file the server added."""
+    for file in event_files(data_dir) - generated:
+        file.unlink()
     for site_dir in (data_dir / "events").glob("site_id=*"):
         if site_dir.name != f"site_id={SITE}":
             shutil.rmtree(site_dir, ignore_errors=True)
-            continue
-        for file in site_dir.glob("date=*/*.parquet"):
-            if file.stat().st_mtime >= since:
-                file.unlink()
 
 
 def parse_sizes(text: str) -> list[tuple[str, int]]:
@@ -529,6 +529,7 @@ def run_size(
         f"generation took {data['generation_s']:.1f} s "
         f"({data['generation_events_per_s']:,.0f} events/s)"
     )
+    generated = event_files(Path(data["path"]))
     workdir = Path(tempfile.mkdtemp(prefix="mallard-bench-query-", dir=args.data_root))
     server = Server(SERVER, workdir)
     server.data_dir = Path(data["path"])
@@ -573,6 +574,7 @@ def run_size(
     finally:
         sampler.stop()
         server.kill()
+        remove_ingested(Path(data["path"]), generated)
     problem_count, problem_lines = server.problems()
     if problem_count:
         progress(f"  server log has {problem_count} warning/error lines, e.g. {problem_lines[0]}")

@@ -14,6 +14,7 @@ import gc
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +44,9 @@ log = logging.getLogger("mallard.server")
 
 UPKEEP_INTERVAL = 60.0
 RETENTION_INTERVAL = 86_400.0
+# How long a thread may hold the GIL while another waits: short, so that query
+# threads doing Python work cannot hold up the event loop for long.
+GIL_SWITCH_INTERVAL = 0.001
 
 
 class ShutdownTimeout(Exception):
@@ -112,6 +116,7 @@ async def serve(
     )
 
     gc.freeze()  # start-up objects (parsers, caches, tables) are never garbage: skip them
+    sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, stop)
         nursery.start_soon(_bound_shutdown, stop, nursery.cancel_scope, settings.shutdown_timeout)

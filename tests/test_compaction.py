@@ -190,7 +190,7 @@ def test_mallard_compact_command(layout: DataLayout) -> None:
 def test_cached_answers_never_outlive_the_data(layout: DataLayout) -> None:
     fill(layout, files=2)
     pending: list[tuple[str, pa.Table]] = []
-    engine = QueryEngine(layout, pending=lambda: pending)
+    engine = QueryEngine(layout, pending=lambda: [(name, lambda t=t: t) for name, t in pending])
     start = dt.datetime.combine(DAY, dt.time(), dt.UTC)
     range_ = {"site_id": "a.com", "start": start, "end": start + dt.timedelta(days=1)}
 
@@ -218,7 +218,7 @@ def test_a_batch_flushed_while_a_query_starts_is_counted_once(layout: DataLayout
         for i in range(10)
     ]
     batch = events_to_table(two_days)
-    engine = QueryEngine(layout, pending=lambda: [("w-00000007", batch)])
+    engine = QueryEngine(layout, pending=lambda: [("w-00000007", lambda: batch)])
     start = dt.datetime.combine(DAY, dt.time(), dt.UTC)
 
     def count() -> int:

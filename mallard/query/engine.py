@@ -16,6 +16,7 @@ import datetime as dt
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
+from functools import partial
 from typing import Any
 
 import duckdb
@@ -23,13 +24,15 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import trio
 
+from mallard.query.threads import QueryThreads, lower_priority, thread_ids
 from mallard.storage.compaction import COMPACTED_PREFIX
 from mallard.storage.layout import DataLayout
 from mallard.storage.locks import site_lock
 from mallard.storage.schema import MICROS_PER_DAY, VISIT_SCHEMA, events_to_table
 
-# The writer's unflushed events: (name its batch's files will have, table) pairs.
-PendingEvents = Callable[[], Sequence[tuple[str, pa.Table]]]
+# The writer's unflushed events: (name its batch's files will have, make its table).
+PendingParts = Sequence[tuple[str, Callable[[], pa.Table]]]
+PendingEvents = Callable[[], PendingParts]
 EMPTY_EVENTS = events_to_table([])
 EMPTY_VISITS = VISIT_SCHEMA.empty_table()
 EPOCH = dt.date(1970, 1, 1)
@@ -42,6 +45,7 @@ class Snapshot:
     files: list[str] = dataclasses.field(default_factory=list)
     rollups: dict[int, str] = dataclasses.field(default_factory=dict)
     written: dict[str, set[int]] = dataclasses.field(default_factory=dict)  # name -> days
+    file_days: dict[str, int] = dataclasses.field(default_factory=dict)  # path -> day
 
     def fingerprint(self) -> tuple[Any, ...]:
         """Changes whenever a file is added, removed or rewritten."""
@@ -88,6 +92,19 @@ class ResultCache:
                 self._answers.popitem(last=False)
 
 
+def _events_view(cursor: duckdb.DuckDBPyConnection, name: str, files: list[str]) -> None:
+    """View ``name``: the events of ``files`` and the registered ``pending_events``."""
+    if files:
+        cursor.execute(
+            f"CREATE OR REPLACE TEMP VIEW {name} AS "
+            f"SELECT * EXCLUDE (date) FROM read_parquet({_listing(files)}, "
+            "hive_partitioning = true, union_by_name = true) "
+            "UNION ALL BY NAME SELECT * FROM pending_events"
+        )
+    else:
+        cursor.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM pending_events")
+
+
 def _listing(paths: list[str]) -> str:
     """A DuckDB list literal of file paths."""
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
@@ -98,14 +115,19 @@ class QueryTimeout(Exception):
 
 
 class QueryEngine:
-    """Runs SQL over a site's events; at most ``max_concurrent`` queries at once."""
+    """Runs SQL over a site's events; at most ``max_concurrent`` queries at once.
+
+    One query per core at a time, each with DuckDB's threads, in low-priority
+    threads (:mod:`mallard.query.threads`): a dashboard's queries queue for the
+    cores rather than crowd out ingestion, whose event loop keeps its share.
+    """
 
     def __init__(
         self,
         layout: DataLayout,
         *,
         pending: PendingEvents = tuple,
-        max_concurrent: int = 4,
+        max_concurrent: int = max(os.cpu_count() or 1, 1),
         timeout: float = 30.0,
         memory_limit: str = "1GB",
         cache_entries: int = 256,
@@ -113,6 +135,7 @@ class QueryEngine:
         self.layout = layout
         self._pending = pending
         self._timeout = timeout
+        threads_before = thread_ids()
         self._database = duckdb.connect(
             ":memory:",
             config={
@@ -122,8 +145,9 @@ class QueryEngine:
                 "threads": max(os.cpu_count() or 1, 1),
             },
         )
+        lower_priority(thread_ids() - threads_before)  # DuckDB's own pool
         self._lock = threading.Lock()
-        self._limiter = trio.CapacityLimiter(max_concurrent)
+        self._threads = QueryThreads(max_concurrent)
         self.cache = ResultCache(cache_entries)
 
     # --- which data a query reads ---
@@ -133,7 +157,7 @@ class QueryEngine:
         site_id: str,
         start: dt.datetime,
         end: dt.datetime,
-        parts: Sequence[tuple[str, pa.Table]],
+        parts: PendingParts,
     ) -> tuple[Snapshot, pa.Table]:
         """What a query reads: the files, and the unflushed events not written meanwhile.
 
@@ -173,11 +197,12 @@ class QueryEngine:
                 if not (partition.is_dir() and first <= day <= last):
                     continue
                 names = [n for n in os.listdir(partition.path) if n.endswith(".parquet")]
-                snapshot.files += [os.path.join(partition.path, n) for n in names]
+                number = (day - EPOCH).days
                 for name in names:
-                    snapshot.written.setdefault(name.removesuffix(".parquet"), set()).add(
-                        (day - EPOCH).days
-                    )
+                    path = os.path.join(partition.path, name)
+                    snapshot.files.append(path)
+                    snapshot.file_days[path] = number
+                    snapshot.written.setdefault(name.removesuffix(".parquet"), set()).add(number)
                 day_start = dt.datetime.combine(day, dt.time(), dt.UTC)
                 if start <= day_start and day_start + dt.timedelta(days=1) <= end:
                     rollup = self._rollup(site_id, day, names)
@@ -212,7 +237,7 @@ class QueryEngine:
 
     @staticmethod
     def _pending_rows(
-        parts: Sequence[tuple[str, pa.Table]],
+        parts: PendingParts,
         snapshot: Snapshot,
         site_id: str,
         start: dt.datetime,
@@ -220,8 +245,8 @@ class QueryEngine:
     ) -> pa.Table:
         """The unflushed events of the site in ``[start, end)`` that no listed file holds."""
         by_name: dict[str, list[pa.Table]] = {}
-        for name, table in parts:
-            by_name.setdefault(name, []).append(table)
+        for name, make_table in parts:
+            by_name.setdefault(name, []).append(make_table())
         selected = []
         for name, tables in by_name.items():
             table = pa.concat_tables(tables)
@@ -253,22 +278,17 @@ class QueryEngine:
         *,
         rollup: bool = False,
     ) -> None:
-        """Bind ``source`` (and with ``rollup``, ``rolled_visits`` and ``rolled_days``)."""
+        """Bind ``source``; with ``rollup`` also ``rolled_visits`` and ``fresh_source``.
+
+        ``fresh_source`` is ``source`` without the rolled-up days' files: the
+        events whose visits are built by the query.
+        """
         cursor.register("pending_events", pending)
-        if snapshot.files:
-            cursor.execute(
-                "CREATE OR REPLACE TEMP VIEW source AS "
-                f"SELECT * EXCLUDE (date) FROM read_parquet({_listing(snapshot.files)}, "
-                "hive_partitioning = true, union_by_name = true) "
-                "UNION ALL BY NAME SELECT * FROM pending_events"
-            )
-        else:
-            cursor.execute("CREATE OR REPLACE TEMP VIEW source AS SELECT * FROM pending_events")
+        _events_view(cursor, "source", snapshot.files)
         if not rollup:
             return
-        cursor.register(
-            "rolled_days", pa.table({"day": pa.array(list(snapshot.rollups), pa.int64())})
-        )
+        fresh = [f for f in snapshot.files if snapshot.file_days[f] not in snapshot.rollups]
+        _events_view(cursor, "fresh_source", fresh)
         if snapshot.rollups:
             cursor.execute(
                 "CREATE OR REPLACE TEMP VIEW rolled_visits AS SELECT * FROM "
@@ -317,9 +337,7 @@ class QueryEngine:
 
         try:
             with trio.fail_after(self._timeout):
-                return await trio.to_thread.run_sync(
-                    run, limiter=self._limiter, abandon_on_cancel=True
-                )
+                return await self._threads.run(run)
         except trio.TooSlowError:
             interrupted = True
             raise QueryTimeout(f"the query took longer than {self._timeout:g} s") from None
@@ -362,14 +380,13 @@ class QueryEngine:
                 return None
 
         try:
-            async with self._limiter:
-                reader = await trio.to_thread.run_sync(open_reader)
-                empty = True
-                while (batch := await trio.to_thread.run_sync(next_batch, reader)) is not None:
-                    empty = False
-                    yield batch
-                if empty:  # still one (empty) batch, so encoders know the columns
-                    yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+            reader = await self._threads.run(open_reader)
+            empty = True
+            while (batch := await self._threads.run(partial(next_batch, reader))) is not None:
+                empty = False
+                yield batch
+            if empty:  # still one (empty) batch, so encoders know the columns
+                yield pa.RecordBatch.from_pylist([], schema=reader.schema)
         finally:
             with contextlib.suppress(duckdb.Error):
                 cursor.interrupt()
@@ -385,4 +402,5 @@ class QueryEngine:
         return rows == [(42,)]
 
     def close(self) -> None:
+        self._threads.close()
         self._database.close()

@@ -19,9 +19,11 @@ on the flush schedule, and reports what it does to :class:`~mallard.metrics.Metr
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections import deque
+from collections.abc import Callable
 from typing import Literal
 
 import pyarrow as pa
@@ -95,17 +97,26 @@ class EventWriter:
         """Events taken from the channel and not yet in Parquet."""
         return len(self._staged) + self._batch_rows + self._cut_rows
 
-    def unflushed(self) -> list[tuple[str, pa.Table]]:
+    def unflushed(self) -> list[tuple[str, Callable[[], pa.Table]]]:
         """The accepted events not yet in Parquet (read-your-writes), erased ones left out.
 
-        Each table comes with the name its batch's files will have, so a reader
-        that also lists files can tell which of these have been written since.
+        Each part comes with the name its batch's files will have, so a reader
+        that also lists files can tell which have been written since, and as a
+        function that makes its table: called in the reader's thread, so the
+        event loop never converts or filters for a query.
         """
-        staged = [events_to_table(self._staged)] if self._staged else []
-        parts = [(number, table) for number, batch in self._cut for table in batch]
-        parts += [(self._batch_number, table) for table in self._batch + staged]
         keep = self.tombstones.keep
-        return [(batch_name(self.writer_id, number), keep(table)) for number, table in parts]
+        parts = [
+            (batch_name(self.writer_id, number), functools.partial(keep, table))
+            for number, batch in self._cut
+            for table in batch
+        ]
+        collecting = batch_name(self.writer_id, self._batch_number)
+        parts += [(collecting, functools.partial(keep, table)) for table in self._batch]
+        if self._staged:
+            staged = list(self._staged)
+            parts.append((collecting, lambda: keep(events_to_table(staged))))
+        return parts
 
     async def wait_durable(self, sequence: int) -> bool:
         """Wait until event number ``sequence`` is in the WAL (True) or refused (False)."""

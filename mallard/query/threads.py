@@ -1,0 +1,70 @@
+"""Threads for DuckDB work that give the CPU to ingestion first.
+
+Queries run in their own threads with a lower scheduling priority (a higher
+nice value, which Linux keeps per thread), DuckDB's internal pool included. A
+heavy query then slows other queries, not the event loop that answers
+``/api/event``: on a small machine the cores are shared, the priority is not.
+Elsewhere than Linux the threads run at normal priority.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import threading
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import TypeVar
+
+import trio
+
+NICENESS = 19
+T = TypeVar("T")
+
+
+def lower_priority(thread_ids: set[int]) -> None:
+    """Raise the nice value of these threads (of this process); best effort."""
+    if sys.platform != "linux":
+        return
+    for thread_id in thread_ids:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, thread_id, NICENESS)
+
+
+def thread_ids() -> set[int]:
+    """The ids of this process's threads (Linux), for :func:`lower_priority`."""
+    try:
+        return {int(name) for name in os.listdir("/proc/self/task")}
+    except OSError:
+        return set()
+
+
+def _lower_own_priority() -> None:
+    lower_priority({threading.get_native_id()})
+
+
+class QueryThreads:
+    """At most ``workers`` blocking calls at once, in low-priority threads, awaited from trio."""
+
+    def __init__(self, workers: int) -> None:
+        self._executor = ThreadPoolExecutor(
+            workers, thread_name_prefix="mallard-query", initializer=_lower_own_priority
+        )
+
+    async def run(self, function: Callable[[], T]) -> T:
+        """Run ``function`` in a query thread; cancelling abandons it (the caller stops it)."""
+        token = trio.lowlevel.current_trio_token()
+        done = trio.Event()
+
+        def wake(_: Future[T]) -> None:
+            with contextlib.suppress(trio.RunFinishedError):
+                token.run_sync_soon(done.set)
+
+        future = self._executor.submit(function)
+        future.add_done_callback(wake)
+        await done.wait()
+        return future.result()
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=False, cancel_futures=True)
