@@ -30,8 +30,28 @@ def lint(session: nox.Session) -> None:
     session.run("ruff", "format", "--check", ".")
 
 
+BENCHMARKS = {
+    "ingest": "benchmarks/bench_ingest.py",
+    "batch": "benchmarks/bench_batch.py",
+    "query": "benchmarks/bench_query.py",
+    "soak": "benchmarks/soak.py",
+    "profile": "benchmarks/profile_ingest.py",
+}
+
+
 @nox.session
 def bench(session: nox.Session) -> None:
-    """Ingestion benchmark: bare quart-trio baseline vs Mallard, one run, one machine."""
-    session.install("-e", ".[test]", "matplotlib")
-    session.run("python", "benchmarks/bench_ingest.py", *session.posargs)
+    """Benchmarks, each against a baseline in the same run on this machine.
+
+    ``nox -s bench`` runs ingest, batch and query with their defaults;
+    ``nox -s bench -- query --sizes 10k,1m`` runs one with its own options.
+    """
+    session.install("-e", ".[test]", "matplotlib", "py-spy")
+    if session.posargs:
+        name, *options = session.posargs
+        if name not in BENCHMARKS:
+            session.error(f"unknown benchmark {name!r}; known: {', '.join(BENCHMARKS)}")
+        session.run("python", BENCHMARKS[name], *options)
+        return
+    for name in ("ingest", "batch", "query"):
+        session.run("python", BENCHMARKS[name])

@@ -4,8 +4,8 @@
 
 For each size, N synthetic events over ``--days`` UTC days for one site, ending today, are
 written with :func:`mallard.synthetic.generate` (cached under ``--data-root``, so re-runs
-skip it), compacted as the server would (every day before yesterday becomes one sorted
-file with its visit rollup; yesterday and today stay as written), and a fresh
+skip it), compacted as the server would (every day before today becomes one sorted
+file with its visit rollup; today stays as written), and a fresh
 ``python -m mallard serve`` is started on them (no admin password: loopback may ask).
 For the ranges ``30d`` and ``all``, every question is timed over HTTP and, right after,
 as plain SQL in an in-process DuckDB over
@@ -495,7 +495,7 @@ def prepare_dataset(events: int, args: argparse.Namespace, today: dt.date) -> di
         progress("  compacting: each day becomes one sorted file with its visit rollup")
         compaction = compact(
             DataLayout(directory),
-            before=today - dt.timedelta(days=1),
+            before=today,
             progress=progress_bar("  compacting", "days"),
         )
         manifest = wanted | {

@@ -39,7 +39,9 @@ def _parser() -> argparse.ArgumentParser:
     compact.add_argument("--config", type=Path, metavar="PATH", help="a TOML settings file")
     compact.add_argument("--data-dir", help="where all state lives (default ./data)")
     compact.add_argument(
-        "--before", metavar="YYYY-MM-DD", help="compact days before this one (default yesterday)"
+        "--before",
+        metavar="YYYY-MM-DD",
+        help="compact days before this one (default today: every finished day)",
     )
     demo = commands.add_parser(
         "demo", help="serve a data dir filled with realistic synthetic traffic (a tour)"

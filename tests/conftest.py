@@ -110,7 +110,7 @@ async def server(start_server: Any) -> RunningServer:
 # --- servers in their own process, for signals, exit codes and kill -9 ---
 
 
-LISTENING = re.compile(r"listening on (http://\S+)")
+LISTENING = re.compile(r"listening on (http://[^\s\"]+)")  # also inside a JSON log line
 
 
 @dataclasses.dataclass

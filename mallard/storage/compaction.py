@@ -164,10 +164,15 @@ def compact(
     before: dt.date | None = None,
     progress: Callable[[int, int], None] | None = None,
 ) -> CompactionReport:
-    """Compact every finished day (by default: days before yesterday, UTC). Blocking."""
+    """Compact every day before ``before`` (by default every finished day: before today, UTC).
+
+    A day is finished once it is over: events are timed by the server. Files
+    flushed into it later (a write-ahead log replay, a late flush) make it a
+    day to compact again at the next run. Blocking.
+    """
     started = time.perf_counter()
     _remove_abandoned_staging(layout)
-    before = before or dt.datetime.now(dt.UTC).date() - dt.timedelta(days=1)
+    before = before or dt.datetime.now(dt.UTC).date()
     todo = partitions_to_compact(layout, before)
     report = CompactionReport()
     for index, (site_id, partition) in enumerate(todo, start=1):
