@@ -156,9 +156,11 @@ class Ingestor:
                 outcomes.append(refusal)
             else:
                 outcomes.append(None)
-        if self._writer.durable:
-            for index, (sequence, site) in queued.items():
-                if not await self._writer.wait_durable(sequence):
+        if self._writer.durable and queued:
+            sequences = [sequence for sequence, _ in queued.values()]
+            refused = await self._writer.refused_among(min(sequences), max(sequences))
+            for index, (sequence, site) in queued.items() if refused else ():
+                if any(first <= sequence <= last for first, last in refused):
                     outcomes[index] = _busy()
                     self._dropped(BACK_PRESSURE, site)
         self._accepted.inc(outcomes.count(None))

@@ -252,12 +252,14 @@ def rollup_sql(events: str) -> str:
     )
 
 
-def _events_cte(query: Query, params: Parameters) -> str:
+def _events_cte(
+    query: Query, params: Parameters, name: str = "events", relation: str = "source"
+) -> str:
     site = params.add(query.site_id)
     start = params.add(query.date_range.start)
     end = params.add(query.date_range.end)
     return (
-        f"events AS (SELECT * FROM source WHERE site_id = {site} "
+        f"{name} AS (SELECT * FROM {relation} WHERE site_id = {site} "
         f"AND timestamp >= {start} AND timestamp < {end})"
     )
 
@@ -278,15 +280,13 @@ def rollup_ctes(query: Query, params: Parameters) -> str:
     """``events`` and ``visits``, reading the rollup for the days the engine has one.
 
     The engine binds ``rolled_visits`` (the visits of the range's rolled-up
-    days, each day wholly inside the range) and ``rolled_days`` (those days'
-    numbers); visits of every other day are built from its events.
+    days, each day wholly inside the range) and ``fresh_source`` (the events of
+    every other day), whose visits are built here.
     """
     start = params.add(query.date_range.start)
     end = params.add(query.date_range.end)
     return f"""WITH {_events_cte(query, params)},
-    fresh_events AS (
-        SELECT * FROM events WHERE {UTC_DAY} NOT IN (SELECT day FROM rolled_days)
-    ),
+    {_events_cte(query, params, "fresh_events", "fresh_source")},
     {visit_ctes("fresh_events", "fresh_visits")},
     visits AS (
         SELECT * FROM rolled_visits WHERE visit_start >= {start} AND visit_start < {end}
@@ -357,7 +357,7 @@ def _where(filters: tuple[Filter, ...], params: Parameters, timezone: str) -> st
 
 
 class Statement(NamedTuple):
-    """SQL for the engine; ``rollup`` asks it to bind ``rolled_visits``/``rolled_days``."""
+    """SQL for the engine; ``rollup`` asks it to bind ``rolled_visits``/``fresh_source``."""
 
     sql: str
     parameters: dict[str, Any]

@@ -120,9 +120,16 @@ class EventWriter:
 
     async def wait_durable(self, sequence: int) -> bool:
         """Wait until event number ``sequence`` is in the WAL (True) or refused (False)."""
-        while self._resolved < sequence:
+        return not await self.refused_among(sequence, sequence)
+
+    async def refused_among(self, first: int, last: int) -> list[tuple[int, int]]:
+        """Wait until events ``first``..``last`` are durable or refused; the refused ranges.
+
+        One wait and one look at the refusals for a whole batch of events.
+        """
+        while self._resolved < last:
             await self._commit.wait()
-        return not any(first <= sequence <= last for first, last in self._refused)
+        return [(a, b) for a, b in self._refused if a <= last and b >= first]
 
     async def run(self, events: trio.MemoryReceiveChannel[Event]) -> None:
         """Run until ``events`` is closed and everything received is flushed.
