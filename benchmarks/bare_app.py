@@ -22,7 +22,9 @@ import argparse
 import functools
 import json
 import logging
+import os
 import signal
+import socket
 import sys
 from typing import Any
 
@@ -72,12 +74,12 @@ async def asgi_app(scope: dict[str, Any], receive: Any, send: Any) -> None:
 APPS = {"quart": app, "asgi": asgi_app}
 
 
-async def _serve(host: str, port: int, served: Any) -> None:
+async def _serve(bind: str, served: Any, announce: bool = True) -> None:
     import hypercorn.trio
     from hypercorn.config import Config
 
     config = Config()  # as mallard.server configures hypercorn: no access log
-    config.bind = [f"{host}:{port}"]
+    config.bind = [bind]
     config.accesslog = None
     config.errorlog = logging.getLogger("hypercorn.error")
     stop = trio.Event()
@@ -94,8 +96,30 @@ async def _serve(host: str, port: int, served: Any) -> None:
                 hypercorn.trio.serve, served, config, shutdown_trigger=stop.wait
             )
             binds = await http.start(serve)
-            print(f"bare app: listening on {binds[0]}", file=sys.stderr, flush=True)
+            if announce:
+                print(f"bare app: listening on {binds[0]}", file=sys.stderr, flush=True)
         nursery.cancel_scope.cancel()
+
+
+def _serve_forked(host: str, port: int, served: Any, workers: int) -> None:
+    """``workers`` processes accepting on one socket, as ``mallard serve --workers N``."""
+    listener = socket.create_server((host, port), backlog=1024)
+    listener.set_inheritable(True)
+    children = []
+    for _ in range(workers):
+        pid = os.fork()
+        if pid == 0:
+            signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT, signal.SIGTERM})
+            trio.run(_serve, f"fd://{listener.fileno()}", served, False)
+            os._exit(0)
+        children.append(pid)
+    address = listener.getsockname()
+    print(f"bare app: listening on http://{address[0]}:{address[1]}", file=sys.stderr, flush=True)
+    received = signal.sigwait({signal.SIGINT, signal.SIGTERM})
+    for pid in children:
+        os.kill(pid, received)
+    for pid in children:
+        os.waitpid(pid, 0)
 
 
 def main() -> None:
@@ -103,9 +127,14 @@ def main() -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8001)
     parser.add_argument("--app", choices=sorted(APPS), default="quart")
+    parser.add_argument("--workers", type=int, default=1, help="processes on one socket")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
-    trio.run(_serve, args.host, args.port, APPS[args.app])
+    if args.workers > 1:
+        signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+        _serve_forked(args.host, args.port, APPS[args.app], args.workers)
+    else:
+        trio.run(_serve, f"{args.host}:{args.port}", APPS[args.app])
 
 
 if __name__ == "__main__":

@@ -106,6 +106,12 @@ TARGETS: dict[str, Target] = {
             description="quart-trio on hypercorn.trio.serve: parse the JSON body, answer 202",
         ),
         Target(
+            "bare-2w",
+            ("{python}", "{bench_dir}/bare_app.py", "--port", "0", "--workers", "2"),
+            default=False,
+            description="the bare quart-trio app in two processes on one socket",
+        ),
+        Target(
             "bare-asgi",
             ("{python}", "{bench_dir}/bare_app.py", "--port", "0", "--app", "asgi"),
             default=False,
@@ -142,6 +148,14 @@ TARGETS: dict[str, Target] = {
             default=False,
             description="mallard serve --workers 2: two processes on one socket",
         ),
+        Target(
+            "mallard-memory-2w",
+            (*MALLARD_COMMAND, "--workers", "2"),
+            env={"MALLARD_FLUSH_INTERVAL": "1", "MALLARD_DURABILITY": "memory"},
+            stores_events=True,
+            default=False,
+            description="durability=memory, --workers 2",
+        ),
     ]
 }
 
@@ -157,7 +171,7 @@ def progress(message: str) -> None:
     print(f"[bench {time.monotonic() - _T0:6.1f}s] {message}", file=sys.stderr, flush=True)
 
 
-def _process_tree(root: int) -> list[int]:
+def process_tree(root: int) -> list[int]:
     """``root`` and all its descendants that are still alive."""
     children: dict[int, list[int]] = {}
     for entry in os.listdir("/proc"):
@@ -178,7 +192,7 @@ def _process_tree(root: int) -> list[int]:
     return tree
 
 
-def _memory_kib(pid: int) -> tuple[int, int] | None:
+def memory_kib(pid: int) -> tuple[int, int] | None:
     """(VmRSS, VmHWM) in KiB, or None when the process is gone."""
     try:
         with open(f"/proc/{pid}/status") as file:
@@ -207,8 +221,8 @@ class RssSampler(threading.Thread):
 
     def sample(self) -> None:
         total = 0
-        for pid in _process_tree(self.pid):
-            memory = _memory_kib(pid)
+        for pid in process_tree(self.pid):
+            memory = memory_kib(pid)
             if memory is not None:
                 total += memory[0]
                 self.hwm[pid] = max(self.hwm.get(pid, 0), memory[1])
