@@ -66,6 +66,10 @@ class Settings:
     drop_screen_size: bool = False
     country_only: bool = False
 
+    def site_timezone(self, site_id: object) -> str:
+        """The site's default query timezone from ``sites``; UTC otherwise."""
+        return next((zone for site, zone in self.sites if site == site_id), "UTC")
+
     @property
     def effective_rate_burst(self) -> float:
         """The token bucket's size: ``rate_burst`` when set, else ``rate_limit``."""

@@ -30,8 +30,8 @@ async def erase_range() -> Any:
         site_id = validate_site_id(args.get("site_id"))
         if not args.get("from") or not args.get("to"):
             raise QueryError("from and to are required: dates (YYYY-MM-DD) or ISO datetimes")
-        zones = dict(current_app.config["MALLARD_SETTINGS"].sites)
-        timezone = args.get("timezone", zones.get(site_id, "UTC"))
+        settings = current_app.config["MALLARD_SETTINGS"]
+        timezone = args.get("timezone", settings.site_timezone(site_id))
         dates = resolve_date_range([args["from"], args["to"]], timezone)
     except QueryError as error:
         return jsonify({"error": str(error)}), 400

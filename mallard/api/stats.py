@@ -75,9 +75,9 @@ async def require_access() -> None:
 
 def _parse(body: Any) -> Query:
     """The query, in its site's configured timezone unless it names one."""
-    zones = dict(current_app.config["MALLARD_SETTINGS"].sites)
     site = body.get("site_id") if isinstance(body, dict) else None
-    return parse_query(body, default_timezone=zones.get(site, "UTC"))
+    settings = current_app.config["MALLARD_SETTINGS"]
+    return parse_query(body, default_timezone=settings.site_timezone(site))
 
 
 async def _answer(query: Query) -> Any:

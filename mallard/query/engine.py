@@ -26,16 +26,15 @@ import trio
 
 from mallard.query.threads import QueryThreads, lower_priority, thread_ids
 from mallard.storage.compaction import COMPACTED_PREFIX
-from mallard.storage.layout import DataLayout
+from mallard.storage.layout import EPOCH, DataLayout
 from mallard.storage.locks import site_lock
-from mallard.storage.schema import MICROS_PER_DAY, VISIT_SCHEMA, events_to_table
+from mallard.storage.schema import MICROS_PER_DAY, VISIT_SCHEMA, events_to_table, micros
 
 # The writer's unflushed events: (name its batch's files will have, make its table).
 PendingParts = Sequence[tuple[str, Callable[[], pa.Table]]]
 PendingEvents = Callable[[], PendingParts]
 EMPTY_EVENTS = events_to_table([])
 EMPTY_VISITS = VISIT_SCHEMA.empty_table()
-EPOCH = dt.date(1970, 1, 1)
 
 
 @dataclasses.dataclass
@@ -250,16 +249,16 @@ class QueryEngine:
         selected = []
         for name, tables in by_name.items():
             table = pa.concat_tables(tables)
-            micros = table["timestamp"].cast(pa.int64())
+            stamps = table["timestamp"].cast(pa.int64())
             mask = pc.and_(
                 pc.equal(table["site_id"], site_id),
                 pc.and_(
-                    pc.greater_equal(micros, int(start.timestamp() * 1_000_000)),
-                    pc.less(micros, int(end.timestamp() * 1_000_000)),
+                    pc.greater_equal(stamps, micros(start)),
+                    pc.less(stamps, micros(end)),
                 ),
             )
             if written := snapshot.written.get(name):
-                days = pc.divide(micros, MICROS_PER_DAY)
+                days = pc.divide(stamps, MICROS_PER_DAY)
                 mask = pc.and_(mask, pc.invert(pc.is_in(days, pa.array(sorted(written)))))
             selected.append(table.filter(mask))
         return pa.concat_tables(selected) if selected else EMPTY_EVENTS

@@ -51,7 +51,7 @@ from mallard.query.model import (
     Filter,
     Query,
 )
-from mallard.storage.schema import VISIT_ATTRIBUTES, VISIT_SCHEMA
+from mallard.storage.schema import VISIT_ATTRIBUTES, VISIT_SCHEMA, micros
 
 VISIT_TIMEOUT = "INTERVAL 30 MINUTE"
 UTC_DAY = "(epoch_us(timestamp) // 86400000000)"
@@ -59,7 +59,6 @@ NONE_LABEL = "(none)"
 MICROS_PER_HOUR = 3_600_000_000
 MICROS_PER_DAY = 86_400_000_000
 MONDAY = 4  # 1970-01-05, the first Monday after the epoch, is day 4
-EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 TIME_FORMATS = {
     "time:hour": ("hour", "%Y-%m-%d %H:00:00"),
     "time:day": ("day", "%Y-%m-%d"),
@@ -112,7 +111,7 @@ def utc_offsets(timezone: str, start: dt.datetime, end: dt.datetime) -> tuple[tu
     def offset(moment: dt.datetime) -> int:
         return moment.astimezone(zone).utcoffset() // dt.timedelta(microseconds=1)
 
-    pieces = [(_micros(start), offset(start))]
+    pieces = [(micros(start), offset(start))]
     moment = start
     while moment < end:
         step = min(moment + dt.timedelta(days=1), end)
@@ -123,13 +122,9 @@ def utc_offsets(timezone: str, start: dt.datetime, end: dt.datetime) -> tuple[tu
                 at_middle = offset(dt.datetime.fromtimestamp(middle, dt.UTC))
                 low, high = (middle, high) if at_middle == pieces[-1][1] else (low, middle)
             changed = dt.datetime.fromtimestamp(high, dt.UTC)
-            pieces.append((_micros(changed), offset(changed)))
+            pieces.append((micros(changed), offset(changed)))
         moment = step
     return tuple(pieces)
-
-
-def _micros(moment: dt.datetime) -> int:
-    return (moment - EPOCH) // dt.timedelta(microseconds=1)
 
 
 def time_bucket(dimension: str, query: Query, at: str) -> str:
@@ -144,18 +139,18 @@ def time_bucket(dimension: str, query: Query, at: str) -> str:
     if unit == "month":
         return f"date_trunc('month', timezone('{_zone(query)}', {at}))"
     pieces = utc_offsets(query.timezone, query.date_range.start, query.date_range.end)
-    micros = f"epoch_us({at})"
+    epoch = f"epoch_us({at})"
     if len(pieces) == 1:
         offset = str(pieces[0][1])
     else:
         branches = " ".join(
-            f"WHEN {micros} < {until} THEN {offset}"
+            f"WHEN {epoch} < {until} THEN {offset}"
             for (_, offset), (until, _) in itertools.pairwise(pieces)
         )
         offset = f"CASE {branches} ELSE {pieces[-1][1]} END"
-    local_day = f"(({micros} + {offset}) // {MICROS_PER_DAY})"
+    local_day = f"(({epoch} + {offset}) // {MICROS_PER_DAY})"
     if unit == "hour":
-        return f"(({micros} + {offset}) // {MICROS_PER_HOUR})"
+        return f"(({epoch} + {offset}) // {MICROS_PER_HOUR})"
     if unit == "day":
         return local_day
     return f"(({local_day} - {MONDAY}) // 7)"  # weeks start on Monday

@@ -36,7 +36,7 @@ import pyarrow.parquet as pq
 from mallard.query.sql import rollup_sql
 from mallard.storage.layout import DataLayout
 from mallard.storage.locks import maintenance_lock, site_lock
-from mallard.storage.parquet import fsync_dir
+from mallard.storage.parquet import fsync_dir, write_aside
 from mallard.storage.schema import EVENT_SCHEMA, VISIT_SCHEMA
 from mallard.storage.wal import SEGMENT_SUFFIX
 
@@ -100,12 +100,6 @@ def _visits_of(events: pa.Table) -> pa.Table:
     return visits.cast(VISIT_SCHEMA)
 
 
-def _write_aside(table: pa.Table, staging: Path) -> None:
-    pq.write_table(table, staging, compression="zstd", row_group_size=ROW_GROUP_ROWS)
-    with open(staging, "rb") as file:
-        os.fsync(file.fileno())
-
-
 def _read_events(files: list[Path]) -> pa.Table:
     """The files as one table of EVENT_SCHEMA (columns a file lacks become nulls)."""
     tables = []
@@ -136,8 +130,8 @@ def _merge(layout: DataLayout, site_id: str, partition: Path) -> tuple[int, int]
     rollup_file = _rollup_of(layout, site_id, partition, events_file)
     staging = layout.tmp / f"{name}.parquet.tmp"
     staging_visits = layout.tmp / f"{name}.visits.tmp"
-    _write_aside(table, staging)
-    _write_aside(_visits_of(table), staging_visits)
+    write_aside(table, staging, row_group_size=ROW_GROUP_ROWS)
+    write_aside(_visits_of(table), staging_visits, row_group_size=ROW_GROUP_ROWS)
     rollup_file.parent.mkdir(parents=True, exist_ok=True)
     stale_rollups = list(rollup_file.parent.glob("*.parquet"))
     with site_lock(layout, site_id, exclusive=True):

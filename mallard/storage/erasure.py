@@ -26,8 +26,8 @@ import pyarrow.parquet as pq
 
 from mallard.storage.layout import DataLayout
 from mallard.storage.locks import maintenance_lock, site_lock
-from mallard.storage.parquet import fsync_dir
-from mallard.storage.schema import MICROS_PER_DAY
+from mallard.storage.parquet import fsync_dir, write_aside
+from mallard.storage.schema import MICROS_PER_DAY, micros
 
 ERASED_PREFIX = "erased-"
 
@@ -87,14 +87,14 @@ class Tombstones:
 
 def erased_mask(table: pa.Table, tombstones: tuple[Tombstone, ...]) -> pa.ChunkedArray:
     """True for the rows of ``table`` that a tombstone erases."""
-    micros = table["timestamp"].cast(pa.int64())
+    stamps = table["timestamp"].cast(pa.int64())
     mask = pa.chunked_array([pa.array([False] * table.num_rows)])
     for tombstone in tombstones:
         hit = pc.and_(
             pc.equal(table["site_id"], tombstone.site_id),
             pc.and_(
-                pc.greater_equal(micros, tombstone.start_us),
-                pc.less(micros, min(tombstone.end_us, tombstone.erased_us)),
+                pc.greater_equal(stamps, tombstone.start_us),
+                pc.less(stamps, min(tombstone.end_us, tombstone.erased_us)),
             ),
         )
         mask = pc.or_(mask, hit)
@@ -106,7 +106,7 @@ def erase(
 ) -> ErasureReport:
     """Record the tombstone, then remove the rows from the site's Parquet files. Blocking."""
     now_us = time.time_ns() // 1000
-    tombstone = Tombstone(site_id, _micros(start), _micros(end), now_us)
+    tombstone = Tombstone(site_id, micros(start), micros(end), now_us)
     tombstones.add(tombstone, layout.tmp / f"erasures-{uuid.uuid4().hex}.tmp")
     report = ErasureReport()
     with maintenance_lock(layout, site_id):
@@ -156,9 +156,7 @@ def _rewrite_days(
             if rest.num_rows:
                 name = f"{ERASED_PREFIX}{uuid.uuid4().hex}.parquet"
                 staging = layout.tmp / f"{name}.tmp"
-                pq.write_table(rest, staging, compression="zstd")
-                with open(staging, "rb") as handle:
-                    os.fsync(handle.fileno())
+                write_aside(rest, staging)
                 replaced.append((staging, partition / name))
                 report.files_rewritten += 1
             else:
@@ -167,7 +165,3 @@ def _rewrite_days(
             # (listed again by a second pass: unlinking twice is harmless)
             removed += list((layout.visits / site_dir.name / partition.name).glob("*.parquet"))
     return replaced, removed
-
-
-def _micros(moment: dt.datetime) -> int:
-    return (moment - dt.datetime(1970, 1, 1, tzinfo=dt.UTC)) // dt.timedelta(microseconds=1)

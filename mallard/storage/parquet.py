@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -21,11 +22,16 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def write_parquet_atomically(table: pa.Table, destination: Path, staging: Path) -> None:
-    """Write ``table`` at ``staging``, make it durable, then rename it to ``destination``."""
-    pq.write_table(table, staging, compression="zstd")
+def write_aside(table: pa.Table, staging: Path, **options: Any) -> None:
+    """Write ``table`` as ZSTD Parquet at ``staging`` and make it durable (not yet visible)."""
+    pq.write_table(table, staging, compression="zstd", **options)
     with open(staging, "rb") as file:
         os.fsync(file.fileno())
+
+
+def write_parquet_atomically(table: pa.Table, destination: Path, staging: Path) -> None:
+    """Write ``table`` at ``staging``, make it durable, then rename it to ``destination``."""
+    write_aside(table, staging)
     destination.parent.mkdir(parents=True, exist_ok=True)
     os.replace(staging, destination)
     fsync_dir(destination.parent)

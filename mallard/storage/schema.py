@@ -6,6 +6,7 @@ of an event on disk is defined in exactly one place.
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from decimal import Decimal
 from typing import NamedTuple
@@ -46,6 +47,13 @@ EVENT_SCHEMA = pa.schema(
 )
 
 MICROS_PER_DAY = 86_400_000_000
+EPOCH_UTC = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+def micros(moment: dt.datetime) -> int:
+    """Microseconds since the epoch of an aware datetime, exactly (no float)."""
+    return (moment - EPOCH_UTC) // dt.timedelta(microseconds=1)
+
 
 # Event columns a visit takes from its first event.
 VISIT_ATTRIBUTES = (
