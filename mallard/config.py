@@ -45,6 +45,7 @@ class Settings:
     compaction_interval: float = 3600.0
     retention_days: int = 0  # 0 = keep everything
     query_cache_entries: int = 256
+    query_memory_mb: int = 400
     workers: int = 1
     shutdown_timeout: float = 30.0
     trusted_proxies: tuple[Network, ...] = (
@@ -251,6 +252,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "compaction_interval": _number(0),
     "retention_days": _integer(0),
     "query_cache_entries": _integer(0),
+    "query_memory_mb": _integer(64),
     "workers": _workers,
     "shutdown_timeout": _number(0, inclusive=False),
     "trusted_proxies": _networks,

@@ -100,7 +100,10 @@ async def serve(
         tombstones=tombstones,
     )
     engine = QueryEngine(
-        layout, pending=writer.unflushed, cache_entries=settings.query_cache_entries
+        layout,
+        pending=writer.unflushed,
+        cache_entries=settings.query_cache_entries,
+        memory_mb=settings.query_memory_mb,
     )
     events_send, events_receive = trio.open_memory_channel[Event](settings.queue_size)
     ingestor = Ingestor(

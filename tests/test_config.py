@@ -200,6 +200,7 @@ def test_rate_burst_defaults_to_rate_limit(env: dict[str, str], burst: float) ->
         ({"MALLARD_TRUSTED_PROXIES": "10.0.0.0/33"}, "TRUSTED_PROXIES"),
         ({"MALLARD_TRUSTED_PROXIES": "proxy.local"}, "TRUSTED_PROXIES"),
         ({"MALLARD_DATA_DIR": "  "}, "DATA_DIR"),
+        ({"MALLARD_QUERY_MEMORY_MB": "10"}, "QUERY_MEMORY_MB"),
     ],
 )
 def test_malformed_environment_value_names_the_setting(env: dict[str, str], setting: str) -> None:

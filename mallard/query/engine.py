@@ -26,7 +26,7 @@ import trio
 
 from mallard.query.threads import QueryThreads, lower_priority, thread_ids
 from mallard.storage.compaction import COMPACTED_PREFIX
-from mallard.storage.layout import EPOCH, DataLayout
+from mallard.storage.layout import EPOCH, DataLayout, process_folder
 from mallard.storage.locks import site_lock
 from mallard.storage.schema import MICROS_PER_DAY, VISIT_SCHEMA, events_to_table, micros
 
@@ -119,6 +119,8 @@ class QueryEngine:
     One query per core at a time, each with DuckDB's threads, in low-priority
     threads (:mod:`mallard.query.threads`): a dashboard's queries queue for the
     cores rather than crowd out ingestion, whose event loop keeps its share.
+    DuckDB holds at most ``memory_mb`` MiB; a query that needs more spills to
+    this process's folder under ``tmp/duckdb``.
     """
 
     def __init__(
@@ -128,7 +130,7 @@ class QueryEngine:
         pending: PendingEvents = tuple,
         max_concurrent: int = max(os.cpu_count() or 1, 1),
         timeout: float = 30.0,
-        memory_limit: str = "1GB",
+        memory_mb: int = 400,
         cache_entries: int = 256,
     ) -> None:
         self.layout = layout
@@ -140,7 +142,8 @@ class QueryEngine:
             config={
                 "autoinstall_known_extensions": False,
                 "autoload_known_extensions": False,
-                "memory_limit": memory_limit,
+                "memory_limit": f"{memory_mb}MiB",
+                "temp_directory": str(process_folder(layout.tmp / "duckdb", os.getpid())),
                 "threads": max(os.cpu_count() or 1, 1),
             },
         )

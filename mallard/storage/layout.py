@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,3 +75,25 @@ def new_writer_id() -> str:
 
 def batch_name(writer_id: str, batch: int) -> str:
     return f"{writer_id}-{batch:08d}"
+
+
+def process_folder(base: Path, pid: int) -> Path:
+    """``base/<pid>``, created; the folders of processes no longer running are removed."""
+    folder = base / str(pid)
+    if base.is_dir():
+        for other in base.iterdir():
+            if other != folder and not (other.name.isdigit() and running(int(other.name))):
+                shutil.rmtree(other, ignore_errors=True)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
+def running(pid: int) -> bool:
+    """True while process ``pid`` exists (somebody else's included)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -1,0 +1,33 @@
+"""The query engine's resources: memory limit, spilling, its temporary folder."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import trio
+
+from mallard.query.engine import QueryEngine
+from mallard.storage.layout import DataLayout
+
+
+def test_a_query_bigger_than_its_memory_spills_to_the_data_dir(tmp_path: Path) -> None:
+    layout = DataLayout(tmp_path)
+    layout.create()
+    dead = layout.tmp / "duckdb" / "999999999"  # left by a process that no longer runs
+    dead.mkdir(parents=True)
+    engine = QueryEngine(layout, memory_mb=64)
+    try:
+        _, settings = trio.run(
+            engine.fetch,
+            "SELECT current_setting('temp_directory'), current_setting('memory_limit')",
+        )
+        assert settings == [(str(layout.tmp / "duckdb" / str(os.getpid())), "64.0 MiB")]
+        assert not dead.exists()
+        # about 300 MiB of hash table: far above the limit, so it spills instead of failing
+        _, rows = trio.run(
+            engine.fetch, "SELECT count(*) FROM (SELECT DISTINCT i FROM range(20000000) t(i))"
+        )
+        assert rows == [(20_000_000,)]
+    finally:
+        engine.close()
