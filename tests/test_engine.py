@@ -14,7 +14,7 @@ from mallard.storage.layout import DataLayout
 def test_a_query_bigger_than_its_memory_spills_to_the_data_dir(tmp_path: Path) -> None:
     layout = DataLayout(tmp_path)
     layout.create()
-    dead = layout.tmp / "duckdb" / "999999999"  # left by a process that no longer runs
+    dead = layout.spill_folder(999_999_999)  # left by a process that no longer runs
     dead.mkdir(parents=True)
     engine = QueryEngine(layout, memory_mb=64)
     try:
@@ -22,7 +22,7 @@ def test_a_query_bigger_than_its_memory_spills_to_the_data_dir(tmp_path: Path) -
             engine.fetch,
             "SELECT current_setting('temp_directory'), current_setting('memory_limit')",
         )
-        assert settings == [(str(layout.tmp / "duckdb" / str(os.getpid())), "64.0 MiB")]
+        assert settings == [(str(layout.spill_folder(os.getpid())), "64.0 MiB")]
         assert not dead.exists()
         # about 300 MiB of hash table: far above the limit, so it spills instead of failing
         _, rows = trio.run(

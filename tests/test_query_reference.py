@@ -195,9 +195,15 @@ async def test_retention(engine: QueryEngine, data: Any, period: str, timezone: 
          "date_range": [FIRST.isoformat(), END.isoformat()]},
         today=END,
     )  # fmt: skip
-    sql, parameters = behaviour.retention_sql(query, period)
+    statement = behaviour.retention_sql(query, period)
+    assert statement.rollup  # without filters, activity comes from visits
     _, rows = await engine.fetch(
-        sql, parameters, site_id=SITE, start=query.date_range.start, end=query.date_range.end
+        statement.sql,
+        statement.parameters,
+        rollup=statement.rollup,
+        site_id=SITE,
+        start=query.date_range.start,
+        end=query.date_range.end,
     )
     expected = ref.retention(data[1], period, timezone, **bounds(query))
     assert behaviour.retention_result(rows) == expected

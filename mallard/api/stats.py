@@ -223,10 +223,13 @@ async def realtime() -> Any:
     return jsonify({"visitors": result["results"][0]["metrics"][0]})
 
 
-async def _fetch(query: Query, sql: str, parameters: dict[str, Any]) -> list[tuple[Any, ...]]:
+async def _fetch(
+    query: Query, sql: str, parameters: dict[str, Any], rollup: bool = False
+) -> list[tuple[Any, ...]]:
     _, rows = await _engine().fetch(
         sql,
         parameters,
+        rollup=rollup,
         site_id=query.site_id,
         start=query.date_range.start,
         end=query.date_range.end,
@@ -248,8 +251,9 @@ async def funnel() -> Any:
 async def retention() -> Any:
     """Cohorts by first visit; ``interval`` is day, week (default) or month."""
     query = _legacy_query(["visitors"], [])
-    sql, parameters = behaviour.retention_sql(query, request.args.get("interval", "week"))
-    return jsonify({"cohorts": behaviour.retention_result(await _fetch(query, sql, parameters))})
+    statement = behaviour.retention_sql(query, request.args.get("interval", "week"))
+    rows = await _fetch(query, *statement)
+    return jsonify({"cohorts": behaviour.retention_result(rows)})
 
 
 @blueprint.get("/api/stats/flow")

@@ -16,9 +16,12 @@ from mallard.query.sql import (
     MICROS_PER_DAY,
     MONDAY,
     Parameters,
+    Statement,
     base_ctes,
     filter_sql,
+    filters_only_visits,
     needs_sessions,
+    rollup_ctes,
     time_bucket,
 )
 
@@ -126,34 +129,54 @@ def funnel_result(steps: tuple[FunnelStep, ...], rows: list[tuple[Any, ...]]) ->
     return result
 
 
-def retention_sql(query: Query, period: str) -> tuple[str, dict[str, Any]]:
+def retention_sql(query: Query, period: str) -> Statement:
     """Cohorts by the period of each visitor's first event in the range.
 
     For each cohort and offset k: visitors of the cohort active in period
     cohort + k. Periods follow the query's time zone; weeks start on Monday.
     Periods are numbered (days or weeks since the epoch, months since year 0)
     so offsets are differences of integers.
+
+    Unless a filter tests events, activity is read from visits (the rollups
+    where compaction wrote them): a visit lies within one UTC day, so its
+    events fall in the period of its start or of its end, both of which it
+    was active in.
     """
     if period not in RETENTION_PERIODS:
         raise QueryError("period must be day, week or month")
     params = Parameters()
-    slot = time_bucket(f"time:{period}", query, "timestamp")
-    if period == "month":
-        slot = f"(year({slot}) * 12 + month({slot}) - 1)"
+    rollup = filters_only_visits(query)
+    if rollup:
+        first, last = _slot(query, period, "visit_start"), _slot(query, period, "visit_end")
+        active = f"""SELECT DISTINCT visitor_id, unnest(CASE WHEN {last} = {first}
+                THEN [{first}] ELSE [{first}, {last}] END) AS slot
+            FROM visits WHERE {_filters(query, params)}"""
+        ctes = rollup_ctes(query, params)
+    else:
+        active = f"""SELECT DISTINCT visitor_id, {_slot(query, period, "timestamp")} AS slot
+            FROM rows WHERE {_filters(query, params)}"""
+        ctes = base_ctes(query, params, sessions=needs_sessions(query))
     sql = (
-        base_ctes(query, params, sessions=needs_sessions(query))
+        ctes
         + f""",
-    active AS (
-        SELECT DISTINCT visitor_id, {slot} AS slot FROM rows WHERE {_filters(query, params)}
-    ),
-    cohorts AS (SELECT visitor_id, min(slot) AS cohort FROM active GROUP BY visitor_id),
-    sizes AS (SELECT cohort, count(*) AS size FROM cohorts GROUP BY cohort)
-SELECT {_period_start(period, "c.cohort")} AS cohort, s.size, a.slot - c.cohort AS offset_periods,
-       count(*) AS visitors, (SELECT max(slot) FROM active) - c.cohort AS span
-FROM active a JOIN cohorts c USING (visitor_id) JOIN sizes s USING (cohort)
-GROUP BY ALL ORDER BY cohort, offset_periods"""
+    active AS ({active}),
+    cells AS (
+        SELECT cohort, slot - cohort AS offset_periods, count(*) AS visitors
+        FROM (SELECT slot, min(slot) OVER (PARTITION BY visitor_id) AS cohort FROM active)
+        GROUP BY ALL
     )
-    return sql, params.values
+SELECT {_period_start(period, "cohort")} AS cohort,
+       sum(visitors) FILTER (WHERE offset_periods = 0) OVER (PARTITION BY cohort) AS size,
+       offset_periods, visitors, max(cohort + offset_periods) OVER () - cohort AS span
+FROM cells ORDER BY cohort, offset_periods"""
+    )
+    return Statement(sql, params.values, rollup)
+
+
+def _slot(query: Query, period: str, at: str) -> str:
+    """The number of the period that column ``at`` falls in."""
+    slot = time_bucket(f"time:{period}", query, at)
+    return f"(year({slot}) * 12 + month({slot}) - 1)" if period == "month" else slot
 
 
 def _period_start(period: str, number: str) -> str:

@@ -14,9 +14,11 @@ import contextlib
 import dataclasses
 import datetime as dt
 import os
+import shutil
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -26,7 +28,7 @@ import trio
 
 from mallard.query.threads import QueryThreads, lower_priority, thread_ids
 from mallard.storage.compaction import COMPACTED_PREFIX
-from mallard.storage.layout import EPOCH, DataLayout, process_folder
+from mallard.storage.layout import EPOCH, DataLayout, running
 from mallard.storage.locks import site_lock
 from mallard.storage.schema import MICROS_PER_DAY, VISIT_SCHEMA, events_to_table, micros
 
@@ -104,6 +106,16 @@ def _events_view(cursor: duckdb.DuckDBPyConnection, name: str, files: list[str])
         cursor.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM pending_events")
 
 
+def _spill_folder(layout: DataLayout) -> Path:
+    """This process's folder for queries that outgrow their memory; leftovers of
+    processes that no longer run are removed."""
+    for folder in layout.tmp.glob("duckdb-*"):
+        pid = folder.name.removeprefix("duckdb-")
+        if not (pid.isdigit() and running(int(pid))):
+            shutil.rmtree(folder, ignore_errors=True)
+    return layout.spill_folder(os.getpid())
+
+
 def _listing(paths: list[str]) -> str:
     """A DuckDB list literal of file paths."""
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
@@ -120,7 +132,7 @@ class QueryEngine:
     threads (:mod:`mallard.query.threads`): a dashboard's queries queue for the
     cores rather than crowd out ingestion, whose event loop keeps its share.
     DuckDB holds at most ``memory_mb`` MiB; a query that needs more spills to
-    this process's folder under ``tmp/duckdb``.
+    ``tmp/duckdb-<pid>``.
     """
 
     def __init__(
@@ -143,7 +155,7 @@ class QueryEngine:
                 "autoinstall_known_extensions": False,
                 "autoload_known_extensions": False,
                 "memory_limit": f"{memory_mb}MiB",
-                "temp_directory": str(process_folder(layout.tmp / "duckdb", os.getpid())),
+                "temp_directory": str(_spill_folder(layout)),
                 "threads": max(os.cpu_count() or 1, 1),
             },
         )

@@ -321,8 +321,7 @@ def reads_rollup(query: Query) -> bool:
     """
     if not needs_sessions(query) or "conversion_rate" in query.metrics:
         return False
-    filtered = [d for item in query.filters for d in _dimensions_of(item)]
-    if any(d not in VISIT_DIMENSIONS for d in filtered):
+    if not filters_only_visits(query):
         return False
     if any(d not in VISIT_DIMENSIONS and d not in TIME_DIMENSIONS for d in query.dimensions):
         return False
@@ -331,6 +330,11 @@ def reads_rollup(query: Query) -> bool:
         and any(d in TIME_DIMENSIONS for d in query.dimensions)
         and any(m not in VISIT_METRICS for m in query.metrics)
     )
+
+
+def filters_only_visits(query: Query) -> bool:
+    """True when every filter tests a visit dimension: it keeps or drops whole visits."""
+    return all(d in VISIT_DIMENSIONS for item in query.filters for d in _dimensions_of(item))
 
 
 def _visit_scoped(query: Query) -> bool:

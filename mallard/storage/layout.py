@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import datetime as dt
 import os
-import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +49,10 @@ class DataLayout:
         """Files are written here first and renamed into place when complete."""
         return self.root / "tmp"
 
+    def spill_folder(self, pid: int) -> Path:
+        """Where process ``pid``'s queries spill (made by DuckDB when it needs it)."""
+        return self.tmp / f"duckdb-{pid}"
+
     @property
     def events_glob(self) -> str:
         """What DuckDB reads: every event file, partitions included."""
@@ -75,17 +78,6 @@ def new_writer_id() -> str:
 
 def batch_name(writer_id: str, batch: int) -> str:
     return f"{writer_id}-{batch:08d}"
-
-
-def process_folder(base: Path, pid: int) -> Path:
-    """``base/<pid>``, created; the folders of processes no longer running are removed."""
-    folder = base / str(pid)
-    if base.is_dir():
-        for other in base.iterdir():
-            if other != folder and not (other.name.isdigit() and running(int(other.name))):
-                shutil.rmtree(other, ignore_errors=True)
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder
 
 
 def running(pid: int) -> bool:
