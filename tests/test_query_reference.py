@@ -12,6 +12,7 @@ import datetime as dt
 import itertools
 import shutil
 from decimal import Decimal
+from fractions import Fraction
 from typing import Any
 
 import pyarrow.parquet as pq
@@ -139,6 +140,20 @@ async def test_breakdowns(engine: QueryEngine, data: Any, dimension: str, metric
     expected = ref.breakdown(data[1], dimension, metrics, **bounds(query))
     got = [(row["dimensions"][0], row["metrics"]) for row in answer["results"]]
     assert got == [(value, [plain(m[name]) for name in metrics]) for value, m in expected]
+
+
+@pytest.mark.parametrize("dimension", ["visit:device", "visit:source", "event:page"])
+async def test_percentage_is_of_all_visitors(engine: QueryEngine, data: Any, dimension: str):
+    metrics = ["visitors", "percentage", "visits"]
+    query, answer = await ask(engine, metrics=metrics, date_range="7d", dimensions=[dimension])
+    total = ref.aggregate(data[1], ["visitors"], **bounds(query))["visitors"]
+
+    def share(visitors: int) -> float:
+        return float(ref.round_half_up(Fraction(100 * visitors, total), 2))
+
+    got = [(row["dimensions"][0], row["metrics"][:2]) for row in answer["results"]]
+    expected = ref.breakdown(data[1], dimension, ["visitors"], **bounds(query))
+    assert got == [(value, [m["visitors"], share(m["visitors"])]) for value, m in expected]
 
 
 @pytest.mark.parametrize(

@@ -376,9 +376,11 @@ def _group_columns(
     return "".join(f"{e} AS {n}, " for e, n in zip(expressions, names, strict=True))
 
 
-def _stats_ctes(query: Query, dimensions: list[str], names: list[str], params: Parameters) -> str:
-    """``event_stats``, ``visit_stats`` (when visits are needed) and ``grand_total``
-    (for ``percentage``).
+def _stats_ctes(
+    query: Query, dimensions: list[str], names: list[str], params: Parameters
+) -> StatsCtes:
+    """``event_stats``, ``visit_stats`` (when visits are needed and not in
+    ``event_stats``) and ``grand_total`` (for ``percentage``).
 
     Filters select rows. Event metrics aggregate the selected rows; visit
     metrics aggregate the visits that contain at least one selected row.
@@ -392,11 +394,15 @@ def _stats_ctes(query: Query, dimensions: list[str], names: list[str], params: P
     by_time = any(d in TIME_FORMATS for d in dimensions)
     if rollup and (_visit_scoped(query) or not by_time):  # everything from the selected visits
         dims = _group_columns(query, dimensions, names, params, "visit_start")
-        return f"""{rollup_ctes(query, params)},
+        aggregates = _event_totals(query, VISIT_TOTALS)
+        if wants_visit_stats(query):  # the same groups: one pass
+            aggregates += f", {VISIT_AGGREGATES}"
+        return StatsCtes(
+            f"""{rollup_ctes(query, params)},
     selected AS (SELECT * FROM visits WHERE {where}),
-    event_stats AS (
-        SELECT {dims}{_event_totals(query, VISIT_TOTALS)} FROM selected GROUP BY {group_by}
-    ){_visit_stats(query, dims, "selected", group_by)}{_grand_total(query)}"""
+    {_event_stats(query, dims, aggregates, names)}""",
+            separate_visit_stats=False,
+        )
     if rollup:
         ctes = f"{rollup_ctes(query, params)}, rows AS (SELECT * FROM events)"
     else:
@@ -404,24 +410,22 @@ def _stats_ctes(query: Query, dimensions: list[str], names: list[str], params: P
     dims = _group_columns(query, dimensions, names, params, "timestamp")
     ctes += f""",
     selected AS (SELECT * FROM rows WHERE {where}),
-    event_stats AS (
-        SELECT {dims}{_event_totals(query, EVENT_TOTALS)} FROM selected GROUP BY {group_by}
-    ){_grand_total(query)}"""
+    {_event_stats(query, dims, _event_totals(query, EVENT_TOTALS), names)}"""
     if not wants_visit_stats(query):
-        return ctes
+        return StatsCtes(ctes, separate_visit_stats=False)
     # a visit falls in the time bucket where it started
     visit_dims = _group_columns(query, dimensions, names, params, "visit_start")
     if rollup:  # by time, nothing visit-scoped: every visit of the range matches
-        return ctes + _visit_stats(query, visit_dims, "visits", group_by)
+        return StatsCtes(ctes + _visit_stats(visit_dims, "visits", group_by))
     group_names = "".join(f"{n}, " for n in names)
-    return (
+    return StatsCtes(
         ctes
         + f""",
     matched_visits AS (
         SELECT {group_names}visits.* EXCLUDE (visitor_id, visit_no) FROM visits JOIN (
             SELECT DISTINCT {visit_dims}visitor_id, visit_no FROM selected
         ) USING (visitor_id, visit_no)
-    ){_visit_stats(query, group_names, "matched_visits", group_by)}"""
+    ){_visit_stats(group_names, "matched_visits", group_by)}"""
     )
 
 
@@ -451,28 +455,41 @@ def _event_totals(query: Query, totals: dict[str, str]) -> str:
     return ", ".join(sql for name, sql in totals.items() if name in needed)
 
 
-def _grand_total(query: Query) -> str:
+def _event_stats(query: Query, dims: str, aggregates: str, names: list[str]) -> str:
+    """``event_stats``: ``aggregates`` of ``selected`` per group, and for
+    ``percentage`` (which needs a dimension) also ``grand_total``, the visitors
+    of all groups together, taken in the same pass (a grouping set for the total)."""
+    group_by = ", ".join(names) or "()"
     if "percentage" not in query.metrics:
-        return ""
-    return ",\n    grand_total AS (SELECT count(DISTINCT visitor_id) AS all_visitors FROM selected)"
+        return f"event_stats AS (SELECT {dims}{aggregates} FROM selected GROUP BY {group_by})"
+    return f"""stats_and_total AS (
+        SELECT {dims}{aggregates}, GROUPING({group_by}) AS total_row
+        FROM selected GROUP BY GROUPING SETS (({group_by}), ())
+    ),
+    event_stats AS (SELECT * EXCLUDE (total_row) FROM stats_and_total WHERE total_row = 0),
+    grand_total AS (SELECT visitors AS all_visitors FROM stats_and_total WHERE total_row <> 0)"""
 
 
 def wants_visit_stats(query: Query) -> bool:
     return any(metric in VISIT_METRICS for metric in query.metrics)
 
 
-def _visit_stats(query: Query, dims: str, visits: str, group_by: str) -> str:
-    """The ``visit_stats`` CTE over the relation ``visits``, when a visit metric is asked."""
-    if not wants_visit_stats(query):
-        return ""
+VISIT_AGGREGATES = """count(*) AS visits, sum(visit_pageviews) AS visit_pageviews,
+        count(*) FILTER (WHERE visit_events = 1 AND visit_pageviews = 1) AS bounces,
+        sum(epoch_us(visit_end) - epoch_us(visit_start)) AS duration_us"""
+
+
+def _visit_stats(dims: str, visits: str, group_by: str) -> str:
+    """The ``visit_stats`` CTE: visit metrics of the relation ``visits`` per group."""
     return f""",
-    visit_stats AS (
-        SELECT {dims}count(*) AS visits,
-               sum(visit_pageviews) AS visit_pageviews,
-               count(*) FILTER (WHERE visit_events = 1 AND visit_pageviews = 1) AS bounces,
-               sum(epoch_us(visit_end) - epoch_us(visit_start)) AS duration_us
-        FROM {visits} GROUP BY {group_by}
-    )"""
+    visit_stats AS (SELECT {dims}{VISIT_AGGREGATES} FROM {visits} GROUP BY {group_by})"""
+
+
+class StatsCtes(NamedTuple):
+    """What :func:`_stats_ctes` built; ``separate_visit_stats``: join ``visit_stats``."""
+
+    sql: str
+    separate_visit_stats: bool = True
 
 
 def aggregate_sql(query: Query) -> Statement:
@@ -485,9 +502,10 @@ def aggregate_sql(query: Query) -> Statement:
     tz = query.timezone
     dimensions = [concrete_dimension(query, d) for d in query.dimensions]
     names = [f"d{i}" for i in range(len(dimensions))]
-    ctes = [_stats_ctes(query, dimensions, names, params)]
+    stats = _stats_ctes(query, dimensions, names, params)
+    ctes = [stats.sql]
     join_sql = ""
-    if wants_visit_stats(query):
+    if stats.separate_visit_stats:
         using = f"USING ({', '.join(names)})" if names else "ON TRUE"
         join_sql += f" FULL JOIN visit_stats {using}"
     if "conversion_rate" in query.metrics:
