@@ -160,10 +160,10 @@ def retention_sql(query: Query, period: str) -> Statement:
         ctes
         + f""",
     active AS ({active}),
+    cohorts AS (SELECT visitor_id, min(slot) AS cohort FROM active GROUP BY visitor_id),
     cells AS (
         SELECT cohort, slot - cohort AS offset_periods, count(*) AS visitors
-        FROM (SELECT slot, min(slot) OVER (PARTITION BY visitor_id) AS cohort FROM active)
-        GROUP BY ALL
+        FROM active JOIN cohorts USING (visitor_id) GROUP BY ALL
     )
 SELECT {_period_start(period, "cohort")} AS cohort,
        sum(visitors) FILTER (WHERE offset_periods = 0) OVER (PARTITION BY cohort) AS size,
