@@ -211,6 +211,36 @@ def test_cached_answers_never_outlive_the_data(layout: DataLayout) -> None:
     assert engine.cache.hits == 1
 
 
+def test_fresh_visits_are_rebuilt_whenever_their_events_change(layout: DataLayout) -> None:
+    """Visits of a day without rollup are built once per state of its events, then kept."""
+    fill(layout, files=2)
+    compact(layout, before=DAY + dt.timedelta(days=1))  # DAY rolled up, the next day fresh
+    pending: list[tuple[str, pa.Table]] = []
+    engine = QueryEngine(
+        layout, pending=lambda: [(name, lambda t=t: t) for name, t in pending], cache_entries=0
+    )
+    two_days = [str(DAY), str(DAY + dt.timedelta(days=1))]
+    query = parse_query({"site_id": "a.com", "metrics": ["visits"], "date_range": two_days})
+    assert reads_rollup(query)
+
+    def visits() -> int:
+        return trio.run(run_query, engine, query)["results"][0]["metrics"][0]
+
+    def next_day(visitor: int) -> pa.Table:
+        return events_to_table([make_event(site_id="a.com", visitor_id=visitor,
+                                           timestamp=20_001 * DAY_US + 60_000_000)])  # fmt: skip
+
+    first = visits()
+    assert visits() == first
+    pending.append(("20260102T000000-1-dddddddd-00000000", next_day(-1)))  # accepted, unflushed
+    assert visits() == first + 1
+    write_batch(next_day(-1), layout, "20260102T000000-1-dddddddd-00000000")  # flushed meanwhile
+    assert visits() == first + 1
+    pending.clear()
+    write_batch(next_day(-2), layout, "20260102T000000-1-dddddddd-00000001")
+    assert visits() == first + 2
+
+
 def test_a_batch_flushed_while_a_query_starts_is_counted_once(layout: DataLayout) -> None:
     """The writer's tables are taken before the files are listed: both may hold a batch."""
     two_days = [
