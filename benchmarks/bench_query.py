@@ -28,6 +28,7 @@ import functools
 import http.client
 import json
 import shutil
+import statistics
 import sys
 import tempfile
 import threading
@@ -394,42 +395,65 @@ def measure(case: Case, period: str, context: Context) -> dict[str, Any]:
 def ingest_under_queries(url: str, context: Context, args: argparse.Namespace) -> dict[str, Any]:
     """Ingestion latency at a fixed rate, idle and while heavy queries run (same server).
 
-    The heavy load is the all-time dashboard's 10 requests, fired again as soon as they
-    return, for the whole measured window. Events go to the load generator's sites;
-    the caller removes what they add to the dataset (:func:`remove_ingested`).
+    ``--ingest-rounds`` rounds, each an idle run then a run under load, so a
+    disturbance on the shared machine hits both alike; the ratio is of the
+    median p99s. The heavy load is the all-time dashboard's 10 requests, fired
+    again as soon as they return, for the whole measured window. Events go to
+    the load generator's sites; the caller removes what they add to the
+    dataset (:func:`remove_ingested`).
     """
 
     def load() -> LoadResult:
         return run_load(url, connections=16, duration=args.ingest_seconds,
                         rate=args.ingest_rate, warmup=1.0, processes=1)  # fmt: skip
 
-    idle = load()
-    stop = threading.Event()
-    queries = [0]
+    def under_queries() -> tuple[LoadResult, int]:
+        stop = threading.Event()
+        queries = [0]
 
-    def heavy() -> None:
-        jobs = [
-            functools.partial(http_get, context.address, _path(route, extra, "all"))
-            for route, extra in map(_request, DASHBOARD)
-        ]
-        while not stop.is_set():
-            timed(jobs, context.pool)
-            queries[0] += len(jobs)
+        def heavy() -> None:
+            jobs = [
+                functools.partial(http_get, context.address, _path(route, extra, "all"))
+                for route, extra in map(_request, DASHBOARD)
+            ]
+            while not stop.is_set():
+                timed(jobs, context.pool)
+                queries[0] += len(jobs)
 
-    worker = threading.Thread(target=heavy)
-    worker.start()
-    try:
-        busy = load()
-    finally:
-        stop.set()
-        worker.join()
+        worker = threading.Thread(target=heavy)
+        worker.start()
+        try:
+            return load(), queries[0]
+        finally:
+            stop.set()
+            worker.join()
+
+    idle, busy, queries = [], [], 0
+    for _ in range(args.ingest_rounds):
+        idle.append(load().to_dict())
+        result, fired = under_queries()
+        busy.append(result.to_dict())
+        queries += fired
+
+    def median_of(runs: list[dict[str, Any]], key: str) -> float:
+        return statistics.median(run["latency_ms"][key] for run in runs)
+
     return {
         "rate": args.ingest_rate,
-        "idle": idle.to_dict(),
-        "busy": busy.to_dict(),
-        "queries_during": queries[0],
-        "p99_ratio": busy.latency_ms["p99"] / idle.latency_ms["p99"],
+        "idle": idle,
+        "busy": busy,
+        "queries_during": queries,
+        "idle_p50_ms": median_of(idle, "p50"),
+        "idle_p99_ms": median_of(idle, "p99"),
+        "busy_p50_ms": median_of(busy, "p50"),
+        "busy_p99_ms": median_of(busy, "p99"),
+        "p99_ratio": median_of(busy, "p99") / median_of(idle, "p99"),
+        "errors": sum(run["errors"] for run in idle + busy),
     }
+
+
+def _p99s(runs: list[dict[str, Any]]) -> str:
+    return "/".join(f"{run['latency_ms']['p99']:.1f}" for run in runs)
 
 
 def event_files(data_dir: Path) -> set[Path]:
@@ -565,9 +589,9 @@ def run_size(
                 progress(f"  ingestion at {args.ingest_rate:g} req/s, idle and under queries")
                 ingestion = ingest_under_queries(url, context, args)
                 progress(
-                    f"  ingestion p99 idle {ingestion['idle']['latency_ms']['p99']:.1f} ms, "
-                    f"under queries {ingestion['busy']['latency_ms']['p99']:.1f} ms "
-                    f"({ingestion['p99_ratio']:.2f}x; {ingestion['queries_during']} queries)"
+                    f"  ingestion p99 idle {_p99s(ingestion['idle'])} ms, under queries "
+                    f"{_p99s(ingestion['busy'])} ms: medians {ingestion['p99_ratio']:.2f}x "
+                    f"({ingestion['queries_during']} queries)"
                 )
         sampler.sample()
         server.stop()
@@ -665,13 +689,14 @@ def summary_lines(sizes: list[dict[str, Any]], records: list[dict[str, Any]]) ->
         )
         if size["ingestion"]:
             ingestion = size["ingestion"]
-            idle, busy = ingestion["idle"], ingestion["busy"]
             lines.append(
-                f"{size['size']}: ingestion at {ingestion['rate']:g} req/s, p50/p99 idle "
-                f"{idle['latency_ms']['p50']:.1f}/{idle['latency_ms']['p99']:.1f} ms, under "
-                f"{ingestion['queries_during']} dashboard queries "
-                f"{busy['latency_ms']['p50']:.1f}/{busy['latency_ms']['p99']:.1f} ms: p99 "
-                f"{ingestion['p99_ratio']:.2f}x idle; errors {idle['errors'] + busy['errors']}"
+                f"{size['size']}: ingestion at {ingestion['rate']:g} req/s, median of "
+                f"{len(ingestion['idle'])} rounds, p50/p99 idle {ingestion['idle_p50_ms']:.1f}/"
+                f"{ingestion['idle_p99_ms']:.1f} ms, under {ingestion['queries_during']} dashboard "
+                f"queries {ingestion['busy_p50_ms']:.1f}/{ingestion['busy_p99_ms']:.1f} ms: p99 "
+                f"{ingestion['p99_ratio']:.2f}x idle (p99 per round: idle "
+                f"{_p99s(ingestion['idle'])}, busy {_p99s(ingestion['busy'])}); "
+                f"errors {ingestion['errors']}"
             )
     for record in records:
         if record["query"] == "main" and "http_rows" in record:
@@ -743,15 +768,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--keep-data", action="store_true", help="keep each server's log")
     parser.add_argument(
-        "--ingest-seconds", type=float, default=15.0,
-        help="ingestion latency phase per size, idle then under queries (0: skip)",
+        "--ingest-seconds", type=float, default=10.0,
+        help="seconds per ingestion run, idle and under queries (0: skip the phase)",
     )  # fmt: skip
     parser.add_argument("--ingest-rate", type=float, default=300.0, help="events/s in that phase")
+    parser.add_argument(
+        "--ingest-rounds", type=int, default=3, help="idle/under-queries pairs (median)"
+    )
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args(argv)
-    if args.days < 1 or args.repeat < 1:
-        parser.error("--days and --repeat must be at least 1")
+    if args.days < 1 or args.repeat < 1 or args.ingest_rounds < 1:
+        parser.error("--days, --repeat and --ingest-rounds must be at least 1")
     return args
 
 
