@@ -190,7 +190,7 @@ def test_mallard_compact_command(layout: DataLayout) -> None:
 def test_cached_answers_never_outlive_the_data(layout: DataLayout) -> None:
     fill(layout, files=2)
     pending: list[tuple[str, pa.Table]] = []
-    engine = QueryEngine(layout, pending=lambda: [(name, lambda t=t: t) for name, t in pending])
+    engine = QueryEngine(layout, pending=lambda: [(name, lambda _, t=t: t) for name, t in pending])
     start = dt.datetime.combine(DAY, dt.time(), dt.UTC)
     range_ = {"site_id": "a.com", "start": start, "end": start + dt.timedelta(days=1)}
 
@@ -217,7 +217,7 @@ def test_fresh_visits_are_rebuilt_whenever_their_events_change(layout: DataLayou
     compact(layout, before=DAY + dt.timedelta(days=1))  # DAY rolled up, the next day fresh
     pending: list[tuple[str, pa.Table]] = []
     engine = QueryEngine(
-        layout, pending=lambda: [(name, lambda t=t: t) for name, t in pending], cache_entries=0
+        layout, pending=lambda: [(name, lambda _, t=t: t) for name, t in pending], cache_entries=0
     )
     two_days = [str(DAY), str(DAY + dt.timedelta(days=1))]
     query = parse_query({"site_id": "a.com", "metrics": ["visits"], "date_range": two_days})
@@ -248,7 +248,7 @@ def test_a_batch_flushed_while_a_query_starts_is_counted_once(layout: DataLayout
         for i in range(10)
     ]
     batch = events_to_table(two_days)
-    engine = QueryEngine(layout, pending=lambda: [("w-00000007", lambda: batch)])
+    engine = QueryEngine(layout, pending=lambda: [("w-00000007", lambda _: batch)])
     start = dt.datetime.combine(DAY, dt.time(), dt.UTC)
 
     def count() -> int:

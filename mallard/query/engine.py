@@ -33,8 +33,9 @@ from mallard.storage.layout import EPOCH, DataLayout, running
 from mallard.storage.locks import site_lock
 from mallard.storage.schema import MICROS_PER_DAY, VISIT_SCHEMA, events_to_table, micros
 
-# The writer's unflushed events: (name its batch's files will have, make its table).
-PendingParts = Sequence[tuple[str, Callable[[], pa.Table]]]
+# The writer's unflushed events: (name its batch's files will have, make its table
+# given the site a query reads: at least that site's events).
+PendingParts = Sequence[tuple[str, Callable[[str], pa.Table]]]
 PendingEvents = Callable[[], PendingParts]
 EMPTY_EVENTS = events_to_table([])
 EMPTY_VISITS = VISIT_SCHEMA.empty_table()
@@ -264,7 +265,7 @@ class QueryEngine:
         """The unflushed events of the site in ``[start, end)`` that no listed file holds."""
         by_name: dict[str, list[pa.Table]] = {}
         for name, make_table in parts:
-            by_name.setdefault(name, []).append(make_table())
+            by_name.setdefault(name, []).append(make_table(site_id))
         selected = []
         for name, tables in by_name.items():
             table = pa.concat_tables(tables)

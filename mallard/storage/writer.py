@@ -97,25 +97,35 @@ class EventWriter:
         """Events taken from the channel and not yet in Parquet."""
         return len(self._staged) + self._batch_rows + self._cut_rows
 
-    def unflushed(self) -> list[tuple[str, Callable[[], pa.Table]]]:
+    def unflushed(self) -> list[tuple[str, Callable[[str], pa.Table]]]:
         """The accepted events not yet in Parquet (read-your-writes), erased ones left out.
 
         Each part comes with the name its batch's files will have, so a reader
         that also lists files can tell which have been written since, and as a
-        function that makes its table: called in the reader's thread, so the
-        event loop never converts or filters for a query.
+        function of a site id that makes a table holding at least that site's
+        events: called in the reader's thread, so the event loop never
+        converts or filters for a query. Events not yet in a table are
+        converted for the one site only.
         """
         keep = self.tombstones.keep
+
+        def whole(table: pa.Table, _site_id: str) -> pa.Table:
+            return keep(table)
+
         parts = [
-            (batch_name(self.writer_id, number), functools.partial(keep, table))
+            (batch_name(self.writer_id, number), functools.partial(whole, table))
             for number, batch in self._cut
             for table in batch
         ]
         collecting = batch_name(self.writer_id, self._batch_number)
-        parts += [(collecting, functools.partial(keep, table)) for table in self._batch]
+        parts += [(collecting, functools.partial(whole, table)) for table in self._batch]
         if self._staged:
             staged = list(self._staged)
-            parts.append((collecting, lambda: keep(events_to_table(staged))))
+
+            def convert(site_id: str) -> pa.Table:
+                return keep(events_to_table([e for e in staged if e.site_id == site_id]))
+
+            parts.append((collecting, convert))
         return parts
 
     async def wait_durable(self, sequence: int) -> bool:
