@@ -39,7 +39,7 @@ PendingParts = Sequence[tuple[str, Callable[[str], pa.Table]]]
 PendingEvents = Callable[[], PendingParts]
 EMPTY_EVENTS = events_to_table([])
 EMPTY_VISITS = VISIT_SCHEMA.empty_table()
-FRESH_VISIT_ENTRIES = 4  # visits of days without a rollup, by site, range and data
+FRESH_VISIT_ENTRIES = 2  # visits of days without a rollup (a range and its comparison)
 
 
 @dataclasses.dataclass
