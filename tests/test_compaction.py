@@ -211,8 +211,8 @@ def test_cached_answers_never_outlive_the_data(layout: DataLayout) -> None:
     assert engine.cache.hits == 1
 
 
-def test_fresh_visits_are_rebuilt_whenever_their_events_change(layout: DataLayout) -> None:
-    """Visits of a day without rollup are built once per state of its events, then kept."""
+def test_visits_of_a_day_without_rollup_follow_its_events(layout: DataLayout) -> None:
+    """Unflushed, flushed meanwhile, or new: the visits of a day not rolled up count them."""
     fill(layout, files=2)
     compact(layout, before=DAY + dt.timedelta(days=1))  # DAY rolled up, the next day fresh
     pending: list[tuple[str, pa.Table]] = []

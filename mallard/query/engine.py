@@ -26,7 +26,6 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import trio
 
-from mallard.query.sql import fresh_visits_sql
 from mallard.query.threads import QueryThreads, lower_priority, thread_ids
 from mallard.storage.compaction import COMPACTED_PREFIX
 from mallard.storage.layout import EPOCH, DataLayout, running
@@ -39,7 +38,6 @@ PendingParts = Sequence[tuple[str, Callable[[str], pa.Table]]]
 PendingEvents = Callable[[], PendingParts]
 EMPTY_EVENTS = events_to_table([])
 EMPTY_VISITS = VISIT_SCHEMA.empty_table()
-FRESH_VISIT_ENTRIES = 2  # visits of days without a rollup (a range and its comparison)
 
 
 @dataclasses.dataclass
@@ -166,8 +164,6 @@ class QueryEngine:
         self._lock = threading.Lock()
         self._threads = QueryThreads(max_concurrent)
         self.cache = ResultCache(cache_entries)
-        self._fresh_visits = ResultCache(FRESH_VISIT_ENTRIES)
-        self._fresh_lock = threading.Lock()
 
     # --- which data a query reads ---
 
@@ -291,25 +287,23 @@ class QueryEngine:
 
     @staticmethod
     def _prepare_source(
-        cursor: duckdb.DuckDBPyConnection, snapshot: Snapshot, pending: pa.Table
-    ) -> None:
-        """Bind ``source``: the snapshot's files and the unflushed events."""
-        cursor.register("pending_events", pending)
-        _events_view(cursor, "source", snapshot.files)
-
-    def _bind_visits(
-        self,
         cursor: duckdb.DuckDBPyConnection,
         snapshot: Snapshot,
-        key: tuple[Any, ...],
+        pending: pa.Table,
+        *,
+        rollup: bool = False,
     ) -> None:
-        """Bind ``rolled_visits`` and ``fresh_visits`` for ``key`` = (site, start,
-        end, the data's fingerprint); see ``sql.rollup_ctes``.
+        """Bind ``source``; with ``rollup`` also ``rolled_visits`` and ``fresh_source``.
 
-        Fresh visits are built from the events of the range's days without a
-        rollup (today, mostly) and kept under exactly the data they come from,
-        so the queries of one dashboard build them once.
+        ``fresh_source`` is ``source`` without the rolled-up days' files: the
+        events whose visits are built by the query.
         """
+        cursor.register("pending_events", pending)
+        _events_view(cursor, "source", snapshot.files)
+        if not rollup:
+            return
+        fresh = [f for f in snapshot.files if snapshot.file_days[f] not in snapshot.rollups]
+        _events_view(cursor, "fresh_source", fresh)
         if snapshot.rollups:
             cursor.execute(
                 "CREATE OR REPLACE TEMP VIEW rolled_visits AS SELECT * FROM "
@@ -317,17 +311,6 @@ class QueryEngine:
             )
         else:
             cursor.register("rolled_visits", EMPTY_VISITS)
-        with self._fresh_lock:  # a dashboard's queries wait for one build, not race
-            visits = self._fresh_visits.get(key)
-            if visits is None:
-                fresh = [f for f in snapshot.files if snapshot.file_days[f] not in snapshot.rollups]
-                _events_view(cursor, "fresh_source", fresh)
-                site, start, end, _ = key
-                visits = cursor.sql(
-                    fresh_visits_sql(), params={"site": site, "start": start, "end": end}
-                ).to_arrow_table()
-                self._fresh_visits.put(key, visits)
-        cursor.register("fresh_visits", visits)
 
     async def fetch(
         self,
@@ -357,13 +340,10 @@ class QueryEngine:
                     assert start is not None and end is not None
                     stack.enter_context(site_lock(self.layout, site_id))
                     snapshot, pending = self._view(site_id, start, end, parts)
-                    data = (snapshot.fingerprint(), pending.num_rows)
-                    key = (sql, repr(parameters), rollup, data)
+                    key = (sql, repr(parameters), rollup, snapshot.fingerprint(), pending.num_rows)
                     if (answer := self.cache.get(key)) is not None:
                         return answer
-                    self._prepare_source(cursor, snapshot, pending)
-                    if rollup:
-                        self._bind_visits(cursor, snapshot, (site_id, start, end, data))
+                    self._prepare_source(cursor, snapshot, pending, rollup=rollup)
                 result = cursor.execute(sql, parameters or [])
                 answer = [d[0] for d in result.description or []], result.fetchall()
             if key is not None:

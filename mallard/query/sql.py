@@ -275,28 +275,19 @@ def rollup_ctes(query: Query, params: Parameters) -> str:
     """``events`` and ``visits``, reading the rollup for the days the engine has one.
 
     The engine binds ``rolled_visits`` (the visits of the range's rolled-up
-    days, each day wholly inside the range) and ``fresh_visits`` (those of
-    every other day of the range, built from their events by
-    :func:`fresh_visits_sql`).
+    days, each day wholly inside the range) and ``fresh_source`` (the events of
+    every other day), whose visits are built here.
     """
     start = params.add(query.date_range.start)
     end = params.add(query.date_range.end)
     return f"""WITH {_events_cte(query, params)},
+    {_events_cte(query, params, "fresh_events", "fresh_source")},
+    {visit_ctes("fresh_events", "fresh_visits")},
     visits AS (
         SELECT * FROM rolled_visits WHERE visit_start >= {start} AND visit_start < {end}
         UNION ALL BY NAME
         SELECT * FROM fresh_visits
     )"""
-
-
-def fresh_visits_sql() -> str:
-    """The visits of the events of ``fresh_source`` of site ``$site`` in ``[$start, $end)``."""
-    return (
-        "WITH fresh_events AS (SELECT * FROM fresh_source WHERE site_id = $site "
-        "AND timestamp >= $start AND timestamp < $end), "
-        f"{visit_ctes('fresh_events', 'visits')}\n"
-        f"SELECT {', '.join(VISIT_SCHEMA.names)} FROM visits"
-    )
 
 
 def needs_sessions(query: Query) -> bool:
