@@ -1,7 +1,8 @@
 """Behavioural reports: funnels, retention cohorts, page flow, visit distributions.
 
 Each builder returns SQL over the same ``events``/``visits`` CTEs as every
-other query (:func:`mallard.query.sql.base_ctes`), with the query's filters.
+other query (:func:`mallard.query.sql.base_ctes`, or ``rollup_ctes`` where
+visits are enough), with the query's filters.
 """
 
 from __future__ import annotations
