@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import hmac
 import os
-import shutil
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, multiprocess, values
 from prometheus_client.exposition import choose_encoder
 
 from mallard.ingest.dropped import REASONS
-from mallard.storage.layout import DataLayout, running
+from mallard.storage.layout import DataLayout, remove_dead_process_folders, running
 
 MAX_SITE_LABELS = 1000  # distinct site label values per process; further sites share one
 OTHER_SITES = "(other)"
@@ -143,11 +142,8 @@ def worker_metrics(layout: DataLayout) -> Metrics:
 
 def _run_folder(base: Path, supervisor: int) -> Path:
     """This run's folder; folders of finished runs and gauges of dead workers go."""
+    remove_dead_process_folders(base)  # our supervisor runs: its folder stays
     folder = base / str(supervisor)
-    if base.is_dir():
-        for other in base.iterdir():
-            if other != folder and not (other.name.isdigit() and running(int(other.name))):
-                shutil.rmtree(other, ignore_errors=True)
     folder.mkdir(parents=True, exist_ok=True)
     for gauge in folder.glob("gauge_live*_*.db"):
         pid = gauge.stem.rsplit("_", 1)[1]

@@ -14,11 +14,9 @@ import contextlib
 import dataclasses
 import datetime as dt
 import os
-import shutil
 import threading
 from collections.abc import AsyncIterator, Callable, Sequence
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -28,7 +26,7 @@ import trio
 
 from mallard.query.threads import QueryThreads, lower_priority, thread_ids
 from mallard.storage.compaction import COMPACTED_PREFIX
-from mallard.storage.layout import EPOCH, DataLayout, running
+from mallard.storage.layout import EPOCH, DataLayout, remove_dead_process_folders
 from mallard.storage.locks import site_lock
 from mallard.storage.schema import MICROS_PER_DAY, VISIT_SCHEMA, events_to_table, micros
 
@@ -107,16 +105,6 @@ def _events_view(cursor: duckdb.DuckDBPyConnection, name: str, files: list[str])
         cursor.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM pending_events")
 
 
-def _spill_folder(layout: DataLayout) -> Path:
-    """This process's folder for queries that outgrow their memory; leftovers of
-    processes that no longer run are removed."""
-    for folder in layout.tmp.glob("duckdb-*"):
-        pid = folder.name.removeprefix("duckdb-")
-        if not (pid.isdigit() and running(int(pid))):
-            shutil.rmtree(folder, ignore_errors=True)
-    return layout.spill_folder(os.getpid())
-
-
 def _listing(paths: list[str]) -> str:
     """A DuckDB list literal of file paths."""
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
@@ -149,6 +137,7 @@ class QueryEngine:
         self.layout = layout
         self._pending = pending
         self._timeout = timeout
+        remove_dead_process_folders(layout.tmp, "duckdb-")  # spills of finished runs
         threads_before = thread_ids()
         self._database = duckdb.connect(
             ":memory:",
@@ -156,7 +145,7 @@ class QueryEngine:
                 "autoinstall_known_extensions": False,
                 "autoload_known_extensions": False,
                 "memory_limit": f"{memory_mb}MiB",
-                "temp_directory": str(_spill_folder(layout)),
+                "temp_directory": str(layout.spill_folder(os.getpid())),
                 "threads": max(os.cpu_count() or 1, 1),
             },
         )

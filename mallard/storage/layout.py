@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -89,3 +90,11 @@ def running(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def remove_dead_process_folders(base: Path, prefix: str = "") -> None:
+    """Remove the folders ``base/<prefix><pid>`` whose process no longer runs."""
+    for folder in base.glob(f"{prefix}*"):
+        pid = folder.name.removeprefix(prefix)
+        if not (pid.isdigit() and running(int(pid))):
+            shutil.rmtree(folder, ignore_errors=True)
