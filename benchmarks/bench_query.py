@@ -495,7 +495,7 @@ def prepare_dataset(events: int, args: argparse.Namespace, today: dt.date) -> di
         "seed": args.seed,
         "site": SITE,
         "end": today.isoformat(),
-        "layout": "compacted with visit rollups",
+        "layout": "compacted with visit rollups and pairs",
     }
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -516,11 +516,12 @@ def prepare_dataset(events: int, args: argparse.Namespace, today: dt.date) -> di
             seed=args.seed,
             progress=progress_bar("  generating", "events"),
         )
-        progress("  compacting: each day becomes one sorted file with its visit rollup")
+        progress("  compacting: each day becomes one sorted file with its visits and pairs")
         compaction = compact(
             DataLayout(directory),
             before=today,
             progress=progress_bar("  compacting", "days"),
+            pairs_progress=progress_bar("  pairs", "days"),
         )
         manifest = wanted | {
             "generation": dataclasses.asdict(report),

@@ -91,7 +91,11 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
             progress=progress_bar("demo: generating", "events"),
         )
         print(f"demo: {report.events:,} events for {', '.join(DEMO_SITES)}", file=sys.stderr)
-        compact(layout, progress=progress_bar("demo: compacting", "days"))
+        compact(
+            layout,
+            progress=progress_bar("demo: compacting", "days"),
+            pairs_progress=progress_bar("demo: pairs", "days"),
+        )
     print(
         f"demo: sites {', '.join(DEMO_SITES)}; open the URL of the 'listening on' line below",
         file=sys.stderr,
@@ -119,10 +123,16 @@ def _compact(settings: Settings, before: str | None) -> int:
     if not layout.events.is_dir():
         print(f"mallard: no events under {settings.data_dir}", file=sys.stderr)
         return 1
-    report = compact(layout, before=day, progress=progress_bar("compacting", "days"))
+    report = compact(
+        layout,
+        before=day,
+        progress=progress_bar("compacting", "days"),
+        pairs_progress=progress_bar("pairs", "days"),
+    )
     print(
         f"compacted {report.files_in} files into {report.files_out} "
-        f"({report.rows} rows, {report.partitions} partitions) in {report.seconds:.1f} s",
+        f"({report.rows} rows, {report.partitions} partitions), "
+        f"pairs of {report.pair_days} days, in {report.seconds:.1f} s",
         file=sys.stderr,
     )
     return 0

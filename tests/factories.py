@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
+
+import pyarrow.parquet as pq
 
 from mallard.storage.schema import Event
 
@@ -53,3 +56,14 @@ def make_events(count: int, sites: tuple[str, ...] = ("a.com", "b.org", "c.net")
         )
         for i in range(count)
     ]
+
+
+def stored_events(events_folder: Path) -> list[Event]:
+    """Every event in the Parquet files under ``events_folder``, oldest first."""
+    events = []
+    for file in sorted(events_folder.rglob("*.parquet")):
+        for row in pq.read_table(file).to_pylist():
+            row["timestamp"] = int(row["timestamp"].timestamp() * 1_000_000)
+            events.append(Event(**{name: row[name] for name in Event._fields}))
+    events.sort(key=lambda event: event.timestamp)
+    return events

@@ -15,7 +15,6 @@ from decimal import Decimal
 from fractions import Fraction
 from typing import Any
 
-import pyarrow.parquet as pq
 import pytest
 
 from mallard.query import behaviour
@@ -27,6 +26,7 @@ from mallard.storage.layout import DataLayout
 from mallard.storage.schema import Event
 from mallard.synthetic import generate
 from tests import reference_stats as ref
+from tests.factories import stored_events
 
 SITE = "ref.example"
 END = dt.date(2026, 1, 20)
@@ -42,13 +42,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataLayout, list[Eve
     root = tmp_path_factory.mktemp("reference")
     generate(root, events=15_000, days=14, sites=[SITE], end=END, seed=7)
     layout = DataLayout(root)
-    events = []
-    for file in sorted(layout.events.rglob("*.parquet")):
-        for row in pq.read_table(file).to_pylist():
-            row["timestamp"] = int(row["timestamp"].timestamp() * 1_000_000)
-            events.append(Event(**{name: row[name] for name in Event._fields}))
-    events.sort(key=lambda event: event.timestamp)
-    return layout, events
+    return layout, stored_events(layout.events)
 
 
 @pytest.fixture(scope="module")
@@ -137,6 +131,21 @@ BREAKDOWNS = [
 @pytest.mark.parametrize(("dimension", "metrics"), BREAKDOWNS, ids=[b[0] for b in BREAKDOWNS])
 async def test_breakdowns(engine: QueryEngine, data: Any, dimension: str, metrics: list[str]):
     query, answer = await ask(engine, metrics=metrics, date_range="7d", dimensions=[dimension])
+    expected = ref.breakdown(data[1], dimension, metrics, **bounds(query))
+    got = [(row["dimensions"][0], row["metrics"]) for row in answer["results"]]
+    assert got == [(value, [plain(m[name]) for name in metrics]) for value, m in expected]
+
+
+@pytest.mark.parametrize(("date_range", "timezone"), RANGES)
+@pytest.mark.parametrize("dimension", ["event:page", "event:name"])
+async def test_visitors_per_page_and_name(
+    engine: QueryEngine, data: Any, dimension: str, date_range: list[str], timezone: str
+) -> None:
+    """From the per-day pairs where a day has them (see test_pairs.py), else from events."""
+    metrics = ["visitors", "pageviews", "events", "total_revenue", "average_revenue"]
+    query, answer = await ask(
+        engine, metrics=metrics, date_range=date_range, timezone=timezone, dimensions=[dimension]
+    )
     expected = ref.breakdown(data[1], dimension, metrics, **bounds(query))
     got = [(row["dimensions"][0], row["metrics"]) for row in answer["results"]]
     assert got == [(value, [plain(m[name]) for name in metrics]) for value, m in expected]

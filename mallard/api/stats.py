@@ -252,7 +252,7 @@ async def retention() -> Any:
     """Cohorts by first visit; ``interval`` is day, week (default) or month."""
     query = _legacy_query(["visitors"], [])
     statement = behaviour.retention_sql(query, request.args.get("interval", "week"))
-    rows = await _fetch(query, *statement)
+    rows = await _fetch(query, statement.sql, statement.parameters, statement.rollup)
     return jsonify({"cohorts": behaviour.retention_result(rows)})
 
 

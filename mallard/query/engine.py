@@ -24,11 +24,24 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import trio
 
+from mallard.query.sql import file_list
 from mallard.query.threads import QueryThreads, lower_priority, thread_ids
-from mallard.storage.compaction import COMPACTED_PREFIX
-from mallard.storage.layout import EPOCH, DataLayout, remove_dead_process_folders
+from mallard.storage.layout import EPOCH, DataLayout, is_compacted, remove_dead_process_folders
 from mallard.storage.locks import site_lock
-from mallard.storage.schema import MICROS_PER_DAY, VISIT_SCHEMA, events_to_table, micros
+from mallard.storage.pairs import (
+    PairManifest,
+    manifest_path,
+    pair_file,
+    read_manifest,
+    rolled_pair_days,
+)
+from mallard.storage.schema import (
+    MICROS_PER_DAY,
+    PAIR_SCHEMA,
+    VISIT_SCHEMA,
+    events_to_table,
+    micros,
+)
 
 # The writer's unflushed events: (name its batch's files will have, make its table
 # given the site a query reads: at least that site's events).
@@ -36,16 +49,20 @@ PendingParts = Sequence[tuple[str, Callable[[str], pa.Table]]]
 PendingEvents = Callable[[], PendingParts]
 EMPTY_EVENTS = events_to_table([])
 EMPTY_VISITS = VISIT_SCHEMA.empty_table()
+EMPTY_PAIRS = PAIR_SCHEMA.empty_table()
 
 
 @dataclasses.dataclass
 class Snapshot:
-    """What a query reads: event files, and visit rollups by day number."""
+    """What a query reads: event files, and visit rollups and pairs by day number."""
 
     files: list[str] = dataclasses.field(default_factory=list)
     rollups: dict[int, str] = dataclasses.field(default_factory=dict)
+    pairs: dict[int, str] = dataclasses.field(default_factory=dict)
     written: dict[str, set[int]] = dataclasses.field(default_factory=dict)  # name -> days
     file_days: dict[str, int] = dataclasses.field(default_factory=dict)  # path -> day
+    day_names: dict[int, list[str]] = dataclasses.field(default_factory=dict)  # day -> names
+    pairs_since: int | None = None  # pairs know no occurrence before this day
 
     def fingerprint(self) -> tuple[Any, ...]:
         """Changes whenever a file is added, removed or rewritten."""
@@ -56,7 +73,7 @@ class Snapshot:
             except FileNotFoundError:  # gone meanwhile: this snapshot is stale anyway
                 return (object(),)
             stats.append((path, info.st_size, info.st_mtime_ns))
-        return tuple(stats), tuple(sorted(self.rollups.items()))
+        return tuple(stats), tuple(sorted(self.rollups.items())), tuple(sorted(self.pairs.items()))
 
 
 class ResultCache:
@@ -92,22 +109,22 @@ class ResultCache:
                 self._answers.popitem(last=False)
 
 
+def _day_start(day: int) -> str:
+    """SQL for the start of UTC day number ``day``."""
+    return f"to_timestamp({day * 86400})"
+
+
 def _events_view(cursor: duckdb.DuckDBPyConnection, name: str, files: list[str]) -> None:
     """View ``name``: the events of ``files`` and the registered ``pending_events``."""
     if files:
         cursor.execute(
             f"CREATE OR REPLACE TEMP VIEW {name} AS "
-            f"SELECT * EXCLUDE (date) FROM read_parquet({_listing(files)}, "
+            f"SELECT * EXCLUDE (date) FROM read_parquet({file_list(files)}, "
             "hive_partitioning = true, union_by_name = true) "
             "UNION ALL BY NAME SELECT * FROM pending_events"
         )
     else:
         cursor.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM pending_events")
-
-
-def _listing(paths: list[str]) -> str:
-    """A DuckDB list literal of file paths."""
-    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
 
 
 class QueryTimeout(Exception):
@@ -153,6 +170,7 @@ class QueryEngine:
         self._lock = threading.Lock()
         self._threads = QueryThreads(max_concurrent)
         self.cache = ResultCache(cache_entries)
+        self._manifests: dict[str, tuple[Any, PairManifest]] = {}
 
     # --- which data a query reads ---
 
@@ -162,21 +180,47 @@ class QueryEngine:
         start: dt.datetime,
         end: dt.datetime,
         parts: PendingParts,
+        *,
+        pairs: bool = False,
     ) -> tuple[Snapshot, pa.Table]:
         """What a query reads: the files, and the unflushed events not written meanwhile.
 
         The writer's tables were taken before the files are listed (under the
         site lock), so a batch flushed in between is in both: its rows are
         dropped from the unflushed ones for every day whose file is listed.
-        A day with unflushed events is read from its events, not its rollup.
+        A day with unflushed events is read from its events, not its rollup
+        or pairs. With ``pairs``, the range's current pairs are listed too.
         """
         snapshot = self._snapshot(site_id, start, end)
         pending = self._pending_rows(parts, snapshot, site_id, start, end)
-        if pending.num_rows and snapshot.rollups:
+        busy: set[int] = set()
+        if pending.num_rows:
             days = pc.divide(pending["timestamp"].cast(pa.int64()), MICROS_PER_DAY)
-            for day in pc.unique(days).to_pylist():
+            busy = set(pc.unique(days).to_pylist())
+            for day in busy:
                 snapshot.rollups.pop(day, None)
+        if pairs:
+            manifest = self._manifest(site_id)
+            for day in rolled_pair_days(
+                manifest, snapshot.day_names, busy, micros(start), micros(end)
+            ):
+                path = pair_file(self.layout, site_id, day, manifest.days[day])
+                snapshot.pairs[day] = str(path)
+            snapshot.pairs_since = manifest.since
         return snapshot, pending
+
+    def _manifest(self, site_id: str) -> PairManifest:
+        """The site's pair manifest, read again only when its file changed."""
+        path = manifest_path(self.layout, site_id)
+        try:
+            info = os.stat(path)
+        except FileNotFoundError:
+            return PairManifest()
+        version = (info.st_ino, info.st_mtime_ns, info.st_size)
+        cached = self._manifests.get(site_id)
+        if cached is None or cached[0] != version:
+            cached = self._manifests[site_id] = (version, read_manifest(path))
+        return cached[1]
 
     def _snapshot(self, site_id: str, start: dt.datetime, end: dt.datetime) -> Snapshot:
         """The range's event files, and the visit rollups of its wholly covered days.
@@ -207,6 +251,8 @@ class QueryEngine:
                     snapshot.files.append(path)
                     snapshot.file_days[path] = number
                     snapshot.written.setdefault(name.removesuffix(".parquet"), set()).add(number)
+                if names:
+                    snapshot.day_names[number] = names
                 day_start = dt.datetime.combine(day, dt.time(), dt.UTC)
                 if start <= day_start and day_start + dt.timedelta(days=1) <= end:
                     rollup = self._rollup(site_id, day, names)
@@ -216,7 +262,7 @@ class QueryEngine:
         return snapshot
 
     def _rollup(self, site_id: str, day: dt.date, names: list[str]) -> str | None:
-        if len(names) != 1 or not names[0].startswith(COMPACTED_PREFIX):
+        if not is_compacted(names):
             return None
         path = self.layout.visits / f"site_id={site_id}" / f"date={day.isoformat()}" / names[0]
         return str(path) if path.exists() else None
@@ -281,25 +327,39 @@ class QueryEngine:
         pending: pa.Table,
         *,
         rollup: bool = False,
+        pairs: bool = False,
     ) -> None:
-        """Bind ``source``; with ``rollup`` also ``rolled_visits`` and ``fresh_source``.
+        """Bind ``source``; with ``rollup`` also ``rolled_visits`` and ``fresh_source``,
+        with ``pairs`` also ``rolled_pairs``, ``pair_span`` and ``fresh_source``.
 
-        ``fresh_source`` is ``source`` without the rolled-up days' files: the
-        events whose visits are built by the query.
+        ``fresh_source`` is ``source`` without the files of the days read from
+        rollups or pairs: the events the query aggregates itself.
         """
         cursor.register("pending_events", pending)
         _events_view(cursor, "source", snapshot.files)
-        if not rollup:
+        if not (rollup or pairs):
             return
-        fresh = [f for f in snapshot.files if snapshot.file_days[f] not in snapshot.rollups]
+        rolled, name, empty = (
+            (snapshot.rollups, "rolled_visits", EMPTY_VISITS)
+            if rollup
+            else (snapshot.pairs, "rolled_pairs", EMPTY_PAIRS)
+        )
+        fresh = [f for f in snapshot.files if snapshot.file_days[f] not in rolled]
         _events_view(cursor, "fresh_source", fresh)
-        if snapshot.rollups:
+        if rolled:
             cursor.execute(
-                "CREATE OR REPLACE TEMP VIEW rolled_visits AS SELECT * FROM "
-                f"read_parquet({_listing(list(snapshot.rollups.values()))})"
+                f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM "
+                f"read_parquet({file_list(list(rolled.values()))})"
             )
         else:
-            cursor.register("rolled_visits", EMPTY_VISITS)
+            cursor.register(name, empty)
+        if pairs:
+            rolled_from = _day_start(min(rolled)) if rolled else "'infinity'"
+            since = _day_start(snapshot.pairs_since) if snapshot.pairs_since else "'-infinity'"
+            cursor.execute(
+                "CREATE OR REPLACE TEMP VIEW pair_span AS SELECT "
+                f"{rolled_from}::TIMESTAMPTZ AS rolled_from, {since}::TIMESTAMPTZ AS seen_since"
+            )
 
     async def fetch(
         self,
@@ -307,13 +367,15 @@ class QueryEngine:
         parameters: dict[str, Any] | list[Any] | None = None,
         *,
         rollup: bool = False,
+        pairs: bool = False,
         site_id: str | None = None,
         start: dt.datetime | None = None,
         end: dt.datetime | None = None,
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run ``sql`` (with ``source`` bound to a site and range when given).
 
-        ``rollup`` also binds the range's visit rollups (see ``sql.rollup_ctes``).
+        ``rollup`` also binds the range's visit rollups (see ``sql.rollup_ctes``),
+        ``pairs`` its per-day pairs (see ``sql.reads_pairs``).
 
         Cancelling the calling task, or exceeding the timeout, interrupts DuckDB.
         """
@@ -328,11 +390,11 @@ class QueryEngine:
                 if site_id is not None:
                     assert start is not None and end is not None
                     stack.enter_context(site_lock(self.layout, site_id))
-                    snapshot, pending = self._view(site_id, start, end, parts)
+                    snapshot, pending = self._view(site_id, start, end, parts, pairs=pairs)
                     key = (sql, repr(parameters), rollup, snapshot.fingerprint(), pending.num_rows)
                     if (answer := self.cache.get(key)) is not None:
                         return answer
-                    self._prepare_source(cursor, snapshot, pending, rollup=rollup)
+                    self._prepare_source(cursor, snapshot, pending, rollup=rollup, pairs=pairs)
                 result = cursor.execute(sql, parameters or [])
                 answer = [d[0] for d in result.description or []], result.fetchall()
             if key is not None:

@@ -172,6 +172,11 @@ def time_label(dimension: str, bucket: str) -> str:
     return f"strftime({moment}, '{pattern}')"
 
 
+def file_list(paths: list[str]) -> str:
+    """A DuckDB list literal of file paths, for ``read_parquet``."""
+    return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+
+
 def labelled(expression: str) -> str:
     return f"coalesce(CAST({expression} AS VARCHAR), '{NONE_LABEL}')"
 
@@ -245,6 +250,101 @@ def rollup_sql(events: str) -> str:
         f"WITH {visit_ctes(events, 'visits')}\n"
         f"SELECT {', '.join(VISIT_SCHEMA.names)} FROM visits ORDER BY visitor_id, visit_start"
     )
+
+
+# Dimensions answered from per-day pairs (mallard.storage.pairs), by pair kind.
+PAIR_KINDS = {"event:page": "page", "event:name": "name", "event:goal": "name"}
+PAIR_METRICS = {"visitors", "pageviews", "events", "total_revenue", "average_revenue"}
+PAIR_TOTALS = """count(*) AS events, sum(revenue_amount) AS revenue,
+               count(revenue_amount) AS revenue_events"""
+
+
+def day_pairs_sql(events: str, earlier: str | None) -> str:
+    """Each (page, visitor) pair among the pageviews of the events relation ``events``
+    (one UTC day) and each (event name, visitor) pair among its events, in
+    ``PAIR_SCHEMA``'s columns: with ``previously_seen``, the latest ``last_seen``
+    of the same pair in the relation ``earlier`` (the pairs of earlier days).
+    """
+    pairs = " UNION ALL ".join(
+        f"""SELECT '{kind}' AS kind, {labelled(EVENT_DIMENSIONS[dimension])} AS value, visitor_id,
+               {PAIR_TOTALS}, max(timestamp) AS last_seen
+        FROM {events}{where} GROUP BY value, visitor_id"""
+        for kind, dimension, where in (
+            ("page", "event:page", " WHERE event_name = 'pageview'"),
+            ("name", "event:name", ""),
+        )
+    )
+    if earlier is None:
+        return f"SELECT *, NULL::TIMESTAMPTZ AS previously_seen FROM ({pairs}) ORDER BY ALL"
+    return f"""WITH day_pairs AS ({pairs}),
+    seen AS (
+        SELECT kind, value, visitor_id, max(last_seen) AS previously_seen
+        FROM {earlier} SEMI JOIN day_pairs USING (kind, value, visitor_id)
+        GROUP BY kind, value, visitor_id
+    )
+    SELECT * FROM day_pairs LEFT JOIN seen USING (kind, value, visitor_id)
+    ORDER BY kind, value, visitor_id"""
+
+
+def reads_pairs(query: Query) -> bool:
+    """True for visitors (and counts) per page or event name over all events of the range:
+    answered from the per-day pairs of the days that have them."""
+    return (
+        len(query.dimensions) == 1
+        and query.dimensions[0] in PAIR_KINDS
+        and not query.filters
+        and set(query.metrics) <= PAIR_METRICS
+    )
+
+
+def _pair_stats_ctes(query: Query, params: Parameters) -> str:
+    """``event_stats`` from the pairs of the range's rolled days and the other days' events.
+
+    The engine binds ``rolled_pairs`` (the pairs of consecutive whole days of
+    the range whose ``previously_seen`` is current for the range),
+    ``pair_span.rolled_from`` (the first such day's start, or infinity),
+    ``pair_span.seen_since`` (the oldest day with events when the pairs were
+    built: earlier ones were deleted) and ``fresh_source`` (the events of every
+    other day). A pair counts once, at its first occurrence in the range: on a
+    rolled day not seen since the range's start; in the events before the
+    rolled days; or after them, unless a rolled day had it.
+    """
+    dimension = query.dimensions[0]
+    kind = PAIR_KINDS[dimension]
+    start = params.add(query.date_range.start)
+    pageviews = "sum(events)" + ("" if kind == "page" else " FILTER (WHERE d0 = 'pageview')")
+    return f"""WITH {_events_cte(query, params, "fresh_events", "fresh_source")},
+    fresh_pairs AS (
+        SELECT {labelled(column_for(dimension, params, timezone=query.timezone))} AS d0,
+               visitor_id, min(timestamp) < any_value(rolled_from) AS before_rolled,
+               {PAIR_TOTALS}
+        FROM fresh_events, pair_span{" WHERE event_name = 'pageview'" if kind == "page" else ""}
+        GROUP BY d0, visitor_id
+    ),
+    range_pairs AS (SELECT value AS d0, * EXCLUDE (kind, value) FROM rolled_pairs
+                    WHERE kind = '{kind}'),
+    seen_in_range AS (
+        SELECT DISTINCT d0, visitor_id FROM range_pairs SEMI JOIN (
+            SELECT d0, visitor_id FROM fresh_pairs WHERE NOT before_rolled
+        ) USING (d0, visitor_id)
+    ),
+    counted AS (
+        SELECT d0, count(*) FILTER (WHERE previously_seen IS NULL
+                                     OR previously_seen < greatest({start}, seen_since))
+                   AS visitors, sum(events) AS events, sum(revenue) AS revenue,
+               sum(revenue_events) AS revenue_events
+        FROM range_pairs, pair_span GROUP BY d0
+        UNION ALL
+        SELECT d0, count(*) FILTER (WHERE before_rolled OR seen_in_range.visitor_id IS NULL),
+               sum(events), sum(revenue), sum(revenue_events)
+        FROM fresh_pairs LEFT JOIN seen_in_range USING (d0, visitor_id) GROUP BY d0
+    ),
+    event_stats AS (
+        SELECT d0, sum(visitors) AS visitors, {pageviews} AS pageviews,
+               sum(events) AS events, sum(revenue) AS total_revenue,
+               sum(revenue_events) AS revenue_events
+        FROM counted GROUP BY d0
+    )"""
 
 
 def _events_cte(
@@ -356,11 +456,13 @@ def _where(filters: tuple[Filter, ...], params: Parameters, timezone: str) -> st
 
 
 class Statement(NamedTuple):
-    """SQL for the engine; ``rollup`` asks it to bind ``rolled_visits``/``fresh_source``."""
+    """SQL for the engine; ``rollup`` asks it to bind ``rolled_visits``/``fresh_source``,
+    ``pairs`` to bind ``rolled_pairs``/``pair_span``/``fresh_source``."""
 
     sql: str
     parameters: dict[str, Any]
     rollup: bool = False
+    pairs: bool = False
 
 
 def _group_columns(
@@ -502,7 +604,10 @@ def aggregate_sql(query: Query) -> Statement:
     tz = query.timezone
     dimensions = [concrete_dimension(query, d) for d in query.dimensions]
     names = [f"d{i}" for i in range(len(dimensions))]
-    stats = _stats_ctes(query, dimensions, names, params)
+    if reads_pairs(query):
+        stats = StatsCtes(_pair_stats_ctes(query, params), separate_visit_stats=False)
+    else:
+        stats = _stats_ctes(query, dimensions, names, params)
     ctes = [stats.sql]
     join_sql = ""
     if stats.separate_visit_stats:
@@ -557,7 +662,7 @@ def aggregate_sql(query: Query) -> Statement:
         + ("" if names else "WHERE TRUE\n")
         + f"ORDER BY {order}\nLIMIT {limit} OFFSET {offset}"
     )
-    return Statement(sql, params.values, reads_rollup(query))
+    return Statement(sql, params.values, reads_rollup(query), reads_pairs(query))
 
 
 def ratio(numerator: str, denominator: str, places: int) -> str:

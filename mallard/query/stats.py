@@ -26,6 +26,7 @@ async def _rows(engine: QueryEngine, query: Query) -> tuple[list[Row], int]:
         statement.sql,
         statement.parameters,
         rollup=statement.rollup,
+        pairs=statement.pairs,
         site_id=query.site_id,
         start=query.date_range.start,
         end=query.date_range.end,

@@ -34,8 +34,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mallard.query.sql import rollup_sql
-from mallard.storage.layout import DataLayout
+from mallard.storage.layout import COMPACTED_PREFIX, DataLayout, is_compacted
 from mallard.storage.locks import maintenance_lock, site_lock
+from mallard.storage.pairs import refresh_pairs
 from mallard.storage.parquet import fsync_dir, write_aside
 from mallard.storage.schema import EVENT_SCHEMA, VISIT_SCHEMA
 from mallard.storage.wal import SEGMENT_SUFFIX
@@ -43,7 +44,6 @@ from mallard.storage.wal import SEGMENT_SUFFIX
 log = logging.getLogger("mallard.compaction")
 
 ROW_GROUP_ROWS = 128 * 1024
-COMPACTED_PREFIX = "compacted-"
 
 
 @dataclass
@@ -52,6 +52,7 @@ class CompactionReport:
     files_in: int = 0
     files_out: int = 0
     rows: int = 0
+    pair_days: int = 0
     seconds: float = 0.0
 
 
@@ -71,8 +72,7 @@ def _settled(layout: DataLayout, site_id: str, partition: Path) -> bool:
     """True when the day is one compacted file with its visit rollup beside it."""
     files = list(partition.glob("*.parquet"))
     return (
-        len(files) == 1
-        and files[0].name.startswith(COMPACTED_PREFIX)
+        is_compacted([f.name for f in files])
         and _rollup_of(layout, site_id, partition, files[0]).exists()
     )
 
@@ -157,8 +157,10 @@ def compact(
     *,
     before: dt.date | None = None,
     progress: Callable[[int, int], None] | None = None,
+    pairs_progress: Callable[[int, int], None] | None = None,
 ) -> CompactionReport:
-    """Compact every day before ``before`` (by default every finished day: before today, UTC).
+    """Compact every day before ``before`` (by default every finished day: before today, UTC),
+    then bring each site's pairs (:mod:`mallard.storage.pairs`) up to date.
 
     A day is finished once it is over: events are timed by the server. Files
     flushed into it later (a write-ahead log replay, a late flush) make it a
@@ -178,15 +180,20 @@ def compact(
             report.rows += rows
         if progress:
             progress(index, len(todo))
+    for site_dir in sorted(layout.events.glob("site_id=*")):
+        site_id = site_dir.name.removeprefix("site_id=")
+        report.pair_days += refresh_pairs(layout, site_id, before, progress=pairs_progress)
     report.seconds = time.perf_counter() - started
-    if report.partitions:
+    if report.partitions or report.pair_days:
         log.info(
-            "compacted %d files into %d (%d rows) in %.1f s",
+            "compacted %d files into %d (%d rows), pairs of %d days, in %.1f s",
             report.files_in,
             report.files_out,
             report.rows,
+            report.pair_days,
             report.seconds,
             extra={"files_in": report.files_in, "files_out": report.files_out,
-                   "rows": report.rows, "duration_ms": report.seconds * 1000},
+                   "rows": report.rows, "pair_days": report.pair_days,
+                   "duration_ms": report.seconds * 1000},
         )  # fmt: skip
     return report

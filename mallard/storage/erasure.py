@@ -1,13 +1,15 @@
 """Erasure: a site's events in a time range removed from everywhere they live.
 
 Accepted events live in three places: Parquet files (with their day's visit
-rollup), the writers' unflushed tables, and write-ahead log segments that a
+rollup and pairs), the writers' unflushed tables, and write-ahead log segments that a
 restart after a crash would replay. An erasure first records a *tombstone* in
 ``data_dir/erasures.json``; writers drop tombstoned rows from every batch
 before it is written and WAL replay does the same, so nothing accepted before
 the erasure can come back. Then the Parquet files of the days in range are
 rewritten without the erased rows and all swapped in under the site's
-exclusive lock: a query sees the whole erasure or none of it.
+exclusive lock: a query sees the whole erasure or none of it. The pairs of
+the first erased day and every later one are dropped too (a later day's pair
+may say when an erased pageview happened); compaction builds them again.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import pyarrow.parquet as pq
 
 from mallard.storage.layout import DataLayout
 from mallard.storage.locks import maintenance_lock, site_lock
+from mallard.storage.pairs import forget_pairs_from
 from mallard.storage.parquet import fsync_dir, write_aside
 from mallard.storage.schema import MICROS_PER_DAY, micros
 
@@ -123,6 +126,8 @@ def erase(
                 file.unlink(missing_ok=True)
             for folder in {f.parent for f in removed}:
                 fsync_dir(folder)
+            if report.rows_erased:
+                forget_pairs_from(layout, site_id, tombstone.start_us // MICROS_PER_DAY)
     return report
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 EPOCH = dt.date(1970, 1, 1)
+COMPACTED_PREFIX = "compacted-"  # the name of a day's file after compaction
 
 
 def day_to_date(day: int) -> dt.date:
@@ -30,6 +31,11 @@ class DataLayout:
     def visits(self) -> Path:
         """Visit rollups: one file per compacted day, named after its events file."""
         return self.root / "visits"
+
+    @property
+    def pairs(self) -> Path:
+        """Per compacted day, its (page or event name, visitor) pairs (mallard.storage.pairs)."""
+        return self.root / "pairs"
 
     @property
     def dropped(self) -> Path:
@@ -66,6 +72,11 @@ class DataLayout:
         for folder in (self.events, self.wal, self.tmp):
             folder.mkdir(parents=True, exist_ok=True)
         self.keys.mkdir(parents=True, exist_ok=True, mode=0o700)
+
+
+def is_compacted(names: list[str]) -> bool:
+    """True when a day's event files (``names``) are one compacted file."""
+    return len(names) == 1 and names[0].startswith(COMPACTED_PREFIX)
 
 
 def new_writer_id() -> str:

@@ -39,7 +39,7 @@ def expire(layout: DataLayout, keep_days: int, today: dt.date | None = None) -> 
             continue
         with maintenance_lock(layout, site_id), site_lock(layout, site_id, exclusive=True):
             for partition in old:
-                for area in (layout.visits, layout.dropped):
+                for area in (layout.visits, layout.pairs, layout.dropped):
                     shutil.rmtree(area / site_dir.name / partition.name, ignore_errors=True)
                 shutil.rmtree(partition)
                 report.days += 1

@@ -80,6 +80,23 @@ VISIT_SCHEMA = pa.schema(
 )
 
 
+# Per compacted day, each (page or event name, visitor) pair of the day once, and
+# when the pair was last seen on an earlier day (``data_dir/pairs/``): distinct
+# visitors per page over a range without a distinct count (mallard.storage.pairs).
+PAIR_SCHEMA = pa.schema(
+    [
+        pa.field("kind", pa.string(), nullable=False),  # "page" (pageviews) or "name" (events)
+        pa.field("value", pa.string(), nullable=False),  # the page or event name, as labelled
+        pa.field("visitor_id", pa.int64(), nullable=False),
+        pa.field("events", pa.int64(), nullable=False),
+        pa.field("revenue", pa.decimal128(38, 2)),
+        pa.field("revenue_events", pa.int64(), nullable=False),
+        pa.field("last_seen", TIMESTAMP_TYPE, nullable=False),
+        pa.field("previously_seen", TIMESTAMP_TYPE),
+    ]
+)
+
+
 class Event(NamedTuple):
     """One accepted event, held as a tuple until it is flushed.
 

@@ -1,0 +1,270 @@
+"""Per-day (page or event name, visitor) pairs, and when each was seen before.
+
+Visitors per page over a range is a distinct count over every (page, visitor)
+pair of the range: millions of pairs in a month of a busy site, and the
+slowest part of a dashboard. A pair can recur on any later day, so per-day
+counts do not add up. Instead, for every compacted day, this module writes
+each pair of the day once (``pairs/site_id=…/date=…/<events file name>``,
+``PAIR_SCHEMA``), with ``previously_seen``: the last time the pair occurred
+on an earlier day. Over a range starting at ``start``, a pair then counts on
+the day where ``previously_seen`` is null or before ``start`` — a filter and a
+small GROUP BY instead of a distinct count (:func:`mallard.query.sql.reads_pairs`).
+Event names get the same treatment, for the events breakdown.
+
+``previously_seen`` depends on every earlier day, so the site's
+``manifest.json`` records the events file each day's pairs were built
+against. A query uses the pairs of a day only while every day from the
+range's start up to it still has exactly those files
+(:func:`rolled_pair_days`); compaction rebuilds the pairs from the first day
+that changed (a late file, an erasure, a restored backup) onwards
+(:func:`refresh_pairs`). The pairs are derived data: delete ``pairs/`` and
+compaction writes them again.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import json
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import duckdb
+
+from mallard.query.sql import day_pairs_sql, file_list
+from mallard.storage.layout import EPOCH, DataLayout, day_to_date, is_compacted
+from mallard.storage.locks import maintenance_lock, site_lock
+from mallard.storage.parquet import fsync_dir, write_aside
+from mallard.storage.schema import MICROS_PER_DAY, PAIR_SCHEMA
+
+MANIFEST = "manifest.json"
+ROW_GROUP_ROWS = 32 * 1024  # pages and event names in separate row groups, mostly
+
+
+@dataclass(frozen=True)
+class PairManifest:
+    """For which days a site's pairs are current: every day up to ``through``
+    (a day number), each built from the events file named in ``days`` (a day
+    without events has no entry). ``since`` is the oldest day with events:
+    ``previously_seen`` may point at older days that retention deleted since."""
+
+    through: int | None = None
+    days: dict[int, str] = field(default_factory=dict)
+    since: int | None = None
+
+    def current(self, day: int, names: list[str] | None) -> bool:
+        """True when the day's event files (``names``) are what its pairs were built from."""
+        if self.through is None or day > self.through:
+            return False
+        built_from = self.days.get(day)
+        if not names:
+            return built_from is None
+        return len(names) == 1 and names[0] == built_from
+
+
+def _site_folder(layout: DataLayout, site_id: str) -> Path:
+    return layout.pairs / f"site_id={site_id}"
+
+
+def pair_file(layout: DataLayout, site_id: str, day: int, events_name: str) -> Path:
+    """Where the pairs of ``day`` built from its events file ``events_name`` live."""
+    return _site_folder(layout, site_id) / f"date={day_to_date(day).isoformat()}" / events_name
+
+
+def manifest_path(layout: DataLayout, site_id: str) -> Path:
+    return _site_folder(layout, site_id) / MANIFEST
+
+
+def read_manifest(path: Path) -> PairManifest:
+    """The manifest at ``path``; an empty one when missing or unreadable (nothing is current)."""
+    try:
+        data = json.loads(path.read_text())
+        return PairManifest(
+            through=_day_number(data["through"]),
+            days={_day_number(day): name for day, name in data["days"].items()},
+            since=_day_number(data["since"]) if data["since"] else None,
+        )
+    except (OSError, ValueError, KeyError, TypeError, AttributeError):
+        return PairManifest()
+
+
+def _day_number(text: str) -> int:
+    return (dt.date.fromisoformat(text) - EPOCH).days
+
+
+def _write_manifest(layout: DataLayout, site_id: str, manifest: PairManifest) -> None:
+    assert manifest.through is not None
+    data = {
+        "through": day_to_date(manifest.through).isoformat(),
+        "since": day_to_date(manifest.since).isoformat() if manifest.since is not None else None,
+        "days": {day_to_date(d).isoformat(): n for d, n in sorted(manifest.days.items())},
+    }
+    staging = layout.tmp / f"pairs-manifest-{uuid.uuid4().hex}.tmp"
+    staging.write_text(json.dumps(data, indent=1) + "\n")
+    with open(staging, "rb") as file:
+        os.fsync(file.fileno())
+    destination = manifest_path(layout, site_id)
+    os.replace(staging, destination)
+    fsync_dir(destination.parent)
+
+
+def rolled_pair_days(
+    manifest: PairManifest,
+    day_names: dict[int, list[str]],
+    busy_days: set[int],
+    start_us: int,
+    end_us: int,
+) -> list[int]:
+    """The days of ``[start_us, end_us)`` whose pairs a query reads.
+
+    They are consecutive whole days from the first whole day of the range on,
+    each current (see :meth:`PairManifest.current`; ``day_names`` holds the
+    event files of the range's days, ``busy_days`` the days with unflushed
+    events), and only while the day the range starts in is current too: its
+    events before the first rolled day are read from events, and the pairs'
+    ``previously_seen`` must know them. Days without events are skipped.
+    """
+    if manifest.through is None:
+        return []
+
+    def current(day: int) -> bool:
+        return day not in busy_days and manifest.current(day, day_names.get(day))
+
+    first_day = start_us // MICROS_PER_DAY
+    first_whole = -(-start_us // MICROS_PER_DAY)
+    if first_day != first_whole and not current(first_day):
+        return []
+    known = [d for d in (*day_names, *manifest.days) if d >= first_whole]
+    rolled: list[int] = []
+    # days before the first known one have no events and no pairs: nothing to check
+    for day in range(
+        min(known, default=first_whole), min(end_us // MICROS_PER_DAY, manifest.through + 1)
+    ):
+        if not current(day):
+            break
+        if day in day_names:
+            rolled.append(day)
+    return rolled
+
+
+def _day_files(layout: DataLayout, site_id: str) -> dict[int, list[str]]:
+    """The site's event file names by day number."""
+    found: dict[int, list[str]] = {}
+    with (
+        contextlib.suppress(FileNotFoundError),
+        os.scandir(layout.events / f"site_id={site_id}") as partitions,
+    ):
+        for partition in partitions:
+            try:
+                day = (dt.date.fromisoformat(partition.name.removeprefix("date=")) - EPOCH).days
+            except ValueError:
+                continue
+            names = sorted(n for n in os.listdir(partition.path) if n.endswith(".parquet"))
+            if names:
+                found[day] = names
+    return found
+
+
+def refresh_pairs(
+    layout: DataLayout,
+    site_id: str,
+    before: dt.date,
+    *,
+    progress: Callable[[int, int], None] | None = None,
+) -> int:
+    """Make the site's pairs current for its compacted days before ``before``.
+
+    Pairs are built day by day, oldest first, from the first day whose events
+    changed since (or the first new day), and stop before the first day that
+    is not compacted yet. Each day is swapped in with the manifest, under the
+    site's exclusive lock, so a query sees the old or the new state, never a
+    mix. Returns the days built. Blocking.
+    """
+    with maintenance_lock(layout, site_id):
+        files = _day_files(layout, site_id)
+        manifest = read_manifest(manifest_path(layout, site_id))
+        through = _compacted_through(files, (before - EPOCH).days)
+        # days before the oldest events went (retention): their pairs are dropped,
+        # and queries count no occurrence before ``since`` (nothing to rebuild)
+        since = min(files, default=None)
+        oldest = through + 1 if since is None else since
+        changed = [
+            day
+            for day in {*files, *manifest.days}
+            if oldest <= day <= through and not manifest.current(day, files.get(day))
+        ]
+        if not changed and (manifest.through, manifest.since) == (through, since):
+            return 0
+        first = min(changed, default=through + 1)
+        kept = {d: n for d, n in manifest.days.items() if oldest <= d < first}
+        todo = [d for d in sorted(files) if first <= d <= through]
+        _site_folder(layout, site_id).mkdir(parents=True, exist_ok=True)
+        for index, day in enumerate(todo, start=1):
+            name = files[day][0]
+            staging = layout.tmp / f"pairs-{uuid.uuid4().hex}.tmp"
+            _build_day(layout, site_id, day, name, kept, staging)
+            kept[day] = name
+            destination = pair_file(layout, site_id, day, name)
+            destination.parent.mkdir(exist_ok=True)
+            with site_lock(layout, site_id, exclusive=True):
+                os.replace(staging, destination)
+                for other in destination.parent.glob("*.parquet"):
+                    if other != destination:
+                        other.unlink()
+                _write_manifest(layout, site_id, PairManifest(day, dict(kept), since))
+            if progress:
+                progress(index, len(todo))
+        with site_lock(layout, site_id, exclusive=True):
+            _write_manifest(layout, site_id, PairManifest(through, kept, since))
+            _remove_unlisted(layout, site_id, kept)
+        return len(todo)
+
+
+def _compacted_through(files: dict[int, list[str]], before: int) -> int:
+    """The last day before day ``before`` up to which every day with files is compacted."""
+    for day in sorted(files):
+        if day >= before:
+            break
+        if not is_compacted(files[day]):
+            return day - 1
+    return before - 1
+
+
+def forget_pairs_from(layout: DataLayout, site_id: str, day: int) -> None:
+    """Drop the site's pairs of ``day`` and every later day (their ``previously_seen``
+    may point at rows being erased); compaction builds them again. Call it under
+    the site's exclusive lock."""
+    manifest = read_manifest(manifest_path(layout, site_id))
+    if manifest.through is None:
+        return
+    kept = {d: n for d, n in manifest.days.items() if d < day}
+    through = min(manifest.through, day - 1)
+    _write_manifest(layout, site_id, PairManifest(through, kept, manifest.since))
+    _remove_unlisted(layout, site_id, kept)
+
+
+def _build_day(
+    layout: DataLayout, site_id: str, day: int, name: str, earlier: dict[int, str], staging: Path
+) -> None:
+    """Write the pairs of ``day`` (from its events file ``name``) to ``staging``."""
+    events = layout.partition(site_id, day) / name
+    earlier_files = [str(pair_file(layout, site_id, d, n)) for d, n in sorted(earlier.items())]
+    with duckdb.connect(config={"threads": 1}) as connection:
+        events_sql = f"read_parquet({file_list([str(events)])})"
+        earlier_sql = f"read_parquet({file_list(earlier_files)})" if earlier_files else None
+        table = connection.sql(day_pairs_sql(events_sql, earlier_sql)).to_arrow_table()
+    write_aside(
+        table.select(PAIR_SCHEMA.names).cast(PAIR_SCHEMA), staging, row_group_size=ROW_GROUP_ROWS
+    )
+
+
+def _remove_unlisted(layout: DataLayout, site_id: str, days: dict[int, str]) -> None:
+    """Remove the pair folders of days the manifest does not list (their events changed or went)."""
+    listed = {f"date={day_to_date(d).isoformat()}" for d in days}
+    for folder in _site_folder(layout, site_id).glob("date=*"):
+        if folder.name not in listed:
+            shutil.rmtree(folder, ignore_errors=True)

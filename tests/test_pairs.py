@@ -1,0 +1,240 @@
+"""Per-day (page or event name, visitor) pairs: built by compaction, read by queries.
+
+Visitors per page and per event name come from the pairs of the days that
+have current ones; these tests change the data under the pairs (a late file
+in an earlier day, an erasure, unflushed events, lost pairs) and check every
+answer against the independent reference in between, and that the pairs are
+used again once compaction has rebuilt them.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+import pytest
+
+from mallard.query.engine import QueryEngine
+from mallard.query.model import Query, parse_query
+from mallard.query.stats import run_query
+from mallard.storage.compaction import compact
+from mallard.storage.erasure import Tombstones, erase
+from mallard.storage.layout import EPOCH, DataLayout
+from mallard.storage.pairs import (
+    PairManifest,
+    manifest_path,
+    pair_file,
+    read_manifest,
+    refresh_pairs,
+    rolled_pair_days,
+)
+from mallard.storage.parquet import write_batch
+from mallard.storage.retention import expire
+from mallard.storage.schema import Event, events_to_table, micros
+from mallard.synthetic import generate
+from tests import reference_stats as ref
+from tests.factories import DAY_US, make_event, stored_events
+
+SITE = "pairs.example"
+END = dt.date(2026, 3, 10)
+METRICS = ["visitors", "pageviews", "events", "total_revenue"]
+DIMENSIONS = ["event:page", "event:name"]
+
+
+def day_number(day: dt.date) -> int:
+    return (day - EPOCH).days
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("pairs") / "data"
+    generate(root, events=6_000, days=8, sites=[SITE], end=END, seed=11)
+    return root
+
+
+@pytest.fixture
+def layout(generated: Path, tmp_path: Path) -> DataLayout:
+    """The generated site, every day before END compacted (with pairs), END as flushed."""
+    layout = DataLayout(tmp_path / "data")
+    shutil.copytree(generated, layout.root)
+    compact(layout, before=END)
+    return layout
+
+
+def query_for(dimension: str, date_range: Any, timezone: str = "UTC") -> Query:
+    body = {"site_id": SITE, "metrics": METRICS, "dimensions": [dimension]}
+    return parse_query({**body, "date_range": date_range, "timezone": timezone}, today=END)
+
+
+async def assert_like_reference(
+    engine: QueryEngine, events: list[Event], query: Query, *, rolled: int | None = None
+) -> None:
+    """Answers ``query`` like the reference; with ``rolled``, from that many days' pairs."""
+    answer = await run_query(engine, query)
+    bounds = {"start_us": micros(query.date_range.start), "end_us": micros(query.date_range.end)}
+    expected = ref.breakdown(events, query.dimensions[0], METRICS, **bounds)
+    got = [(row["dimensions"][0], row["metrics"]) for row in answer["results"]]
+    assert got == [(value, [float(m[name]) for name in METRICS]) for value, m in expected]
+    if rolled is not None:
+        snapshot, _ = engine._view(
+            SITE, query.date_range.start, query.date_range.end, engine._pending(), pairs=True
+        )
+        assert len(snapshot.pairs) == rolled
+
+
+RANGES = [  # (date range, timezone, whole days with pairs)
+    ([(END - dt.timedelta(days=7)).isoformat(), END.isoformat()], "UTC", 7),
+    ([(END - dt.timedelta(days=4)).isoformat(), END.isoformat()], "America/New_York", 3),
+    (["2026-03-04T10:30:00", "2026-03-07T06:00:00"], "UTC", 2),
+    ([END.isoformat(), END.isoformat()], "UTC", 0),
+]
+
+
+@pytest.mark.parametrize("dimension", DIMENSIONS)
+@pytest.mark.parametrize(("date_range", "timezone", "rolled"), RANGES)
+async def test_pairs_answer_like_the_reference(
+    layout: DataLayout, dimension: str, date_range: Any, timezone: str, rolled: int
+) -> None:
+    events = stored_events(layout.events)
+    query = query_for(dimension, date_range, timezone)
+    await assert_like_reference(QueryEngine(layout), events, query, rolled=rolled)
+
+
+def test_pairs_say_when_a_pair_was_last_seen_before(layout: DataLayout) -> None:
+    """A hand-made visitor on three days: the pair of a day points at the latest earlier one."""
+    first = day_number(END) - 3
+    visits = [(first, 10, "/a"), (first, 11, "/a"), (first + 1, 9, "/b"), (first + 2, 8, "/a")]
+    events = [
+        make_event(site_id=SITE, visitor_id=77, pathname=page,
+                   timestamp=day * DAY_US + hour * 3_600_000_000)
+        for day, hour, page in visits
+    ]  # fmt: skip
+    write_batch(events_to_table(events), layout, "20260101T000000-1-aaaaaaaa-00000001")
+    compact(layout, before=END)
+
+    def pair(day: int, kind: str, value: str) -> dict[str, Any]:
+        name = read_manifest(manifest_path(layout, SITE)).days[day]
+        rows = pq.read_table(pair_file(layout, SITE, day, name)).to_pylist()
+        [row] = [r for r in rows if (r["visitor_id"], r["kind"], r["value"]) == (77, kind, value)]
+        return row
+
+    def at(day: int, hour: int) -> dt.datetime:
+        return dt.datetime.fromtimestamp((day * DAY_US + hour * 3_600_000_000) / 1e6, dt.UTC)
+
+    assert pair(first, "page", "/a")["previously_seen"] is None
+    assert pair(first, "page", "/a")["events"] == 2
+    assert pair(first + 1, "page", "/b")["previously_seen"] is None
+    assert pair(first + 2, "page", "/a")["previously_seen"] == at(first, 11)
+    assert pair(first + 2, "name", "pageview")["previously_seen"] == at(first + 1, 9)
+
+
+async def test_a_late_file_in_an_earlier_day_is_counted_once(layout: DataLayout) -> None:
+    """A pair added to an earlier day makes the later days' pairs stale until rebuilt."""
+    events = stored_events(layout.events)
+    late_day, later_day = day_number(END) - 5, day_number(END) - 3
+    on_late_day = {(e.visitor_id, e.pathname) for e in events if e.timestamp // DAY_US == late_day}
+    seen_later = next(
+        e for e in events
+        if e.timestamp // DAY_US == later_day and e.event_name == "pageview"
+        and (e.visitor_id, e.pathname) not in on_late_day
+    )  # fmt: skip
+    late = seen_later._replace(timestamp=late_day * DAY_US + 1_000_000)
+    write_batch(events_to_table([late]), layout, "20260101T000000-1-bbbbbbbb-00000001")
+    events.append(late)
+    engine = QueryEngine(layout)
+    query = query_for("event:page", [(END - dt.timedelta(days=6)).isoformat(), END.isoformat()])
+    await assert_like_reference(engine, events, query, rolled=1)  # only the day before it
+
+    report = compact(layout, before=END)
+    assert report.partitions == 1 and report.pair_days == 5  # the late day and every later one
+    await assert_like_reference(engine, events, query, rolled=6)
+
+
+async def test_erased_rows_leave_the_pairs(layout: DataLayout) -> None:
+    erased_day = END - dt.timedelta(days=4)
+    start = dt.datetime.combine(erased_day, dt.time(9), dt.UTC)
+    end = start + dt.timedelta(hours=6)
+    erase(layout, Tombstones(layout), SITE, start, end)
+    events = stored_events(layout.events)
+    assert not any(micros(start) <= e.timestamp < micros(end) for e in events)
+    engine = QueryEngine(layout)
+    query = query_for("event:name", [(END - dt.timedelta(days=7)).isoformat(), END.isoformat()])
+    await assert_like_reference(engine, events, query, rolled=3)  # the days before it
+
+    compact(layout, before=END)
+    await assert_like_reference(engine, events, query, rolled=7)
+
+
+async def test_unflushed_events_of_a_day_are_read_with_its_events(layout: DataLayout) -> None:
+    events = stored_events(layout.events)
+    busy_day = day_number(END) - 2
+    unflushed = [
+        make_event(site_id=SITE, visitor_id=e.visitor_id, pathname="/unflushed",
+                   timestamp=busy_day * DAY_US + 5)
+        for e in events[:3]
+    ]  # fmt: skip
+    table = events_to_table(unflushed)
+    engine = QueryEngine(layout, pending=lambda: [("unflushed-batch", lambda _site: table)])
+    query = query_for("event:page", [(END - dt.timedelta(days=7)).isoformat(), END.isoformat()])
+    await assert_like_reference(engine, events + unflushed, query, rolled=5)
+
+
+async def test_lost_pairs_are_rebuilt(layout: DataLayout) -> None:
+    assert refresh_pairs(layout, SITE, END) == 0  # nothing changed
+    shutil.rmtree(layout.pairs)
+    engine = QueryEngine(layout)
+    query = query_for("event:page", [(END - dt.timedelta(days=7)).isoformat(), END.isoformat()])
+    await assert_like_reference(engine, stored_events(layout.events), query, rolled=0)
+    assert compact(layout, before=END).pair_days == 7
+    await assert_like_reference(engine, stored_events(layout.events), query, rolled=7)
+
+
+def test_pairs_stop_before_a_day_not_compacted_yet(layout: DataLayout) -> None:
+    day = day_number(END) - 3
+    late = make_event(site_id=SITE, timestamp=day * DAY_US + 7)
+    write_batch(events_to_table([late]), layout, "20260101T000000-1-cccccccc-00000001")
+    assert refresh_pairs(layout, SITE, END) == 0  # nothing to build before that day
+    manifest = read_manifest(manifest_path(layout, SITE))
+    assert manifest.through == day - 1 and max(manifest.days) == day - 1
+    folders = sorted(p.name for p in (layout.pairs / f"site_id={SITE}").glob("date=*"))
+    assert folders[-1] == f"date={END - dt.timedelta(days=4)}"  # later pairs were stale
+    assert compact(layout, before=END).pair_days == 3
+    assert read_manifest(manifest_path(layout, SITE)).through == day_number(END) - 1
+
+
+MANIFEST = PairManifest(through=12, days={10: "c-10.parquet", 11: "c-11.parquet"})
+NAMES = {10: ["c-10.parquet"], 11: ["c-11.parquet"], 12: ["flush.parquet"]}
+
+
+@pytest.mark.parametrize(
+    ("names", "busy", "start_us", "end_us", "rolled"),
+    [
+        (NAMES, set(), 10 * DAY_US, 13 * DAY_US, [10, 11]),  # 12: not built from its files
+        (NAMES, set(), 8 * DAY_US, 12 * DAY_US, [10, 11]),  # days 8, 9: no events, no pairs
+        (NAMES, {11}, 10 * DAY_US, 13 * DAY_US, [10]),  # unflushed events on day 11
+        (NAMES, set(), 10 * DAY_US + 1, 13 * DAY_US, [11]),  # starts inside a current day
+        ({**NAMES, 10: ["c-10.parquet", "late.parquet"]}, set(), 10 * DAY_US + 1, 13 * DAY_US, []),
+        ({**NAMES, 10: ["c-10.parquet", "late.parquet"]}, set(), 10 * DAY_US, 13 * DAY_US, []),
+        ({11: ["c-11.parquet"]}, set(), 10 * DAY_US, 13 * DAY_US, []),  # day 10 lost its events
+        (NAMES, set(), 10 * DAY_US, 11 * DAY_US + 5, [10]),  # day 11 not wholly inside
+    ],
+)
+def test_which_days_a_query_reads_from_pairs(
+    names: dict[int, list[str]], busy: set[int], start_us: int, end_us: int, rolled: list[int]
+) -> None:
+    assert rolled_pair_days(MANIFEST, names, busy, start_us, end_us) == rolled
+    assert rolled_pair_days(PairManifest(), names, busy, start_us, end_us) == []
+
+
+async def test_days_deleted_by_retention_are_not_counted_as_seen(layout: DataLayout) -> None:
+    """Later pairs may have been seen on deleted days: those visitors count on their next day."""
+    expire(layout, keep_days=5, today=END)
+    events = stored_events(layout.events)
+    engine = QueryEngine(layout)
+    query = query_for("event:page", [(END - dt.timedelta(days=9)).isoformat(), END.isoformat()])
+    await assert_like_reference(engine, events, query, rolled=0)  # the pairs list deleted days
+    assert compact(layout, before=END).pair_days == 0  # nothing to rebuild
+    await assert_like_reference(engine, events, query, rolled=4)
