@@ -329,13 +329,14 @@ def _pair_stats_ctes(query: Query, params: Parameters) -> str:
         ) USING (d0, visitor_id)
     ),
     counted AS (
-        SELECT d0, count(*) FILTER (WHERE previously_seen IS NULL
+        SELECT d0, count(visitor_id) FILTER (WHERE previously_seen IS NULL
                                      OR previously_seen < greatest({start}, seen_since))
                    AS visitors, sum(events) AS events, sum(revenue) AS revenue,
                sum(revenue_events) AS revenue_events
         FROM range_pairs, pair_span GROUP BY d0
         UNION ALL
-        SELECT d0, count(*) FILTER (WHERE before_rolled OR seen_in_range.visitor_id IS NULL),
+        SELECT d0, count(fresh_pairs.visitor_id)
+                       FILTER (WHERE before_rolled OR seen_in_range.visitor_id IS NULL),
                sum(events), sum(revenue), sum(revenue_events)
         FROM fresh_pairs LEFT JOIN seen_in_range USING (d0, visitor_id) GROUP BY d0
     ),
