@@ -22,7 +22,7 @@ from mallard.query.model import Query, parse_query
 from mallard.query.stats import run_query
 from mallard.storage.compaction import compact
 from mallard.storage.erasure import Tombstones, erase
-from mallard.storage.layout import EPOCH, DataLayout
+from mallard.storage.layout import DataLayout, day_number
 from mallard.storage.pairs import (
     PairManifest,
     manifest_path,
@@ -42,10 +42,6 @@ SITE = "pairs.example"
 END = dt.date(2026, 3, 10)
 METRICS = ["visitors", "pageviews", "events", "total_revenue"]
 DIMENSIONS = ["event:page", "event:name"]
-
-
-def day_number(day: dt.date) -> int:
-    return (day - EPOCH).days
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,13 @@ import trio
 
 from mallard.query.sql import file_list
 from mallard.query.threads import QueryThreads, lower_priority, thread_ids
-from mallard.storage.layout import EPOCH, DataLayout, is_compacted, remove_dead_process_folders
+from mallard.storage.layout import (
+    DataLayout,
+    dated_partitions,
+    day_number,
+    is_compacted,
+    remove_dead_process_folders,
+)
 from mallard.storage.locks import site_lock
 from mallard.storage.pairs import (
     PairManifest,
@@ -194,7 +200,7 @@ class QueryEngine:
         snapshot = self._snapshot(site_id, start, end)
         pending = self._pending_rows(parts, snapshot, site_id, start, end)
         busy: set[int] = set()
-        if pending.num_rows:
+        if pending.num_rows and (snapshot.rollups or pairs):
             days = pc.divide(pending["timestamp"].cast(pa.int64()), MICROS_PER_DAY)
             busy = set(pc.unique(days).to_pylist())
             for day in busy:
@@ -232,32 +238,23 @@ class QueryEngine:
         site_dir = self.layout.events / f"site_id={site_id}"
         first, last = start.date(), (end - dt.timedelta(microseconds=1)).date()
         snapshot = Snapshot()
-        try:
-            partitions = os.scandir(site_dir)
-        except FileNotFoundError:
-            return snapshot
-        with partitions:
-            for partition in partitions:
-                try:
-                    day = dt.date.fromisoformat(partition.name.removeprefix("date="))
-                except ValueError:
-                    continue
-                if not (partition.is_dir() and first <= day <= last):
-                    continue
-                names = [n for n in os.listdir(partition.path) if n.endswith(".parquet")]
-                number = (day - EPOCH).days
-                for name in names:
-                    path = os.path.join(partition.path, name)
-                    snapshot.files.append(path)
-                    snapshot.file_days[path] = number
-                    snapshot.written.setdefault(name.removesuffix(".parquet"), set()).add(number)
-                if names:
-                    snapshot.day_names[number] = names
-                day_start = dt.datetime.combine(day, dt.time(), dt.UTC)
-                if start <= day_start and day_start + dt.timedelta(days=1) <= end:
-                    rollup = self._rollup(site_id, day, names)
-                    if rollup:
-                        snapshot.rollups[(day - EPOCH).days] = rollup
+        for day, folder in dated_partitions(site_dir):
+            if not first <= day <= last:
+                continue
+            names = [n for n in os.listdir(folder) if n.endswith(".parquet")]
+            number = day_number(day)
+            for name in names:
+                path = os.path.join(folder, name)
+                snapshot.files.append(path)
+                snapshot.file_days[path] = number
+                snapshot.written.setdefault(name.removesuffix(".parquet"), set()).add(number)
+            if names:
+                snapshot.day_names[number] = names
+            day_start = dt.datetime.combine(day, dt.time(), dt.UTC)
+            if start <= day_start and day_start + dt.timedelta(days=1) <= end:
+                rollup = self._rollup(site_id, day, names)
+                if rollup:
+                    snapshot.rollups[number] = rollup
         snapshot.files.sort()
         return snapshot
 
@@ -278,12 +275,7 @@ class QueryEngine:
     def first_day(self, site_id: str) -> dt.date | None:
         """The UTC date of the site's oldest partition (None without data)."""
         site_dir = self.layout.events / f"site_id={site_id}"
-        days = []
-        with contextlib.suppress(FileNotFoundError), os.scandir(site_dir) as partitions:
-            for partition in partitions:
-                with contextlib.suppress(ValueError):
-                    days.append(dt.date.fromisoformat(partition.name.removeprefix("date=")))
-        return min(days, default=None)
+        return min((day for day, _ in dated_partitions(site_dir)), default=None)
 
     @staticmethod
     def _pending_rows(

@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import shutil
 import uuid
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -15,6 +16,27 @@ COMPACTED_PREFIX = "compacted-"  # the name of a day's file after compaction
 
 def day_to_date(day: int) -> dt.date:
     return EPOCH + dt.timedelta(days=day)
+
+
+def day_number(date: dt.date) -> int:
+    """The UTC day number of ``date`` (days since the epoch), as files and rollups key days."""
+    return (date - EPOCH).days
+
+
+def dated_partitions(site_dir: Path) -> Iterator[tuple[dt.date, str]]:
+    """(date, path) of every ``date=YYYY-MM-DD`` folder of a site (none when it has none)."""
+    try:
+        entries = os.scandir(site_dir)
+    except FileNotFoundError:
+        return
+    with entries:
+        for entry in entries:
+            try:
+                date = dt.date.fromisoformat(entry.name.removeprefix("date="))
+            except ValueError:
+                continue
+            if entry.is_dir():
+                yield date, entry.path
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,6 @@ compaction writes them again.
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import os
@@ -36,7 +35,13 @@ from pathlib import Path
 import duckdb
 
 from mallard.query.sql import day_pairs_sql, file_list
-from mallard.storage.layout import EPOCH, DataLayout, day_to_date, is_compacted
+from mallard.storage.layout import (
+    DataLayout,
+    dated_partitions,
+    day_number,
+    day_to_date,
+    is_compacted,
+)
 from mallard.storage.locks import maintenance_lock, site_lock
 from mallard.storage.parquet import fsync_dir, write_aside
 from mallard.storage.schema import MICROS_PER_DAY, PAIR_SCHEMA
@@ -93,7 +98,7 @@ def read_manifest(path: Path) -> PairManifest:
 
 
 def _day_number(text: str) -> int:
-    return (dt.date.fromisoformat(text) - EPOCH).days
+    return day_number(dt.date.fromisoformat(text))
 
 
 def _write_manifest(layout: DataLayout, site_id: str, manifest: PairManifest) -> None:
@@ -152,20 +157,11 @@ def rolled_pair_days(
 
 
 def _day_files(layout: DataLayout, site_id: str) -> dict[int, list[str]]:
-    """The site's event file names by day number."""
+    """The site's event file names by day number (days with files only)."""
     found: dict[int, list[str]] = {}
-    with (
-        contextlib.suppress(FileNotFoundError),
-        os.scandir(layout.events / f"site_id={site_id}") as partitions,
-    ):
-        for partition in partitions:
-            try:
-                day = (dt.date.fromisoformat(partition.name.removeprefix("date=")) - EPOCH).days
-            except ValueError:
-                continue
-            names = sorted(n for n in os.listdir(partition.path) if n.endswith(".parquet"))
-            if names:
-                found[day] = names
+    for day, folder in dated_partitions(layout.events / f"site_id={site_id}"):
+        if names := sorted(n for n in os.listdir(folder) if n.endswith(".parquet")):
+            found[day_number(day)] = names
     return found
 
 
@@ -187,7 +183,7 @@ def refresh_pairs(
     with maintenance_lock(layout, site_id):
         files = _day_files(layout, site_id)
         manifest = read_manifest(manifest_path(layout, site_id))
-        through = _compacted_through(files, (before - EPOCH).days)
+        through = _compacted_through(files, day_number(before))
         # days before the oldest events went (retention): their pairs are dropped,
         # and queries count no occurrence before ``since`` (nothing to rebuild)
         since = min(files, default=None)
