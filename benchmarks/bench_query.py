@@ -495,7 +495,7 @@ def prepare_dataset(events: int, args: argparse.Namespace, today: dt.date) -> di
         "seed": args.seed,
         "site": SITE,
         "end": today.isoformat(),
-        "layout": "compacted with visit rollups and pairs",
+        "layout": "compacted with visit rollups (seen columns) and pairs",
     }
     try:
         manifest = json.loads(manifest_path.read_text())

@@ -1,10 +1,12 @@
-"""Per-day (page or event name, visitor) pairs: built by compaction, read by queries.
+"""Per-day (page or event name, visitor) pairs and the visit rollups' ``seen_*``
+columns: built by compaction, read by queries.
 
 Visitors per page and per event name come from the pairs of the days that
-have current ones; these tests change the data under the pairs (a late file
-in an earlier day, an erasure, unflushed events, lost pairs) and check every
-answer against the independent reference in between, and that the pairs are
-used again once compaction has rebuilt them.
+have current ones, visitors in total and per visit dimension from the
+``seen_*`` columns of those days' visit rollups; these tests change the data
+under them (a late file in an earlier day, an erasure, unflushed events, lost
+pairs) and check every answer against the independent reference in between,
+and that the pairs are used again once compaction has rebuilt them.
 """
 
 from __future__ import annotations
@@ -19,11 +21,13 @@ import pytest
 
 from mallard.query.engine import QueryEngine
 from mallard.query.model import Query, parse_query
+from mallard.query.sql import aggregate_sql
 from mallard.query.stats import run_query
 from mallard.storage.compaction import compact
 from mallard.storage.erasure import Tombstones, erase
-from mallard.storage.layout import DataLayout, day_number
+from mallard.storage.layout import DataLayout, day_number, day_to_date
 from mallard.storage.pairs import (
+    VERSION,
     PairManifest,
     manifest_path,
     pair_file,
@@ -40,8 +44,12 @@ from tests.factories import DAY_US, make_event, stored_events
 
 SITE = "pairs.example"
 END = dt.date(2026, 3, 10)
-METRICS = ["visitors", "pageviews", "events", "total_revenue"]
-DIMENSIONS = ["event:page", "event:name"]
+PAIR_METRICS = ["visitors", "pageviews", "events", "total_revenue"]
+VISIT_METRICS = [
+    "visitors", "visits", "pageviews", "views_per_visit", "bounce_rate", "visit_duration",
+    "events", "total_revenue",
+]  # fmt: skip
+DIMENSIONS = ["event:page", "event:name", "visit:source", "visit:entry_page", "visit:country", None]
 
 
 @pytest.fixture(scope="module")
@@ -60,25 +68,37 @@ def layout(generated: Path, tmp_path: Path) -> DataLayout:
     return layout
 
 
-def query_for(dimension: str, date_range: Any, timezone: str = "UTC") -> Query:
-    body = {"site_id": SITE, "metrics": METRICS, "dimensions": [dimension]}
+def query_for(dimension: str | None, date_range: Any, timezone: str = "UTC") -> Query:
+    """Visitors and more per ``dimension`` (None: in total) over ``date_range``."""
+    metrics = PAIR_METRICS if dimension and dimension.startswith("event:") else VISIT_METRICS
+    body = {"site_id": SITE, "metrics": metrics, "dimensions": [dimension] if dimension else []}
     return parse_query({**body, "date_range": date_range, "timezone": timezone}, today=END)
 
 
 async def assert_like_reference(
     engine: QueryEngine, events: list[Event], query: Query, *, rolled: int | None = None
 ) -> None:
-    """Answers ``query`` like the reference; with ``rolled``, from that many days' pairs."""
+    """Answers ``query`` like the reference; with ``rolled``, from that many days' pairs
+    (or visit rollups with current ``seen_*`` columns)."""
     answer = await run_query(engine, query)
     bounds = {"start_us": micros(query.date_range.start), "end_us": micros(query.date_range.end)}
-    expected = ref.breakdown(events, query.dimensions[0], METRICS, **bounds)
-    got = [(row["dimensions"][0], row["metrics"]) for row in answer["results"]]
-    assert got == [(value, [float(m[name]) for name in METRICS]) for value, m in expected]
+    metrics = query.metrics
+    if query.dimensions:
+        expected = ref.breakdown(events, query.dimensions[0], metrics, **bounds)
+    else:
+        expected = [("", ref.aggregate(events, metrics, **bounds))]
+    got = [
+        (row["dimensions"][0] if query.dimensions else "", row["metrics"])
+        for row in answer["results"]
+    ]
+    assert got == [(value, [float(m[name]) for name in metrics]) for value, m in expected]
+    derived = aggregate_sql(query).derived
+    assert derived == ("pairs" if list(query.metrics) == PAIR_METRICS else "seen")
     if rolled is not None:
         snapshot, _ = engine._view(
-            SITE, query.date_range.start, query.date_range.end, engine._pending(), pairs=True
+            SITE, query.date_range.start, query.date_range.end, engine._pending(), derived=derived
         )
-        assert len(snapshot.pairs) == rolled
+        assert len(snapshot.rolled) == rolled
 
 
 RANGES = [  # (date range, timezone, whole days with pairs)
@@ -92,7 +112,7 @@ RANGES = [  # (date range, timezone, whole days with pairs)
 @pytest.mark.parametrize("dimension", DIMENSIONS)
 @pytest.mark.parametrize(("date_range", "timezone", "rolled"), RANGES)
 async def test_pairs_answer_like_the_reference(
-    layout: DataLayout, dimension: str, date_range: Any, timezone: str, rolled: int
+    layout: DataLayout, dimension: str | None, date_range: Any, timezone: str, rolled: int
 ) -> None:
     events = stored_events(layout.events)
     query = query_for(dimension, date_range, timezone)
@@ -126,8 +146,26 @@ def test_pairs_say_when_a_pair_was_last_seen_before(layout: DataLayout) -> None:
     assert pair(first + 2, "page", "/a")["previously_seen"] == at(first, 11)
     assert pair(first + 2, "name", "pageview")["previously_seen"] == at(first + 1, 9)
 
+    # four visits (two on the first day, an hour apart); the visit rollups say when
+    # the visitor, and the visitor on the same entry page, came before
+    def visit(day: int) -> list[tuple[Any, ...]]:
+        name = read_manifest(manifest_path(layout, SITE)).days[day]
+        rows = pq.read_table(layout.rollup(SITE, day_to_date(day), name)).to_pylist()
+        return [
+            (r["visit_start"], r["seen_visitor"], r["seen_gap_entry_page"])
+            for r in rows if r["visitor_id"] == 77
+        ]  # fmt: skip
 
-async def test_a_late_file_in_an_earlier_day_is_counted_once(layout: DataLayout) -> None:
+    hours = 3_600_000_000
+    assert visit(first) == [(at(first, 10), None, None), (at(first, 11), at(first, 10), 0)]
+    assert visit(first + 1) == [(at(first + 1, 9), at(first, 11), None)]
+    assert visit(first + 2) == [(at(first + 2, 8), at(first + 1, 9), 22 * hours)]  # on /a at 11
+
+
+@pytest.mark.parametrize("dimension", ["event:page", "visit:entry_page", None])
+async def test_a_late_file_in_an_earlier_day_is_counted_once(
+    layout: DataLayout, dimension: str | None
+) -> None:
     """A pair added to an earlier day makes the later days' pairs stale until rebuilt."""
     events = stored_events(layout.events)
     late_day, later_day = day_number(END) - 5, day_number(END) - 3
@@ -141,7 +179,7 @@ async def test_a_late_file_in_an_earlier_day_is_counted_once(layout: DataLayout)
     write_batch(events_to_table([late]), layout, "20260101T000000-1-bbbbbbbb-00000001")
     events.append(late)
     engine = QueryEngine(layout)
-    query = query_for("event:page", [(END - dt.timedelta(days=6)).isoformat(), END.isoformat()])
+    query = query_for(dimension, [(END - dt.timedelta(days=6)).isoformat(), END.isoformat()])
     await assert_like_reference(engine, events, query, rolled=1)  # only the day before it
 
     report = compact(layout, before=END)
@@ -149,7 +187,8 @@ async def test_a_late_file_in_an_earlier_day_is_counted_once(layout: DataLayout)
     await assert_like_reference(engine, events, query, rolled=6)
 
 
-async def test_erased_rows_leave_the_pairs(layout: DataLayout) -> None:
+@pytest.mark.parametrize("dimension", ["event:name", "visit:source", None])
+async def test_erased_rows_leave_the_pairs(layout: DataLayout, dimension: str | None) -> None:
     erased_day = END - dt.timedelta(days=4)
     start = dt.datetime.combine(erased_day, dt.time(9), dt.UTC)
     end = start + dt.timedelta(hours=6)
@@ -157,14 +196,17 @@ async def test_erased_rows_leave_the_pairs(layout: DataLayout) -> None:
     events = stored_events(layout.events)
     assert not any(micros(start) <= e.timestamp < micros(end) for e in events)
     engine = QueryEngine(layout)
-    query = query_for("event:name", [(END - dt.timedelta(days=7)).isoformat(), END.isoformat()])
+    query = query_for(dimension, [(END - dt.timedelta(days=7)).isoformat(), END.isoformat()])
     await assert_like_reference(engine, events, query, rolled=3)  # the days before it
 
     compact(layout, before=END)
     await assert_like_reference(engine, events, query, rolled=7)
 
 
-async def test_unflushed_events_of_a_day_are_read_with_its_events(layout: DataLayout) -> None:
+@pytest.mark.parametrize("dimension", ["event:page", "visit:entry_page", None])
+async def test_unflushed_events_of_a_day_are_read_with_its_events(
+    layout: DataLayout, dimension: str | None
+) -> None:
     events = stored_events(layout.events)
     busy_day = day_number(END) - 2
     unflushed = [
@@ -174,18 +216,23 @@ async def test_unflushed_events_of_a_day_are_read_with_its_events(layout: DataLa
     ]  # fmt: skip
     table = events_to_table(unflushed)
     engine = QueryEngine(layout, pending=lambda: [("unflushed-batch", lambda _site: table)])
-    query = query_for("event:page", [(END - dt.timedelta(days=7)).isoformat(), END.isoformat()])
+    query = query_for(dimension, [(END - dt.timedelta(days=7)).isoformat(), END.isoformat()])
     await assert_like_reference(engine, events + unflushed, query, rolled=5)
 
 
 async def test_lost_pairs_are_rebuilt(layout: DataLayout) -> None:
+    """Without pairs (or with a manifest of another version), nothing is read from them."""
     assert refresh_pairs(layout, SITE, END) == 0  # nothing changed
     shutil.rmtree(layout.pairs)
     engine = QueryEngine(layout)
-    query = query_for("event:page", [(END - dt.timedelta(days=7)).isoformat(), END.isoformat()])
-    await assert_like_reference(engine, stored_events(layout.events), query, rolled=0)
-    assert compact(layout, before=END).pair_days == 7
-    await assert_like_reference(engine, stored_events(layout.events), query, rolled=7)
+    week = [(END - dt.timedelta(days=7)).isoformat(), END.isoformat()]
+    for dimension in ("event:page", "visit:source"):
+        query = query_for(dimension, week)
+        await assert_like_reference(engine, stored_events(layout.events), query, rolled=0)
+        assert compact(layout, before=END).pair_days == 7
+        await assert_like_reference(engine, stored_events(layout.events), query, rolled=7)
+        path = manifest_path(layout, SITE)  # as an older Mallard wrote it: built again
+        path.write_text(path.read_text().replace(f'"version": {VERSION}', '"version": 1'))
 
 
 def test_pairs_stop_before_a_day_not_compacted_yet(layout: DataLayout) -> None:
@@ -225,12 +272,15 @@ def test_which_days_a_query_reads_from_pairs(
     assert rolled_pair_days(PairManifest(), names, busy, start_us, end_us) == []
 
 
-async def test_days_deleted_by_retention_are_not_counted_as_seen(layout: DataLayout) -> None:
+@pytest.mark.parametrize("dimension", ["event:page", "visit:country", None])
+async def test_days_deleted_by_retention_are_not_counted_as_seen(
+    layout: DataLayout, dimension: str | None
+) -> None:
     """Later pairs may have been seen on deleted days: those visitors count on their next day."""
     expire(layout, keep_days=5, today=END)
     events = stored_events(layout.events)
     engine = QueryEngine(layout)
-    query = query_for("event:page", [(END - dt.timedelta(days=9)).isoformat(), END.isoformat()])
+    query = query_for(dimension, [(END - dt.timedelta(days=9)).isoformat(), END.isoformat()])
     await assert_like_reference(engine, events, query, rolled=0)  # the pairs list deleted days
     assert compact(layout, before=END).pair_days == 0  # nothing to rebuild
     await assert_like_reference(engine, events, query, rolled=4)

@@ -220,11 +220,11 @@ async def test_retention(engine: QueryEngine, data: Any, period: str, timezone: 
         today=END,
     )  # fmt: skip
     statement = behaviour.retention_sql(query, period)
-    assert statement.rollup  # without filters, activity comes from visits
+    assert statement.derived == "visits"  # without filters, activity comes from visits
     _, rows = await engine.fetch(
         statement.sql,
         statement.parameters,
-        rollup=statement.rollup,
+        derived=statement.derived,
         site_id=SITE,
         start=query.date_range.start,
         end=query.date_range.end,

@@ -20,6 +20,7 @@ from mallard.ingest import dropped
 from mallard.query import behaviour, export
 from mallard.query.engine import QueryEngine, QueryTimeout
 from mallard.query.model import Query, QueryError, parse_query
+from mallard.query.sql import Derived
 from mallard.query.stats import run_query
 
 blueprint = Blueprint("stats", __name__)
@@ -224,12 +225,12 @@ async def realtime() -> Any:
 
 
 async def _fetch(
-    query: Query, sql: str, parameters: dict[str, Any], rollup: bool = False
+    query: Query, sql: str, parameters: dict[str, Any], derived: Derived = None
 ) -> list[tuple[Any, ...]]:
     _, rows = await _engine().fetch(
         sql,
         parameters,
-        rollup=rollup,
+        derived=derived,
         site_id=query.site_id,
         start=query.date_range.start,
         end=query.date_range.end,
@@ -252,7 +253,7 @@ async def retention() -> Any:
     """Cohorts by first visit; ``interval`` is day, week (default) or month."""
     query = _legacy_query(["visitors"], [])
     statement = behaviour.retention_sql(query, request.args.get("interval", "week"))
-    rows = await _fetch(query, statement.sql, statement.parameters, statement.rollup)
+    rows = await _fetch(query, statement.sql, statement.parameters, statement.derived)
     return jsonify({"cohorts": behaviour.retention_result(rows)})
 
 

@@ -171,7 +171,7 @@ SELECT {_period_start(period, "cohort")} AS cohort,
        offset_periods, visitors, max(cohort + offset_periods) OVER () - cohort AS span
 FROM cells ORDER BY cohort, offset_periods"""
     )
-    return Statement(sql, params.values, rollup)
+    return Statement(sql, params.values, "visits" if rollup else None)
 
 
 def _slot(query: Query, period: str, at: str) -> str:

@@ -24,7 +24,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import trio
 
-from mallard.query.sql import file_list
+from mallard.query.sql import Derived, file_list
 from mallard.query.threads import QueryThreads, lower_priority, thread_ids
 from mallard.storage.layout import (
     DataLayout,
@@ -56,15 +56,17 @@ PendingEvents = Callable[[], PendingParts]
 EMPTY_EVENTS = events_to_table([])
 EMPTY_VISITS = VISIT_SCHEMA.empty_table()
 EMPTY_PAIRS = PAIR_SCHEMA.empty_table()
+UNSEEN_VISIT_COLUMNS = [n for n in VISIT_SCHEMA.names if not n.startswith("seen_")]
 
 
 @dataclasses.dataclass
 class Snapshot:
-    """What a query reads: event files, and visit rollups and pairs by day number."""
+    """What a query reads: event files, and by day number the visit rollups of the
+    range's whole days and the derived files read instead of some days' events."""
 
     files: list[str] = dataclasses.field(default_factory=list)
     rollups: dict[int, str] = dataclasses.field(default_factory=dict)
-    pairs: dict[int, str] = dataclasses.field(default_factory=dict)
+    rolled: dict[int, str] = dataclasses.field(default_factory=dict)
     written: dict[str, set[int]] = dataclasses.field(default_factory=dict)  # name -> days
     file_days: dict[str, int] = dataclasses.field(default_factory=dict)  # path -> day
     day_names: dict[int, list[str]] = dataclasses.field(default_factory=dict)  # day -> names
@@ -79,7 +81,7 @@ class Snapshot:
             except FileNotFoundError:  # gone meanwhile: this snapshot is stale anyway
                 return (object(),)
             stats.append((path, info.st_size, info.st_mtime_ns))
-        return tuple(stats), tuple(sorted(self.rollups.items())), tuple(sorted(self.pairs.items()))
+        return tuple(stats), tuple(sorted(self.rolled.items()))
 
 
 class ResultCache:
@@ -118,6 +120,23 @@ class ResultCache:
 def _day_start(day: int) -> str:
     """SQL for the start of UTC day number ``day``."""
     return f"to_timestamp({day * 86400})"
+
+
+def _parquet_view(
+    cursor: duckdb.DuckDBPyConnection,
+    name: str,
+    files: dict[int, str],
+    columns: list[str],
+    empty: pa.Table,
+) -> None:
+    """View ``name``: ``columns`` of the Parquet ``files`` (by day), or ``empty`` without any."""
+    if not files:
+        cursor.register(name, empty)
+        return
+    cursor.execute(
+        f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {', '.join(columns)} FROM "
+        f"read_parquet({file_list(list(files.values()))})"
+    )
 
 
 def _events_view(cursor: duckdb.DuckDBPyConnection, name: str, files: list[str]) -> None:
@@ -187,31 +206,39 @@ class QueryEngine:
         end: dt.datetime,
         parts: PendingParts,
         *,
-        pairs: bool = False,
+        derived: Derived = None,
     ) -> tuple[Snapshot, pa.Table]:
         """What a query reads: the files, and the unflushed events not written meanwhile.
 
         The writer's tables were taken before the files are listed (under the
         site lock), so a batch flushed in between is in both: its rows are
         dropped from the unflushed ones for every day whose file is listed.
-        A day with unflushed events is read from its events, not its rollup
-        or pairs. With ``pairs``, the range's current pairs are listed too.
+        A day with unflushed events is read from its events, not from derived
+        files. ``derived`` names the derived files listed in ``rolled``: every
+        visit rollup; the pairs of the days where they are current; or the
+        visit rollups of those days (their ``seen_*`` columns are current with
+        the pairs), up to the first day without one.
         """
         snapshot = self._snapshot(site_id, start, end)
         pending = self._pending_rows(parts, snapshot, site_id, start, end)
         busy: set[int] = set()
-        if pending.num_rows and (snapshot.rollups or pairs):
+        if pending.num_rows and derived:
             days = pc.divide(pending["timestamp"].cast(pa.int64()), MICROS_PER_DAY)
             busy = set(pc.unique(days).to_pylist())
             for day in busy:
                 snapshot.rollups.pop(day, None)
-        if pairs:
+        if derived == "visits":
+            snapshot.rolled = snapshot.rollups
+        elif derived:
             manifest = self._manifest(site_id)
             for day in rolled_pair_days(
                 manifest, snapshot.day_names, busy, micros(start), micros(end)
             ):
-                path = pair_file(self.layout, site_id, day, manifest.days[day])
-                snapshot.pairs[day] = str(path)
+                if derived == "pairs":
+                    path = str(pair_file(self.layout, site_id, day, manifest.days[day]))
+                elif (path := snapshot.rollups.get(day)) is None:
+                    break  # the days read must be consecutive
+                snapshot.rolled[day] = path
             snapshot.pairs_since = manifest.since
         return snapshot, pending
 
@@ -261,7 +288,7 @@ class QueryEngine:
     def _rollup(self, site_id: str, day: dt.date, names: list[str]) -> str | None:
         if not is_compacted(names):
             return None
-        path = self.layout.visits / f"site_id={site_id}" / f"date={day.isoformat()}" / names[0]
+        path = self.layout.rollup(site_id, day, names[0])
         return str(path) if path.exists() else None
 
     def site_ids(self) -> set[str]:
@@ -318,34 +345,33 @@ class QueryEngine:
         snapshot: Snapshot,
         pending: pa.Table,
         *,
-        rollup: bool = False,
-        pairs: bool = False,
+        derived: Derived = None,
     ) -> None:
-        """Bind ``source``; with ``rollup`` also ``rolled_visits`` and ``fresh_source``,
-        with ``pairs`` also ``rolled_pairs``, ``pair_span`` and ``fresh_source``.
+        """Bind ``source``; with ``derived`` also ``fresh_source`` and ``rolled_visits``
+        or ``rolled_pairs``, and for pairs and ``seen_*`` columns ``pair_span``.
 
         ``fresh_source`` is ``source`` without the files of the days read from
-        rollups or pairs: the events the query aggregates itself.
+        derived files: the events the query aggregates itself. For ``seen_*``
+        columns, ``fresh_rollups`` holds the visits of the other whole days
+        that have a rollup, and ``fresh_source`` leaves those days out too.
         """
         cursor.register("pending_events", pending)
         _events_view(cursor, "source", snapshot.files)
-        if not (rollup or pairs):
+        if not derived:
             return
-        rolled, name, empty = (
-            (snapshot.rollups, "rolled_visits", EMPTY_VISITS)
-            if rollup
-            else (snapshot.pairs, "rolled_pairs", EMPTY_PAIRS)
-        )
-        fresh = [f for f in snapshot.files if snapshot.file_days[f] not in rolled]
+        rolled = snapshot.rolled
+        aside = {}
+        if derived == "seen":
+            aside = {d: path for d, path in snapshot.rollups.items() if d not in rolled}
+            _parquet_view(cursor, "fresh_rollups", aside, UNSEEN_VISIT_COLUMNS, EMPTY_VISITS)
+        fresh = [f for f in snapshot.files if snapshot.file_days[f] not in rolled | aside.keys()]
         _events_view(cursor, "fresh_source", fresh)
-        if rolled:
-            cursor.execute(
-                f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM "
-                f"read_parquet({file_list(list(rolled.values()))})"
-            )
-        else:
-            cursor.register(name, empty)
-        if pairs:
+        if derived == "pairs":
+            _parquet_view(cursor, "rolled_pairs", rolled, PAIR_SCHEMA.names, EMPTY_PAIRS)
+        else:  # rollups written before the seen_* columns existed lack them
+            columns = UNSEEN_VISIT_COLUMNS if derived == "visits" else VISIT_SCHEMA.names
+            _parquet_view(cursor, "rolled_visits", rolled, columns, EMPTY_VISITS)
+        if derived != "visits":
             rolled_from = _day_start(min(rolled)) if rolled else "'infinity'"
             since = _day_start(snapshot.pairs_since) if snapshot.pairs_since else "'-infinity'"
             cursor.execute(
@@ -358,16 +384,14 @@ class QueryEngine:
         sql: str,
         parameters: dict[str, Any] | list[Any] | None = None,
         *,
-        rollup: bool = False,
-        pairs: bool = False,
+        derived: Derived = None,
         site_id: str | None = None,
         start: dt.datetime | None = None,
         end: dt.datetime | None = None,
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
         """Run ``sql`` (with ``source`` bound to a site and range when given).
 
-        ``rollup`` also binds the range's visit rollups (see ``sql.rollup_ctes``),
-        ``pairs`` its per-day pairs (see ``sql.reads_pairs``).
+        ``derived`` also binds the range's derived data (see ``sql.Derived``).
 
         Cancelling the calling task, or exceeding the timeout, interrupts DuckDB.
         """
@@ -382,11 +406,11 @@ class QueryEngine:
                 if site_id is not None:
                     assert start is not None and end is not None
                     stack.enter_context(site_lock(self.layout, site_id))
-                    snapshot, pending = self._view(site_id, start, end, parts, pairs=pairs)
-                    key = (sql, repr(parameters), rollup, snapshot.fingerprint(), pending.num_rows)
+                    snapshot, pending = self._view(site_id, start, end, parts, derived=derived)
+                    key = (sql, repr(parameters), derived, snapshot.fingerprint(), pending.num_rows)
                     if (answer := self.cache.get(key)) is not None:
                         return answer
-                    self._prepare_source(cursor, snapshot, pending, rollup=rollup, pairs=pairs)
+                    self._prepare_source(cursor, snapshot, pending, derived=derived)
                 result = cursor.execute(sql, parameters or [])
                 answer = [d[0] for d in result.description or []], result.fetchall()
             if key is not None:

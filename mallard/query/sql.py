@@ -28,6 +28,13 @@ day's visits (:func:`rollup_sql`), and queries that need nothing but visits and
 plain event scans (:func:`reads_rollup`) read those instead, building visits
 from events only for the days without a rollup. Both paths give the same
 numbers, which the tests check.
+
+Unique visitors are a distinct count, the other slow part. Without filters,
+visitors per page or event name (:func:`reads_pairs`) and visitors in total
+or per visit dimension (:func:`reads_seen`) come from per-day data that says
+when each (value, visitor) pair was last seen before
+(:mod:`mallard.storage.pairs`): a pair counts at its first occurrence in the
+range, a filter instead of a distinct count.
 """
 
 from __future__ import annotations
@@ -38,7 +45,7 @@ import itertools
 import math
 import zoneinfo
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Literal, NamedTuple
 
 from mallard.query.model import (
     EVENT_DIMENSIONS,
@@ -51,8 +58,11 @@ from mallard.query.model import (
     Filter,
     Query,
 )
-from mallard.storage.schema import VISIT_ATTRIBUTES, VISIT_SCHEMA, micros
+from mallard.storage.schema import SEEN_BY, VISIT_ATTRIBUTES, VISIT_SCHEMA, micros
 
+# Derived data a statement reads beside the events: visit rollups ("visits"), per-day
+# pairs ("pairs"), visit rollups with current ``seen_*`` columns ("seen"), or none.
+Derived = Literal["visits", "pairs", "seen"] | None
 VISIT_TIMEOUT = "INTERVAL 30 MINUTE"
 UTC_DAY = "(epoch_us(timestamp) // 86400000000)"
 NONE_LABEL = "(none)"
@@ -96,11 +106,15 @@ def column_for(dimension: str, params: Parameters, *, timezone: str) -> str:
     if dimension in EVENT_DIMENSIONS:
         return EVENT_DIMENSIONS[dimension]
     if dimension in VISIT_DIMENSIONS:
-        column = VISIT_DIMENSIONS[dimension]
-        return column if column in ("entry_page", "exit_page") else f"visit_{column}"
+        return visit_column(VISIT_DIMENSIONS[dimension])
     key = dimension[len(PROPS_PREFIX) :].replace('"', "")
     path = params.add('$."' + key + '"')
     return f"json_extract_string(props, {path})"
+
+
+def visit_column(name: str) -> str:
+    """The column of ``visits`` holding the visit attribute ``name`` (an event column)."""
+    return name if name in ("entry_page", "exit_page") else f"visit_{name}"
 
 
 @functools.lru_cache(maxsize=256)
@@ -244,12 +258,49 @@ def visit_ctes(events: str, visits: str) -> str:
     )"""
 
 
-def rollup_sql(events: str) -> str:
-    """The visits of the events relation ``events``, in ``VISIT_SCHEMA``'s columns."""
-    return (
-        f"WITH {visit_ctes(events, 'visits')}\n"
-        f"SELECT {', '.join(VISIT_SCHEMA.names)} FROM visits ORDER BY visitor_id, visit_start"
+def rollup_sql(events: str, earlier: str | None = None, *, seen: bool = True) -> str:
+    """The visits of the events relation ``events`` (whole UTC days), in ``VISIT_SCHEMA``'s
+    columns.
+
+    ``seen_visitor`` holds when the visitor's previous visit started (in
+    ``events``, or in the relation ``earlier``: the visit rollups of every
+    earlier day), and ``seen_gap_<dimension>`` how long before that their
+    previous visit with the same value of that dimension started (mostly 0:
+    the same visit, which compresses well). Without ``seen``, those are null.
+    """
+    columns = ", ".join(VISIT_SCHEMA.names)
+    if not seen:
+        nulls = ", ".join(
+            ["NULL::TIMESTAMPTZ AS seen_visitor"]
+            + [f"NULL::BIGINT AS seen_gap_{name}" for name in SEEN_BY]
+        )
+        return f"""WITH {visit_ctes(events, "visits")}
+    SELECT {columns} FROM (SELECT *, {nulls} FROM visits) ORDER BY visitor_id, visit_start"""
+    labels = ", ".join(f"{labelled(visit_column(name))} AS {name}" for name in SEEN_BY)
+    previous = "max(earlier.visit_start)"
+    seen = ", ".join(
+        [f"{previous} AS seen_visitor"]
+        + [
+            f"epoch_us({previous}) - epoch_us({previous} FILTER "
+            f"(WHERE earlier.{name} = visit.{name})) AS seen_gap_{name}"
+            for name in SEEN_BY
+        ]
     )
+    history = "SELECT * FROM labels"
+    if earlier:  # only the visitors of these days
+        history += f""" UNION ALL SELECT visitor_id, visit_start, {labels}
+        FROM {earlier} SEMI JOIN visits USING (visitor_id)"""
+    return f"""WITH {visit_ctes(events, "visits")},
+    labels AS (SELECT visitor_id, visit_start, {labels} FROM visits),
+    history AS ({history}),
+    seen AS (
+        SELECT visit.visitor_id, visit.visit_start, {seen}
+        FROM labels AS visit JOIN history AS earlier
+          ON earlier.visitor_id = visit.visitor_id AND earlier.visit_start < visit.visit_start
+        GROUP BY visit.visitor_id, visit.visit_start
+    )
+    SELECT {columns} FROM visits LEFT JOIN seen USING (visitor_id, visit_start)
+    ORDER BY visitor_id, visit_start"""
 
 
 # Dimensions answered from per-day pairs (mallard.storage.pairs), by pair kind.
@@ -297,6 +348,61 @@ def reads_pairs(query: Query) -> bool:
     )
 
 
+SEEN_METRICS = {*PAIR_METRICS, *VISIT_METRICS, "percentage"}
+
+
+def reads_seen(query: Query) -> bool:
+    """True for visitors over all visits of the range, in total or per visit dimension
+    (visit metrics beside them): answered from the visit rollups' ``seen_*`` columns."""
+    if query.filters or not set(query.metrics) <= SEEN_METRICS:
+        return False
+    if not {"visitors", "percentage"} & set(query.metrics):
+        return False  # nothing distinct to count: plain visit rollups are as fast
+    return not query.dimensions or (
+        len(query.dimensions) == 1 and query.dimensions[0] in VISIT_DIMENSIONS
+    )
+
+
+def _first_seen_ctes(name: str, rolled: str, fresh: str, sums: list[str], grouped: bool) -> str:
+    """The CTE ``name``: visitors and the ``sums`` per ``d0`` (or in total, unless
+    ``grouped``), each (``d0``, visitor) pair counted once, where it first occurs.
+
+    ``rolled`` selects the rows of the rolled days: ``d0``, ``visitor_id``,
+    ``first`` (true at the pair's first occurrence in the range) and the sums'
+    columns. ``fresh`` selects the pairs of every other day: ``d0``,
+    ``visitor_id``, ``before_rolled`` (the pair occurred before the first
+    rolled day) and the sums. A fresh pair counts if it occurred before the
+    rolled days, or if no rolled day had it.
+    """
+    totals = "".join(f", sum({column}) AS {column}" for column in sums)
+    return f"""{name}_fresh AS ({fresh}),
+    {name}_rolled AS ({rolled}),
+    {name}_seen_in_range AS (
+        SELECT DISTINCT d0, visitor_id FROM {name}_rolled SEMI JOIN (
+            SELECT d0, visitor_id FROM {name}_fresh WHERE NOT before_rolled
+        ) USING (d0, visitor_id)
+    ),
+    {name}_counted AS (
+        SELECT d0, count(visitor_id) FILTER (WHERE first) AS visitors{totals}
+        FROM {name}_rolled GROUP BY d0
+        UNION ALL
+        SELECT d0, count(fresh.visitor_id) FILTER (WHERE before_rolled OR seen.visitor_id IS NULL)
+               {totals}
+        FROM {name}_fresh AS fresh LEFT JOIN {name}_seen_in_range AS seen USING (d0, visitor_id)
+        GROUP BY d0
+    ),
+    {name} AS (
+        SELECT {"d0, " if grouped else ""}sum(visitors) AS visitors{totals}
+        FROM {name}_counted{" GROUP BY d0" if grouped else ""}
+    )"""
+
+
+def _first_in_range(seen: str, start: str) -> str:
+    """True where ``seen`` (the same pair's previous occurrence) is before the range
+    starting at ``start``, or before ``pair_span.seen_since`` (deleted since), or null."""
+    return f"({seen} IS NULL OR {seen} < greatest({start}, seen_since))"
+
+
 def _pair_stats_ctes(query: Query, params: Parameters) -> str:
     """``event_stats`` from the pairs of the range's rolled days and the other days' events.
 
@@ -312,40 +418,84 @@ def _pair_stats_ctes(query: Query, params: Parameters) -> str:
     dimension = query.dimensions[0]
     kind = PAIR_KINDS[dimension]
     start = params.add(query.date_range.start)
-    pageviews = "sum(events)" + ("" if kind == "page" else " FILTER (WHERE d0 = 'pageview')")
-    return f"""WITH {_events_cte(query, params, "fresh_events", "fresh_source")},
-    fresh_pairs AS (
-        SELECT {labelled(column_for(dimension, params, timezone=query.timezone))} AS d0,
+    pageviews = "events" if kind == "page" else "CASE WHEN value = 'pageview' THEN events END"
+    first = _first_in_range("previously_seen", start)
+    rolled = f"""SELECT value AS d0, visitor_id, {first} AS first, events,
+               {pageviews} AS pageviews, revenue AS total_revenue, revenue_events
+        FROM rolled_pairs, pair_span WHERE kind = '{kind}'"""
+    fresh = f"""SELECT {labelled(column_for(dimension, params, timezone=query.timezone))} AS d0,
                visitor_id, min(timestamp) < any_value(rolled_from) AS before_rolled,
-               {PAIR_TOTALS}
+               count(*) AS events, count(*) FILTER (WHERE event_name = 'pageview') AS pageviews,
+               sum(revenue_amount) AS total_revenue, count(revenue_amount) AS revenue_events
         FROM fresh_events, pair_span{" WHERE event_name = 'pageview'" if kind == "page" else ""}
-        GROUP BY d0, visitor_id
-    ),
-    range_pairs AS (SELECT value AS d0, * EXCLUDE (kind, value) FROM rolled_pairs
-                    WHERE kind = '{kind}'),
-    seen_in_range AS (
-        SELECT DISTINCT d0, visitor_id FROM range_pairs SEMI JOIN (
-            SELECT d0, visitor_id FROM fresh_pairs WHERE NOT before_rolled
-        ) USING (d0, visitor_id)
-    ),
-    counted AS (
-        SELECT d0, count(visitor_id) FILTER (WHERE previously_seen IS NULL
-                                     OR previously_seen < greatest({start}, seen_since))
-                   AS visitors, sum(events) AS events, sum(revenue) AS revenue,
-               sum(revenue_events) AS revenue_events
-        FROM range_pairs, pair_span GROUP BY d0
-        UNION ALL
-        SELECT d0, count(fresh_pairs.visitor_id)
-                       FILTER (WHERE before_rolled OR seen_in_range.visitor_id IS NULL),
-               sum(events), sum(revenue), sum(revenue_events)
-        FROM fresh_pairs LEFT JOIN seen_in_range USING (d0, visitor_id) GROUP BY d0
-    ),
-    event_stats AS (
-        SELECT d0, sum(visitors) AS visitors, {pageviews} AS pageviews,
-               sum(events) AS events, sum(revenue) AS total_revenue,
-               sum(revenue_events) AS revenue_events
-        FROM counted GROUP BY d0
-    )"""
+        GROUP BY d0, visitor_id"""
+    sums = ["events", "pageviews", "total_revenue", "revenue_events"]
+    return f"""WITH {_events_cte(query, params, "fresh_events", "fresh_source")},
+    {_first_seen_ctes("event_stats", rolled, fresh, sums, grouped=True)}"""
+
+
+# per visit, what a visit metric adds up
+VISIT_SUMS = {
+    "visits": "1",
+    "visit_pageviews": "visit_pageviews",
+    "bounces": "(visit_events = 1 AND visit_pageviews = 1)::INTEGER",
+    "duration_us": "epoch_us(visit_end) - epoch_us(visit_start)",
+    "pageviews": "visit_pageviews",
+    "events": "visit_events",
+    "total_revenue": "visit_revenue",
+    "revenue_events": "visit_revenue_events",
+}
+SUMS_NEEDED = {
+    "visits": ("visits",), "views_per_visit": ("visits", "visit_pageviews"),
+    "bounce_rate": ("visits", "bounces"), "visit_duration": ("visits", "duration_us"),
+    "pageviews": ("pageviews",), "events": ("events",), "total_revenue": ("total_revenue",),
+    "average_revenue": ("total_revenue", "revenue_events"),
+}  # fmt: skip
+
+
+def _seen_stats_ctes(query: Query, params: Parameters) -> str:
+    """``event_stats`` (and ``grand_total``) from the visit rollups' ``seen_*`` columns.
+
+    The engine binds ``rolled_visits`` (the visits of consecutive whole days
+    of the range whose ``seen_*`` columns are current for the range),
+    ``fresh_rollups`` (the visits of the range's other days with a rollup),
+    ``pair_span`` and ``fresh_source`` as for the pairs (see
+    :func:`_pair_stats_ctes`). A visitor counts for a dimension value at their
+    first visit in the range with that value: a visit whose previous one with
+    that value (``seen_visitor`` minus ``seen_gap_<dimension>``) started before
+    the range.
+    """
+    start = params.add(query.date_range.start)
+    needed = {s for m in query.metrics for s in SUMS_NEEDED.get(m, ())}
+    sums = [column for column in VISIT_SUMS if column in needed]
+
+    def counted(name: str, dimension: str | None, sums: list[str]) -> str:
+        if dimension is None:
+            d0, seen = "''", "seen_visitor"
+        else:
+            d0 = labelled(column_for(dimension, params, timezone=query.timezone))
+            seen = f"seen_visitor - to_microseconds(seen_gap_{VISIT_DIMENSIONS[dimension]})"
+        rolled = f"""SELECT {d0} AS d0, visitor_id, {_first_in_range(seen, start)} AS first
+               {"".join(f", {VISIT_SUMS[c]} AS {c}" for c in sums)}
+        FROM rolled_visits, pair_span"""
+        fresh = f"""SELECT {d0} AS d0, visitor_id,
+               min(visit_start) < any_value(rolled_from) AS before_rolled
+               {"".join(f", sum({VISIT_SUMS[c]}) AS {c}" for c in sums)}
+        FROM fresh_visits, pair_span GROUP BY d0, visitor_id"""
+        return _first_seen_ctes(name, rolled, fresh, sums, grouped=dimension is not None)
+
+    ctes = [
+        f"WITH {_events_cte(query, params, 'fresh_events', 'fresh_source')}",
+        visit_ctes("fresh_events", "built_visits"),
+        """fresh_visits AS (
+        SELECT * FROM built_visits UNION ALL BY NAME SELECT * FROM fresh_rollups
+    )""",
+        counted("event_stats", query.dimensions[0] if query.dimensions else None, sums),
+    ]
+    if "percentage" in query.metrics:
+        ctes.append(counted("all_visits", None, []))
+        ctes.append("grand_total AS (SELECT visitors AS all_visitors FROM all_visits)")
+    return ",\n    ".join(ctes)
 
 
 def _events_cte(
@@ -457,13 +607,12 @@ def _where(filters: tuple[Filter, ...], params: Parameters, timezone: str) -> st
 
 
 class Statement(NamedTuple):
-    """SQL for the engine; ``rollup`` asks it to bind ``rolled_visits``/``fresh_source``,
-    ``pairs`` to bind ``rolled_pairs``/``pair_span``/``fresh_source``."""
+    """SQL for the engine, and the derived data it reads beside the events
+    (see :data:`Derived`)."""
 
     sql: str
     parameters: dict[str, Any]
-    rollup: bool = False
-    pairs: bool = False
+    derived: Derived = None
 
 
 def _group_columns(
@@ -605,8 +754,11 @@ def aggregate_sql(query: Query) -> Statement:
     tz = query.timezone
     dimensions = [concrete_dimension(query, d) for d in query.dimensions]
     names = [f"d{i}" for i in range(len(dimensions))]
-    if reads_pairs(query):
+    derived = derived_data(query)
+    if derived == "pairs":
         stats = StatsCtes(_pair_stats_ctes(query, params), separate_visit_stats=False)
+    elif derived == "seen":
+        stats = StatsCtes(_seen_stats_ctes(query, params), separate_visit_stats=False)
     else:
         stats = _stats_ctes(query, dimensions, names, params)
     ctes = [stats.sql]
@@ -663,7 +815,16 @@ def aggregate_sql(query: Query) -> Statement:
         + ("" if names else "WHERE TRUE\n")
         + f"ORDER BY {order}\nLIMIT {limit} OFFSET {offset}"
     )
-    return Statement(sql, params.values, reads_rollup(query), reads_pairs(query))
+    return Statement(sql, params.values, derived)
+
+
+def derived_data(query: Query) -> Derived:
+    """Which derived data answers ``query`` (with the events of the days without it)."""
+    if reads_pairs(query):
+        return "pairs"
+    if reads_seen(query):
+        return "seen"
+    return "visits" if reads_rollup(query) else None
 
 
 def ratio(numerator: str, denominator: str, places: int) -> str:

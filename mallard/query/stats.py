@@ -25,8 +25,7 @@ async def _rows(engine: QueryEngine, query: Query) -> tuple[list[Row], int]:
     _, records = await engine.fetch(
         statement.sql,
         statement.parameters,
-        rollup=statement.rollup,
-        pairs=statement.pairs,
+        derived=statement.derived,
         site_id=query.site_id,
         start=query.date_range.start,
         end=query.date_range.end,

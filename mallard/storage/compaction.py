@@ -65,7 +65,8 @@ def _in_flight(layout: DataLayout, file: Path) -> bool:
 
 
 def _rollup_of(layout: DataLayout, site_id: str, partition: Path, events_file: Path) -> Path:
-    return layout.visits / f"site_id={site_id}" / partition.name / events_file.name
+    date = dt.date.fromisoformat(partition.name.removeprefix("date="))
+    return layout.rollup(site_id, date, events_file.name)
 
 
 def _settled(layout: DataLayout, site_id: str, partition: Path) -> bool:
@@ -96,7 +97,7 @@ def _visits_of(events: pa.Table) -> pa.Table:
     """The day's visits (``VISIT_SCHEMA``), by the same SQL the queries use."""
     with duckdb.connect(config={"threads": 1}) as connection:
         connection.register("day_events", events)
-        visits = connection.sql(rollup_sql("day_events")).to_arrow_table()
+        visits = connection.sql(rollup_sql("day_events", seen=False)).to_arrow_table()
     return visits.cast(VISIT_SCHEMA)
 
 

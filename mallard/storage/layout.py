@@ -54,6 +54,10 @@ class DataLayout:
         """Visit rollups: one file per compacted day, named after its events file."""
         return self.root / "visits"
 
+    def rollup(self, site_id: str, date: dt.date, events_name: str) -> Path:
+        """The visit rollup of the day's events file ``events_name``."""
+        return self.visits / f"site_id={site_id}" / f"date={date.isoformat()}" / events_name
+
     @property
     def pairs(self) -> Path:
         """Per compacted day, its (page or event name, visitor) pairs (mallard.storage.pairs)."""

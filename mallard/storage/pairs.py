@@ -9,11 +9,15 @@ each pair of the day once (``pairs/site_id=…/date=…/<events file name>``,
 on an earlier day. Over a range starting at ``start``, a pair then counts on
 the day where ``previously_seen`` is null or before ``start`` — a filter and a
 small GROUP BY instead of a distinct count (:func:`mallard.query.sql.reads_pairs`).
-Event names get the same treatment, for the events breakdown.
+Event names get the same treatment, for the events breakdown, and so do
+visits: with each day's pairs, the day's visit rollup is written again with
+its ``seen_*`` columns (when the visitor's previous visit started, and their
+previous visit from the same source, entry page, country…), which count
+visitors in total and per visit dimension the same way.
 
 ``previously_seen`` depends on every earlier day, so the site's
-``manifest.json`` records the events file each day's pairs were built
-against. A query uses the pairs of a day only while every day from the
+``manifest.json`` records the events file each day's pairs (and ``seen_*``
+columns) were built against. A query uses the pairs of a day only while every day from the
 range's start up to it still has exactly those files
 (:func:`rolled_pair_days`); compaction rebuilds the pairs from the first day
 that changed (a late file, an erasure, a restored backup) onwards
@@ -30,11 +34,12 @@ import shutil
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import duckdb
 
-from mallard.query.sql import day_pairs_sql, file_list
+from mallard.query.sql import day_pairs_sql, file_list, rollup_sql
 from mallard.storage.layout import (
     DataLayout,
     dated_partitions,
@@ -44,9 +49,10 @@ from mallard.storage.layout import (
 )
 from mallard.storage.locks import maintenance_lock, site_lock
 from mallard.storage.parquet import fsync_dir, write_aside
-from mallard.storage.schema import MICROS_PER_DAY, PAIR_SCHEMA
+from mallard.storage.schema import MICROS_PER_DAY, PAIR_SCHEMA, VISIT_SCHEMA
 
 MANIFEST = "manifest.json"
+VERSION = 2  # a manifest of another version is not current: everything is built again
 ROW_GROUP_ROWS = 32 * 1024  # pages and event names in separate row groups, mostly
 
 
@@ -88,6 +94,8 @@ def read_manifest(path: Path) -> PairManifest:
     """The manifest at ``path``; an empty one when missing or unreadable (nothing is current)."""
     try:
         data = json.loads(path.read_text())
+        if data.get("version") != VERSION:
+            return PairManifest()
         return PairManifest(
             through=_day_number(data["through"]),
             days={_day_number(day): name for day, name in data["days"].items()},
@@ -104,6 +112,7 @@ def _day_number(text: str) -> int:
 def _write_manifest(layout: DataLayout, site_id: str, manifest: PairManifest) -> None:
     assert manifest.through is not None
     data = {
+        "version": VERSION,
         "through": day_to_date(manifest.through).isoformat(),
         "since": day_to_date(manifest.since).isoformat() if manifest.since is not None else None,
         "days": {day_to_date(d).isoformat(): n for d, n in sorted(manifest.days.items())},
@@ -201,13 +210,16 @@ def refresh_pairs(
         _site_folder(layout, site_id).mkdir(parents=True, exist_ok=True)
         for index, day in enumerate(todo, start=1):
             name = files[day][0]
-            staging = layout.tmp / f"pairs-{uuid.uuid4().hex}.tmp"
-            _build_day(layout, site_id, day, name, kept, staging)
+            pairs, visits = (layout.tmp / f"{kind}-{uuid.uuid4().hex}.tmp" for kind in "pv")
+            _build_day(layout, site_id, day, name, kept, pairs, visits)
             kept[day] = name
             destination = pair_file(layout, site_id, day, name)
             destination.parent.mkdir(exist_ok=True)
+            rollup = layout.rollup(site_id, day_to_date(day), name)
+            rollup.parent.mkdir(parents=True, exist_ok=True)
             with site_lock(layout, site_id, exclusive=True):
-                os.replace(staging, destination)
+                os.replace(visits, rollup)
+                os.replace(pairs, destination)
                 for other in destination.parent.glob("*.parquet"):
                     if other != destination:
                         other.unlink()
@@ -244,18 +256,36 @@ def forget_pairs_from(layout: DataLayout, site_id: str, day: int) -> None:
 
 
 def _build_day(
-    layout: DataLayout, site_id: str, day: int, name: str, earlier: dict[int, str], staging: Path
+    layout: DataLayout,
+    site_id: str,
+    day: int,
+    name: str,
+    earlier: dict[int, str],
+    pairs: Path,
+    visits: Path,
 ) -> None:
-    """Write the pairs of ``day`` (from its events file ``name``) to ``staging``."""
-    events = layout.partition(site_id, day) / name
-    earlier_files = [str(pair_file(layout, site_id, d, n)) for d, n in sorted(earlier.items())]
+    """Write the pairs of ``day`` (from its events file ``name``) to ``pairs``, and its
+    visit rollup with the ``seen_*`` columns to ``visits``; ``earlier``: the days before."""
+    events = f"read_parquet({file_list([str(layout.partition(site_id, day) / name)])})"
+
+    def earlier_files(path: Callable[[int, str], Path]) -> str | None:
+        paths = [str(path(d, n)) for d, n in sorted(earlier.items())]
+        return f"read_parquet({file_list(paths)})" if paths else None
+
+    def rollup(d: int, n: str) -> Path:
+        return layout.rollup(site_id, day_to_date(d), n)
+
     with duckdb.connect(config={"threads": 1}) as connection:
-        events_sql = f"read_parquet({file_list([str(events)])})"
-        earlier_sql = f"read_parquet({file_list(earlier_files)})" if earlier_files else None
-        table = connection.sql(day_pairs_sql(events_sql, earlier_sql)).to_arrow_table()
-    write_aside(
-        table.select(PAIR_SCHEMA.names).cast(PAIR_SCHEMA), staging, row_group_size=ROW_GROUP_ROWS
-    )
+        for sql, schema, staging in (
+            (
+                day_pairs_sql(events, earlier_files(partial(pair_file, layout, site_id))),
+                PAIR_SCHEMA,
+                pairs,
+            ),
+            (rollup_sql(events, earlier_files(rollup)), VISIT_SCHEMA, visits),
+        ):
+            table = connection.sql(sql).to_arrow_table().select(schema.names).cast(schema)
+            write_aside(table, staging, row_group_size=ROW_GROUP_ROWS)
 
 
 def _remove_unlisted(layout: DataLayout, site_id: str, days: dict[int, str]) -> None:

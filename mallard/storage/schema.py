@@ -62,6 +62,9 @@ VISIT_ATTRIBUTES = (
     "region", "city",
 )  # fmt: skip
 
+# The visit dimensions a visit's ``seen_gap_*`` columns look back by.
+SEEN_BY = ("entry_page", "exit_page", *VISIT_ATTRIBUTES)
+
 # One row per visit: what compaction writes beside a finished day's events
 # (``data_dir/visits/``) so visit metrics read visits instead of rebuilding them.
 VISIT_SCHEMA = pa.schema(
@@ -76,6 +79,12 @@ VISIT_SCHEMA = pa.schema(
         *(pa.field(f"visit_{name}", EVENT_SCHEMA.field(name).type) for name in VISIT_ATTRIBUTES),
         pa.field("visit_revenue", pa.decimal128(38, 2)),
         pa.field("visit_revenue_events", pa.int64(), nullable=False),
+        # when the visitor's previous visit started, and how many microseconds
+        # before that their previous visit with the same entry page, source,
+        # country… did (0: the same visit; null: none known). Filled in with the
+        # pairs (mallard.storage.pairs), null until then.
+        pa.field("seen_visitor", TIMESTAMP_TYPE),
+        *(pa.field(f"seen_gap_{name}", pa.int64()) for name in SEEN_BY),
     ]
 )
 
