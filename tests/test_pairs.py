@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import datetime as dt
 import shutil
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -117,6 +118,37 @@ async def test_pairs_answer_like_the_reference(
     events = stored_events(layout.events)
     query = query_for(dimension, date_range, timezone)
     await assert_like_reference(QueryEngine(layout), events, query, rolled=rolled)
+
+
+@pytest.mark.parametrize(("date_range", "timezone", "rolled"), RANGES)
+async def test_percentage_is_of_all_visitors_of_the_range(
+    layout: DataLayout, date_range: Any, timezone: str, rolled: int
+) -> None:
+    """Including a visitor seen before, on and after the range's rolled days."""
+    days = [day_number(END) - 4, day_number(END) - 2, day_number(END)]
+    at_ten = 10 * 3_600_000_000  # inside the New York range's first, partial UTC day too
+    returning = [
+        make_event(site_id=SITE, visitor_id=88, pathname=f"/{day}", timestamp=day * DAY_US + at_ten)
+        for day in days
+    ]
+    write_batch(events_to_table(returning), layout, "20260101T000000-1-dddddddd-00000001")
+    compact(layout, before=END)
+    events = stored_events(layout.events)
+    body = {
+        "site_id": SITE,
+        "metrics": ["visitors", "percentage"],
+        "dimensions": ["visit:entry_page"],
+    }
+    query = parse_query({**body, "date_range": date_range, "timezone": timezone}, today=END)
+    assert aggregate_sql(query).derived == "seen"
+    bounds = {"start_us": micros(query.date_range.start), "end_us": micros(query.date_range.end)}
+    total = ref.aggregate(events, ["visitors"], **bounds)["visitors"]
+    expected = [
+        (page, [m["visitors"], float(ref.round_half_up(Fraction(100 * m["visitors"], total), 2))])
+        for page, m in ref.breakdown(events, "visit:entry_page", ["visitors"], **bounds)
+    ]
+    answer = await run_query(QueryEngine(layout), query)
+    assert [(row["dimensions"][0], row["metrics"]) for row in answer["results"]] == expected
 
 
 def test_pairs_say_when_a_pair_was_last_seen_before(layout: DataLayout) -> None:

@@ -356,7 +356,8 @@ class QueryEngine:
         that have a rollup, and ``fresh_source`` leaves those days out too.
         """
         cursor.register("pending_events", pending)
-        _events_view(cursor, "source", snapshot.files)
+        if derived in (None, "visits"):  # pairs and seen visits read fresh_source only
+            _events_view(cursor, "source", snapshot.files)
         if not derived:
             return
         rolled = snapshot.rolled

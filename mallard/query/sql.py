@@ -376,7 +376,7 @@ def _first_seen_ctes(name: str, rolled: str, fresh: str, sums: list[str], groupe
     """
     totals = "".join(f", sum({column}) AS {column}" for column in sums)
     return f"""{name}_fresh AS ({fresh}),
-    {name}_rolled AS ({rolled}),
+    {name}_rolled AS MATERIALIZED ({rolled}),
     {name}_seen_in_range AS (
         SELECT DISTINCT d0, visitor_id FROM {name}_rolled SEMI JOIN (
             SELECT d0, visitor_id FROM {name}_fresh WHERE NOT before_rolled
@@ -468,33 +468,41 @@ def _seen_stats_ctes(query: Query, params: Parameters) -> str:
     start = params.add(query.date_range.start)
     needed = {s for m in query.metrics for s in SUMS_NEEDED.get(m, ())}
     sums = [column for column in VISIT_SUMS if column in needed]
-
-    def counted(name: str, dimension: str | None, sums: list[str]) -> str:
-        if dimension is None:
-            d0, seen = "''", "seen_visitor"
-        else:
-            d0 = labelled(column_for(dimension, params, timezone=query.timezone))
-            seen = f"seen_visitor - to_microseconds(seen_gap_{VISIT_DIMENSIONS[dimension]})"
-        rolled = f"""SELECT {d0} AS d0, visitor_id, {_first_in_range(seen, start)} AS first
+    dimension = query.dimensions[0] if query.dimensions else None
+    if dimension is None:
+        d0, seen = "''", "seen_visitor"
+    else:
+        d0 = labelled(column_for(dimension, params, timezone=query.timezone))
+        seen = f"seen_visitor - to_microseconds(seen_gap_{VISIT_DIMENSIONS[dimension]})"
+    percentage = "percentage" in query.metrics
+    rolled = f"""SELECT {d0} AS d0, visitor_id, {_first_in_range(seen, start)} AS first
                {"".join(f", {VISIT_SUMS[c]} AS {c}" for c in sums)}
+               {f", {_first_in_range('seen_visitor', start)} AS first_visit" if percentage else ""}
         FROM rolled_visits, pair_span"""
-        fresh = f"""SELECT {d0} AS d0, visitor_id,
+    fresh = f"""SELECT {d0} AS d0, visitor_id,
                min(visit_start) < any_value(rolled_from) AS before_rolled
                {"".join(f", sum({VISIT_SUMS[c]}) AS {c}" for c in sums)}
         FROM fresh_visits, pair_span GROUP BY d0, visitor_id"""
-        return _first_seen_ctes(name, rolled, fresh, sums, grouped=dimension is not None)
-
     ctes = [
         f"WITH {_events_cte(query, params, 'fresh_events', 'fresh_source')}",
         visit_ctes("fresh_events", "built_visits"),
         """fresh_visits AS (
         SELECT * FROM built_visits UNION ALL BY NAME SELECT * FROM fresh_rollups
     )""",
-        counted("event_stats", query.dimensions[0] if query.dimensions else None, sums),
+        _first_seen_ctes("event_stats", rolled, fresh, sums, grouped=dimension is not None),
     ]
-    if "percentage" in query.metrics:
-        ctes.append(counted("all_visits", None, []))
-        ctes.append("grand_total AS (SELECT visitors AS all_visitors FROM all_visits)")
+    if percentage:  # all visitors: the same rows, by visitor
+        ctes += [
+            _first_seen_ctes(
+                "all_visits",
+                "SELECT '' AS d0, visitor_id, first_visit AS first FROM event_stats_rolled",
+                """SELECT '' AS d0, visitor_id, bool_or(before_rolled) AS before_rolled
+        FROM event_stats_fresh GROUP BY visitor_id""",
+                [],
+                grouped=False,
+            ),
+            "grand_total AS (SELECT visitors AS all_visitors FROM all_visits)",
+        ]
     return ",\n    ".join(ctes)
 
 
