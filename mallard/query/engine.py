@@ -347,8 +347,9 @@ class QueryEngine:
         *,
         derived: Derived = None,
     ) -> None:
-        """Bind ``source``; with ``derived`` also ``fresh_source`` and ``rolled_visits``
-        or ``rolled_pairs``, and for pairs and ``seen_*`` columns ``pair_span``.
+        """Bind ``source`` (not read with pairs or ``seen_*`` columns); with ``derived``
+        also ``fresh_source`` and ``rolled_visits`` or ``rolled_pairs``, and for pairs
+        and ``seen_*`` columns ``pair_span``.
 
         ``fresh_source`` is ``source`` without the files of the days read from
         derived files: the events the query aggregates itself. For ``seen_*``
