@@ -12,6 +12,7 @@ and that the pairs are used again once compaction has rebuilt them.
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
 from fractions import Fraction
 from pathlib import Path
@@ -265,6 +266,30 @@ async def test_lost_pairs_are_rebuilt(layout: DataLayout) -> None:
         await assert_like_reference(engine, stored_events(layout.events), query, rolled=7)
         path = manifest_path(layout, SITE)  # as an older Mallard wrote it: built again
         path.write_text(path.read_text().replace(f'"version": {VERSION}', '"version": 1'))
+
+
+def test_staging_left_by_a_crashed_build_is_removed(
+    layout: DataLayout, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A build that dies between writing a day aside and swapping it in leaves files in
+    tmp/; a later compaction removes them once they are an hour old."""
+    shutil.rmtree(layout.pairs)
+
+    def crash(*_: Any) -> None:
+        raise OSError("killed")
+
+    monkeypatch.setattr("mallard.storage.pairs.os.replace", crash)
+    with pytest.raises(OSError):
+        refresh_pairs(layout, SITE, END)
+    monkeypatch.undo()
+    left = sorted(layout.tmp.glob("*.tmp"))
+    assert len(left) == 2  # the day's pairs and visits
+    compact(layout, before=END)
+    assert sorted(layout.tmp.glob("*.tmp")) == left  # too recent: maybe still being written
+    for file in left:
+        os.utime(file, (file.stat().st_atime, file.stat().st_mtime - 7200))
+    assert compact(layout, before=END).pair_days == 0  # built by the previous compaction
+    assert not any(layout.tmp.glob("*.tmp"))
 
 
 def test_pairs_stop_before_a_day_not_compacted_yet(layout: DataLayout) -> None:

@@ -17,8 +17,8 @@ visitors in total and per visit dimension the same way.
 
 ``previously_seen`` depends on every earlier day, so the site's
 ``manifest.json`` records the events file each day's pairs (and ``seen_*``
-columns) were built against. A query uses the pairs of a day only while every day from the
-range's start up to it still has exactly those files
+columns) were built against. A query uses the pairs of a day only while
+every day from the range's start up to it still has exactly those files
 (:func:`rolled_pair_days`); compaction rebuilds the pairs from the first day
 that changed (a late file, an erasure, a restored backup) onwards
 (:func:`refresh_pairs`). The pairs are derived data: delete ``pairs/`` and
@@ -41,6 +41,7 @@ import duckdb
 
 from mallard.query.sql import day_pairs_sql, file_list, rollup_sql
 from mallard.storage.layout import (
+    COMPACTED_PREFIX,
     DataLayout,
     dated_partitions,
     day_number,
@@ -109,6 +110,11 @@ def _day_number(text: str) -> int:
     return day_number(dt.date.fromisoformat(text))
 
 
+def _staging(layout: DataLayout, kind: str) -> Path:
+    """A file in tmp/ to write aside; compaction removes those a crash left behind."""
+    return layout.tmp / f"{COMPACTED_PREFIX}{kind}-{uuid.uuid4().hex}.tmp"
+
+
 def _write_manifest(layout: DataLayout, site_id: str, manifest: PairManifest) -> None:
     assert manifest.through is not None
     data = {
@@ -117,7 +123,7 @@ def _write_manifest(layout: DataLayout, site_id: str, manifest: PairManifest) ->
         "since": day_to_date(manifest.since).isoformat() if manifest.since is not None else None,
         "days": {day_to_date(d).isoformat(): n for d, n in sorted(manifest.days.items())},
     }
-    staging = layout.tmp / f"pairs-manifest-{uuid.uuid4().hex}.tmp"
+    staging = _staging(layout, "pairs-manifest")
     staging.write_text(json.dumps(data, indent=1) + "\n")
     with open(staging, "rb") as file:
         os.fsync(file.fileno())
@@ -210,7 +216,7 @@ def refresh_pairs(
         _site_folder(layout, site_id).mkdir(parents=True, exist_ok=True)
         for index, day in enumerate(todo, start=1):
             name = files[day][0]
-            pairs, visits = (layout.tmp / f"{kind}-{uuid.uuid4().hex}.tmp" for kind in "pv")
+            pairs, visits = (_staging(layout, kind) for kind in ("pairs", "visits"))
             _build_day(layout, site_id, day, name, kept, pairs, visits)
             kept[day] = name
             destination = pair_file(layout, site_id, day, name)
