@@ -366,7 +366,8 @@ class QueryEngine:
         if derived == "seen":
             aside = {d: path for d, path in snapshot.rollups.items() if d not in rolled}
             _parquet_view(cursor, "fresh_rollups", aside, UNSEEN_VISIT_COLUMNS, EMPTY_VISITS)
-        fresh = [f for f in snapshot.files if snapshot.file_days[f] not in rolled | aside.keys()]
+        derived_days = rolled.keys() | aside.keys()
+        fresh = [f for f in snapshot.files if snapshot.file_days[f] not in derived_days]
         _events_view(cursor, "fresh_source", fresh)
         if derived == "pairs":
             _parquet_view(cursor, "rolled_pairs", rolled, PAIR_SCHEMA.names, EMPTY_PAIRS)
