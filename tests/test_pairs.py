@@ -268,6 +268,18 @@ async def test_lost_pairs_are_rebuilt(layout: DataLayout) -> None:
         path.write_text(path.read_text().replace(f'"version": {VERSION}', '"version": 1'))
 
 
+async def test_seen_columns_are_built_from_events_when_the_rollups_are_lost(
+    layout: DataLayout,
+) -> None:
+    shutil.rmtree(layout.visits)
+    shutil.rmtree(layout.pairs)
+    assert refresh_pairs(layout, SITE, END) == 7  # the rollups come back, with seen columns
+    query = query_for(
+        "visit:entry_page", [(END - dt.timedelta(days=7)).isoformat(), END.isoformat()]
+    )
+    await assert_like_reference(QueryEngine(layout), stored_events(layout.events), query, rolled=7)
+
+
 def test_staging_left_by_a_crashed_build_is_removed(
     layout: DataLayout, monkeypatch: pytest.MonkeyPatch
 ) -> None:

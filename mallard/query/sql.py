@@ -258,24 +258,27 @@ def visit_ctes(events: str, visits: str) -> str:
     )"""
 
 
-def rollup_sql(events: str, earlier: str | None = None, *, seen: bool = True) -> str:
-    """The visits of the events relation ``events`` (whole UTC days), in ``VISIT_SCHEMA``'s
-    columns.
+def rollup_sql(events: str) -> str:
+    """The visits of the events relation ``events``, in ``VISIT_SCHEMA``'s columns
+    (the ``seen_*`` columns null: see :func:`seen_visits_sql`)."""
+    nulls = ", ".join(
+        ["NULL::TIMESTAMPTZ AS seen_visitor"]
+        + [f"NULL::BIGINT AS seen_gap_{name}" for name in SEEN_BY]
+    )
+    return f"""WITH {visit_ctes(events, "visits")}
+    SELECT {", ".join(VISIT_SCHEMA.names)} FROM (SELECT *, {nulls} FROM visits)
+    ORDER BY visitor_id, visit_start"""
+
+
+def seen_visits_sql(visits: str, earlier: str | None) -> str:
+    """The relation ``visits`` (whole UTC days, ``VISIT_SCHEMA``) with its ``seen_*`` columns.
 
     ``seen_visitor`` holds when the visitor's previous visit started (in
-    ``events``, or in the relation ``earlier``: the visit rollups of every
+    ``visits``, or in the relation ``earlier``: the visit rollups of every
     earlier day), and ``seen_gap_<dimension>`` how long before that their
     previous visit with the same value of that dimension started (mostly 0:
-    the same visit, which compresses well). Without ``seen``, those are null.
+    the same visit, which compresses well).
     """
-    columns = ", ".join(VISIT_SCHEMA.names)
-    if not seen:
-        nulls = ", ".join(
-            ["NULL::TIMESTAMPTZ AS seen_visitor"]
-            + [f"NULL::BIGINT AS seen_gap_{name}" for name in SEEN_BY]
-        )
-        return f"""WITH {visit_ctes(events, "visits")}
-    SELECT {columns} FROM (SELECT *, {nulls} FROM visits) ORDER BY visitor_id, visit_start"""
     labels = ", ".join(f"{labelled(visit_column(name))} AS {name}" for name in SEEN_BY)
     previous = "max(earlier.visit_start)"
     seen = ", ".join(
@@ -289,9 +292,13 @@ def rollup_sql(events: str, earlier: str | None = None, *, seen: bool = True) ->
     history = "SELECT * FROM labels"
     if earlier:  # only the visitors of these days
         history += f""" UNION ALL SELECT visitor_id, visit_start, {labels}
-        FROM {earlier} SEMI JOIN visits USING (visitor_id)"""
-    return f"""WITH {visit_ctes(events, "visits")},
-    labels AS (SELECT visitor_id, visit_start, {labels} FROM visits),
+        FROM {earlier} SEMI JOIN day_visits USING (visitor_id)"""
+    columns = ", ".join(
+        f"seen.{name}" if name.startswith("seen_") else f"visits.{name}"
+        for name in VISIT_SCHEMA.names
+    )
+    return f"""WITH day_visits AS (SELECT * FROM {visits}),
+    labels AS (SELECT visitor_id, visit_start, {labels} FROM day_visits),
     history AS ({history}),
     seen AS (
         SELECT visit.visitor_id, visit.visit_start, {seen}
@@ -299,8 +306,9 @@ def rollup_sql(events: str, earlier: str | None = None, *, seen: bool = True) ->
           ON earlier.visitor_id = visit.visitor_id AND earlier.visit_start < visit.visit_start
         GROUP BY visit.visitor_id, visit.visit_start
     )
-    SELECT {columns} FROM visits LEFT JOIN seen USING (visitor_id, visit_start)
-    ORDER BY visitor_id, visit_start"""
+    SELECT {columns} FROM day_visits AS visits LEFT JOIN seen
+      ON seen.visitor_id = visits.visitor_id AND seen.visit_start = visits.visit_start
+    ORDER BY visits.visitor_id, visits.visit_start"""
 
 
 # Dimensions answered from per-day pairs (mallard.storage.pairs), by pair kind.
@@ -335,6 +343,19 @@ def day_pairs_sql(events: str, earlier: str | None) -> str:
     )
     SELECT * FROM day_pairs LEFT JOIN seen USING (kind, value, visitor_id)
     ORDER BY kind, value, visitor_id"""
+
+
+# per visit, what a visit metric adds up
+VISIT_SUMS = {
+    "visits": "1",
+    "visit_pageviews": "visit_pageviews",
+    "bounces": "(visit_events = 1 AND visit_pageviews = 1)::INTEGER",
+    "duration_us": "epoch_us(visit_end) - epoch_us(visit_start)",
+    "pageviews": "visit_pageviews",
+    "events": "visit_events",
+    "total_revenue": "visit_revenue",
+    "revenue_events": "visit_revenue_events",
+}
 
 
 def reads_pairs(query: Query) -> bool:
@@ -434,17 +455,6 @@ def _pair_stats_ctes(query: Query, params: Parameters) -> str:
     {_first_seen_ctes("event_stats", rolled, fresh, sums, grouped=True)}"""
 
 
-# per visit, what a visit metric adds up
-VISIT_SUMS = {
-    "visits": "1",
-    "visit_pageviews": "visit_pageviews",
-    "bounces": "(visit_events = 1 AND visit_pageviews = 1)::INTEGER",
-    "duration_us": "epoch_us(visit_end) - epoch_us(visit_start)",
-    "pageviews": "visit_pageviews",
-    "events": "visit_events",
-    "total_revenue": "visit_revenue",
-    "revenue_events": "visit_revenue_events",
-}
 SUMS_NEEDED = {
     "visits": ("visits",), "views_per_visit": ("visits", "visit_pageviews"),
     "bounce_rate": ("visits", "bounces"), "visit_duration": ("visits", "duration_us"),
@@ -734,9 +744,10 @@ def wants_visit_stats(query: Query) -> bool:
     return any(metric in VISIT_METRICS for metric in query.metrics)
 
 
-VISIT_AGGREGATES = """count(*) AS visits, sum(visit_pageviews) AS visit_pageviews,
-        count(*) FILTER (WHERE visit_events = 1 AND visit_pageviews = 1) AS bounces,
-        sum(epoch_us(visit_end) - epoch_us(visit_start)) AS duration_us"""
+VISIT_AGGREGATES = ", ".join(
+    f"sum({VISIT_SUMS[column]}) AS {column}"
+    for column in ("visits", "visit_pageviews", "bounces", "duration_us")
+)
 
 
 def _visit_stats(dims: str, visits: str, group_by: str) -> str:

@@ -97,7 +97,7 @@ def _visits_of(events: pa.Table) -> pa.Table:
     """The day's visits (``VISIT_SCHEMA``), by the same SQL the queries use."""
     with duckdb.connect(config={"threads": 1}) as connection:
         connection.register("day_events", events)
-        visits = connection.sql(rollup_sql("day_events", seen=False)).to_arrow_table()
+        visits = connection.sql(rollup_sql("day_events")).to_arrow_table()
     return visits.cast(VISIT_SCHEMA)
 
 

@@ -39,7 +39,7 @@ from pathlib import Path
 
 import duckdb
 
-from mallard.query.sql import day_pairs_sql, file_list, rollup_sql
+from mallard.query.sql import day_pairs_sql, file_list, rollup_sql, seen_visits_sql
 from mallard.storage.layout import (
     COMPACTED_PREFIX,
     DataLayout,
@@ -268,19 +268,26 @@ def _build_day(
     name: str,
     earlier: dict[int, str],
     pairs: Path,
-    visits: Path,
+    visits_staging: Path,
 ) -> None:
     """Write the pairs of ``day`` (from its events file ``name``) to ``pairs``, and its
-    visit rollup with the ``seen_*`` columns to ``visits``; ``earlier``: the days before."""
+    visit rollup with the ``seen_*`` columns to ``visits_staging``; ``earlier``: the days
+    before."""
     events = f"read_parquet({file_list([str(layout.partition(site_id, day) / name)])})"
+
+    def rollup(d: int, n: str) -> Path:
+        return layout.rollup(site_id, day_to_date(d), n)
 
     def earlier_files(path: Callable[[int, str], Path]) -> str | None:
         paths = [str(path(d, n)) for d, n in sorted(earlier.items())]
         return f"read_parquet({file_list(paths)})" if paths else None
 
-    def rollup(d: int, n: str) -> Path:
-        return layout.rollup(site_id, day_to_date(d), n)
-
+    # the day's visits as compaction wrote them beside its events (rebuilt if lost)
+    day_visits = rollup(day, name)
+    if day_visits.exists():
+        visits = f"read_parquet({file_list([str(day_visits)])})"
+    else:
+        visits = f"({rollup_sql(events)})"
     with duckdb.connect(config={"threads": 1}) as connection:
         for sql, schema, staging in (
             (
@@ -288,7 +295,7 @@ def _build_day(
                 PAIR_SCHEMA,
                 pairs,
             ),
-            (rollup_sql(events, earlier_files(rollup)), VISIT_SCHEMA, visits),
+            (seen_visits_sql(visits, earlier_files(rollup)), VISIT_SCHEMA, visits_staging),
         ):
             table = connection.sql(sql).to_arrow_table().select(schema.names).cast(schema)
             write_aside(table, staging, row_group_size=ROW_GROUP_ROWS)
