@@ -384,7 +384,9 @@ def reads_seen(query: Query) -> bool:
     )
 
 
-def _first_seen_ctes(name: str, rolled: str, fresh: str, sums: list[str], grouped: bool) -> str:
+def _first_seen_ctes(
+    name: str, rolled: str, fresh: str, sums: list[str], *, grouped: bool, shared: bool = False
+) -> str:
     """The CTE ``name``: visitors and the ``sums`` per ``d0`` (or in total, unless
     ``grouped``), each (``d0``, visitor) pair counted once, where it first occurs.
 
@@ -393,29 +395,27 @@ def _first_seen_ctes(name: str, rolled: str, fresh: str, sums: list[str], groupe
     columns. ``fresh`` selects the pairs of every other day: ``d0``,
     ``visitor_id``, ``before_rolled`` (the pair occurred before the first
     rolled day) and the sums. A fresh pair counts if it occurred before the
-    rolled days, or if no rolled day had it.
+    rolled days, or if no rolled day had it: one join pairs each fresh pair of
+    the later days with the rolled row where it first occurs, if any, and a
+    pass over its rows counts and adds up. ``shared``: later CTEs read the
+    rolled rows too, which are then read once and kept.
     """
+    both = "".join(
+        f", coalesce(sum(r.{c}) + sum(f.{c}), sum(r.{c}), sum(f.{c})) AS {c}" for c in sums
+    )
     totals = "".join(f", sum({column}) AS {column}" for column in sums)
+    total = f"SELECT sum(visitors) AS visitors{totals} FROM {name}_counted"
     return f"""{name}_fresh AS ({fresh}),
-    {name}_rolled AS MATERIALIZED ({rolled}),
-    {name}_seen_in_range AS (
-        SELECT DISTINCT d0, visitor_id FROM {name}_rolled SEMI JOIN (
-            SELECT d0, visitor_id FROM {name}_fresh WHERE NOT before_rolled
-        ) USING (d0, visitor_id)
-    ),
+    {name}_rolled AS {"MATERIALIZED " if shared else ""}({rolled}),
     {name}_counted AS (
-        SELECT d0, count(visitor_id) FILTER (WHERE first) AS visitors{totals}
-        FROM {name}_rolled GROUP BY d0
-        UNION ALL
-        SELECT d0, count(fresh.visitor_id) FILTER (WHERE before_rolled OR seen.visitor_id IS NULL)
-               {totals}
-        FROM {name}_fresh AS fresh LEFT JOIN {name}_seen_in_range AS seen USING (d0, visitor_id)
-        GROUP BY d0
+        SELECT coalesce(r.d0, f.d0) AS d0,
+               count(*) FILTER (WHERE r.first OR r.visitor_id IS NULL) AS visitors{both}
+        FROM {name}_rolled AS r FULL JOIN (
+            SELECT *, CASE WHEN NOT before_rolled THEN true END AS first FROM {name}_fresh
+        ) AS f USING (d0, visitor_id, first)
+        GROUP BY 1
     ),
-    {name} AS (
-        SELECT {"d0, " if grouped else ""}sum(visitors) AS visitors{totals}
-        FROM {name}_counted{" GROUP BY d0" if grouped else ""}
-    )"""
+    {name} AS ({f"SELECT * FROM {name}_counted" if grouped else total})"""
 
 
 def _first_in_range(seen: str, start: str) -> str:
@@ -499,7 +499,9 @@ def _seen_stats_ctes(query: Query, params: Parameters) -> str:
         """fresh_visits AS (
         SELECT * FROM built_visits UNION ALL BY NAME SELECT * FROM fresh_rollups
     )""",
-        _first_seen_ctes("event_stats", rolled, fresh, sums, grouped=dimension is not None),
+        _first_seen_ctes(
+            "event_stats", rolled, fresh, sums, grouped=dimension is not None, shared=percentage
+        ),
     ]
     if percentage:  # all visitors: the same rows, by visitor
         ctes += [
