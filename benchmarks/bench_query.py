@@ -4,8 +4,9 @@
 
 For each size, N synthetic events over ``--days`` UTC days for one site, ending today, are
 written with :func:`mallard.synthetic.generate` (cached under ``--data-root``, so re-runs
-skip it), compacted as the server would (every day before today becomes one sorted
-file with its visit rollup; today stays as written), and a fresh
+skip it), compacted as the server's hourly compaction leaves it (every day one sorted file
+with its visit rollup, pairs for the days before today; today's last twenty-fourth of
+events, an average hour's traffic, in a file flushed since), and a fresh
 ``python -m mallard serve`` is started on them (no admin password: loopback may ask).
 For the ranges ``30d`` and ``all``, every question is timed over HTTP and, right after,
 as plain SQL in an in-process DuckDB over
@@ -41,10 +42,13 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import duckdb
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from mallard.progress import progress_bar
-from mallard.storage.compaction import compact
-from mallard.storage.layout import DataLayout
+from mallard.storage.compaction import compact, compact_partition
+from mallard.storage.layout import DataLayout, day_number, new_writer_id
+from mallard.storage.parquet import write_batch
 from mallard.synthetic import generate
 
 BENCH_DIR = Path(__file__).resolve().parent
@@ -485,6 +489,17 @@ def parse_sizes(text: str) -> list[tuple[str, int]]:
     return sizes
 
 
+def hold_back_last_hour(layout: DataLayout, today: dt.date) -> pa.Table:
+    """Take today's latest twenty-fourth of events (an hour's worth) out of its files."""
+    files = sorted(layout.partition(SITE, day_number(today)).glob("*.parquet"))
+    table = pa.concat_tables([pq.read_table(file) for file in files]).sort_by("timestamp")
+    earlier = table.num_rows - table.num_rows // 24
+    for file in files:
+        file.unlink()
+    write_batch(table.slice(0, earlier), layout, f"{new_writer_id()}-00000000")
+    return table.slice(earlier)
+
+
 def prepare_dataset(events: int, args: argparse.Namespace, today: dt.date) -> dict[str, Any]:
     """The cached data directory for ``events``; generated when missing or not ending today."""
     directory = args.data_root / f"query-{events}ev-{args.days}d-seed{args.seed}"
@@ -495,7 +510,8 @@ def prepare_dataset(events: int, args: argparse.Namespace, today: dt.date) -> di
         "seed": args.seed,
         "site": SITE,
         "end": today.isoformat(),
-        "layout": "compacted with visit rollups (seen columns) and pairs",
+        "layout": "compacted with visit rollups (seen columns) and pairs, "
+        "today but for its last hour",
     }
     try:
         manifest = json.loads(manifest_path.read_text())
@@ -517,12 +533,16 @@ def prepare_dataset(events: int, args: argparse.Namespace, today: dt.date) -> di
             progress=progress_bar("  generating", "events"),
         )
         progress("  compacting: each day becomes one sorted file with its visits and pairs")
+        layout = DataLayout(directory)
+        last_hour = hold_back_last_hour(layout, today)
         compaction = compact(
-            DataLayout(directory),
+            layout,
             before=today,
             progress=progress_bar("  compacting", "days"),
             pairs_progress=progress_bar("  pairs", "days"),
         )
+        compact_partition(layout, SITE, layout.partition(SITE, day_number(today)))
+        write_batch(last_hour, layout, f"{new_writer_id()}-00000000")
         manifest = wanted | {
             "generation": dataclasses.asdict(report),
             "compaction": dataclasses.asdict(compaction),

@@ -34,14 +34,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
     compact = commands.add_parser(
-        "compact", help="merge the small Parquet files of finished days now"
+        "compact", help="merge the small Parquet files of finished days and of today now"
     )
     compact.add_argument("--config", type=Path, metavar="PATH", help="a TOML settings file")
     compact.add_argument("--data-dir", help="where all state lives (default ./data)")
     compact.add_argument(
         "--before",
         metavar="YYYY-MM-DD",
-        help="compact days before this one (default today: every finished day)",
+        help="compact days before this one (default: every finished day, and today so far)",
     )
     demo = commands.add_parser(
         "demo", help="serve a data dir filled with realistic synthetic traffic (a tour)"

@@ -217,7 +217,7 @@ async def _bound_shutdown(stop: trio.Event, scope: trio.CancelScope, timeout: fl
 
 
 async def _compact_every(interval: float, layout: DataLayout, metrics: Metrics) -> None:
-    """Merge the small files of finished days, in a worker thread, every ``interval`` s."""
+    """Merge the small files of each day (today so far too) every ``interval`` s, in a thread."""
     while True:
         try:
             await trio.to_thread.run_sync(compact, layout)

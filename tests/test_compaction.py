@@ -7,6 +7,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
@@ -20,7 +21,7 @@ from mallard.query.engine import QueryEngine
 from mallard.query.model import parse_query
 from mallard.query.sql import reads_rollup
 from mallard.query.stats import run_query
-from mallard.storage.compaction import compact
+from mallard.storage.compaction import SETTLE_SECONDS, compact
 from mallard.storage.layout import DataLayout
 from mallard.storage.parquet import write_batch
 from mallard.storage.schema import EVENT_SCHEMA, VISIT_SCHEMA, events_to_table
@@ -61,6 +62,34 @@ def test_compaction_merges_a_day_into_one_sorted_file(layout: DataLayout) -> Non
     site_events = [e for e in events if e.site_id == "a.com"]
     assert Counter(table["pathname"].to_pylist()) == Counter(e.pathname for e in site_events)
     assert compact(layout, before=DAY + dt.timedelta(days=1)).files_in == 0  # nothing left to do
+
+
+def test_today_is_compacted_as_far_as_it_has_come(layout: DataLayout) -> None:
+    """By default today's files are merged too, except those flushed in the last minutes."""
+    today = dt.datetime.now(dt.UTC).date()
+    start_us = int(dt.datetime.combine(today, dt.time(), dt.UTC).timestamp() * 1_000_000)
+    events = [
+        make_event(site_id="a.com", visitor_id=i % 5, timestamp=start_us + i) for i in range(9)
+    ]
+    long_ago = time.time() - 2 * SETTLE_SECONDS
+    for index in range(3):
+        [file] = write_batch(
+            events_to_table(events[index * 3 : index * 3 + 3]), layout, f"w-{index:08d}"
+        )
+        if index < 2:
+            os.utime(file, (long_ago, long_ago))
+    assert compact(layout).files_in == 2
+    partition = layout.partition("a.com", start_us // DAY_US)
+    names = sorted(f.name for f in partition.glob("*.parquet"))
+    assert (
+        len(names) == 2 and names[0].startswith("compacted-") and names[1] == "w-00000002.parquet"
+    )
+    assert layout.rollup("a.com", today, names[0]).exists()
+    assert compact(layout).files_in == 0  # the newest file is left for the next run
+    os.utime(partition / names[1], (long_ago, long_ago))
+    assert compact(layout).files_in == 2  # then merged with the rest of the day
+    [merged] = partition.glob("*.parquet")
+    assert pq.read_table(merged).num_rows == 9
 
 
 def test_unfinished_days_and_in_flight_files_are_left_alone(layout: DataLayout) -> None:

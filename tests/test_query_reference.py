@@ -22,8 +22,9 @@ from mallard.query.engine import QueryEngine
 from mallard.query.model import Query, days_range, parse_query
 from mallard.query.stats import run_query
 from mallard.storage.compaction import compact
-from mallard.storage.layout import DataLayout
-from mallard.storage.schema import Event
+from mallard.storage.layout import DataLayout, day_number
+from mallard.storage.parquet import write_batch
+from mallard.storage.schema import Event, events_to_table
 from mallard.synthetic import generate
 from tests import reference_stats as ref
 from tests.factories import stored_events
@@ -56,12 +57,40 @@ def compacted(data: tuple[DataLayout, list[Event]], tmp_path_factory: Any) -> Da
     return layout
 
 
-@pytest.fixture(params=["events", "rollups"])
+SPLIT_US = 18 * 3_600_000_000  # the part of each day compacted before newer events came
+
+
+@pytest.fixture(scope="module")
+def partly_compacted(
+    data: tuple[DataLayout, list[Event]], tmp_path_factory: Any
+) -> tuple[DataLayout, list[Event]]:
+    """The same events, every day compacted up to 18:00 UTC and the rest flushed since,
+    except on the last day: accepted, not flushed (returned)."""
+    layout = DataLayout(tmp_path_factory.mktemp("partly") / "data")
+    layout.create()
+    day_us = 86_400_000_000
+    last_day = day_number(END) * day_us
+    early = [e for e in data[1] if e.timestamp % day_us < SPLIT_US]
+    later = [e for e in data[1] if e.timestamp % day_us >= SPLIT_US and e.timestamp < last_day]
+    write_batch(events_to_table(early), layout, "20260101T000000-1-aaaaaaaa-00000000")
+    compact(layout, before=END + dt.timedelta(days=1))
+    write_batch(events_to_table(later), layout, "20260101T000000-1-aaaaaaaa-00000001")
+    return layout, [e for e in data[1] if e.timestamp >= last_day + SPLIT_US]
+
+
+@pytest.fixture(params=["events", "rollups", "partial rollups"])
 def engine(request: Any, data: tuple[DataLayout, list[Event]]) -> QueryEngine:
-    """Every comparison runs twice: visits rebuilt from events, and read from rollups."""
+    """Every comparison runs three times: visits rebuilt from events, read from rollups,
+    and read from rollups of days with newer events and unflushed ones."""
     if request.param == "events":
         return QueryEngine(data[0])
-    return QueryEngine(request.getfixturevalue("compacted"))
+    if request.param == "rollups":
+        return QueryEngine(request.getfixturevalue("compacted"))
+    layout, unflushed = request.getfixturevalue("partly_compacted")
+    batch = events_to_table(unflushed)
+    return QueryEngine(
+        layout, pending=lambda: [("20260101T000000-1-aaaaaaaa-00000002", lambda _: batch)]
+    )
 
 
 def plain(value: Any) -> Any:
@@ -233,6 +262,19 @@ async def test_retention(engine: QueryEngine, data: Any, period: str, timezone: 
     assert behaviour.retention_result(rows) == expected
     if period != "month":  # the data spans two weeks
         assert any(p["visitors"] for c in expected for p in c["periods"][1:])  # people came back
+
+
+async def test_partial_rollups_are_read(partly_compacted: tuple[DataLayout, list[Event]]):
+    """Every day of the "partial rollups" engine has a rollup and newer events beside it."""
+    layout, unflushed = partly_compacted
+    batch = events_to_table(unflushed)
+    engine = QueryEngine(layout, pending=lambda: [("w-00000009", lambda _: batch)])
+    range_ = days_range(FIRST, END, "UTC")
+    snapshot, pending = engine._view(
+        SITE, range_.start, range_.end, engine._pending(), derived="visits"
+    )
+    assert len(snapshot.rolled) == 14 and snapshot.partial == set(snapshot.rolled)
+    assert pending.num_rows == len(unflushed) > 0
 
 
 def test_reference_data_has_what_the_comparison_needs(data: Any) -> None:

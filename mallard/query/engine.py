@@ -15,7 +15,7 @@ import dataclasses
 import datetime as dt
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from functools import partial
 from typing import Any
 
@@ -27,10 +27,10 @@ import trio
 from mallard.query.sql import Derived, file_list
 from mallard.query.threads import QueryThreads, lower_priority, thread_ids
 from mallard.storage.layout import (
+    COMPACTED_PREFIX,
     DataLayout,
     dated_partitions,
     day_number,
-    is_compacted,
     remove_dead_process_folders,
 )
 from mallard.storage.locks import site_lock
@@ -66,6 +66,8 @@ class Snapshot:
 
     files: list[str] = dataclasses.field(default_factory=list)
     rollups: dict[int, str] = dataclasses.field(default_factory=dict)
+    compacted: dict[int, str] = dataclasses.field(default_factory=dict)  # day -> its rollup's file
+    partial: set[int] = dataclasses.field(default_factory=set)  # rollup days with newer events
     rolled: dict[int, str] = dataclasses.field(default_factory=dict)
     written: dict[str, set[int]] = dataclasses.field(default_factory=dict)  # name -> days
     file_days: dict[str, int] = dataclasses.field(default_factory=dict)  # path -> day
@@ -128,28 +130,52 @@ def _parquet_view(
     files: dict[int, str],
     columns: list[str],
     empty: pa.Table,
+    partial: Collection[int] = (),
 ) -> None:
-    """View ``name``: ``columns`` of the Parquet ``files`` (by day), or ``empty`` without any."""
+    """View ``name``: ``columns`` of the Parquet ``files`` (by day), or ``empty`` without any.
+
+    On the ``partial`` days (visit rollups), the visits of ``touched`` visitors are left out.
+    """
     if not files:
         cursor.register(name, empty)
         return
-    cursor.execute(
-        f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT {', '.join(columns)} FROM "
-        f"read_parquet({file_list(list(files.values()))})"
+    selected = ", ".join(columns)
+    whole = [path for day, path in files.items() if day not in partial]
+    parts = [f"SELECT {selected} FROM read_parquet({file_list(whole)})"] if whole else []
+    if some := [path for day, path in files.items() if day in partial]:
+        parts.append(
+            f"SELECT {selected} FROM read_parquet({file_list(some)}) AS v ANTI JOIN touched AS t "
+            f"ON v.visitor_id = t.visitor_id AND {_day('v.visit_start')} = t.day"
+        )
+    cursor.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {' UNION ALL '.join(parts)}")
+
+
+def _read_events(files: list[str]) -> str:
+    """SQL selecting the events of ``files`` (columns a file lacks are nulls)."""
+    return (
+        f"SELECT * EXCLUDE (date) FROM read_parquet({file_list(files)}, "
+        "hive_partitioning = true, union_by_name = true)"
     )
 
 
-def _events_view(cursor: duckdb.DuckDBPyConnection, name: str, files: list[str]) -> None:
-    """View ``name``: the events of ``files`` and the registered ``pending_events``."""
-    if files:
-        cursor.execute(
-            f"CREATE OR REPLACE TEMP VIEW {name} AS "
-            f"SELECT * EXCLUDE (date) FROM read_parquet({file_list(files)}, "
-            "hive_partitioning = true, union_by_name = true) "
-            "UNION ALL BY NAME SELECT * FROM pending_events"
+def _events_view(
+    cursor: duckdb.DuckDBPyConnection, name: str, files: list[str], touched_in: Sequence[str] = ()
+) -> None:
+    """View ``name``: the events of ``files``, the registered ``pending_events``, and
+    those of ``touched_in`` (compacted files) whose visitor is ``touched`` that day."""
+    parts = [_read_events(files)] if files else []
+    parts.append("SELECT * FROM pending_events")
+    if touched_in:
+        parts.append(
+            f"SELECT * FROM ({_read_events(touched_in)}) AS e SEMI JOIN touched AS t "
+            f"ON e.visitor_id = t.visitor_id AND {_day('e.timestamp')} = t.day"
         )
-    else:
-        cursor.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM pending_events")
+    cursor.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {' UNION ALL BY NAME '.join(parts)}")
+
+
+def _day(timestamp: str) -> str:
+    """SQL for the UTC day number of ``timestamp``."""
+    return f"epoch_us({timestamp}) // {MICROS_PER_DAY}"
 
 
 class QueryTimeout(Exception):
@@ -213,11 +239,11 @@ class QueryEngine:
         The writer's tables were taken before the files are listed (under the
         site lock), so a batch flushed in between is in both: its rows are
         dropped from the unflushed ones for every day whose file is listed.
-        A day with unflushed events is read from its events, not from derived
-        files. ``derived`` names the derived files listed in ``rolled``: every
-        visit rollup; the pairs of the days where they are current; or the
-        visit rollups of those days (their ``seen_*`` columns are current with
-        the pairs), up to the first day without one.
+        A day with unflushed events has no current pairs, and its visit rollup
+        is partial (see :meth:`_snapshot`). ``derived`` names the derived files
+        listed in ``rolled``: every visit rollup; the pairs of the days where
+        they are current; or the visit rollups of those days (their ``seen_*``
+        columns are current with the pairs), up to the first day without one.
         """
         snapshot = self._snapshot(site_id, start, end)
         pending = self._pending_rows(parts, snapshot, site_id, start, end)
@@ -225,8 +251,7 @@ class QueryEngine:
         if pending.num_rows and derived:
             days = pc.divide(pending["timestamp"].cast(pa.int64()), MICROS_PER_DAY)
             busy = set(pc.unique(days).to_pylist())
-            for day in busy:
-                snapshot.rollups.pop(day, None)
+            snapshot.partial |= busy & snapshot.rollups.keys()
         if derived == "visits":
             snapshot.rolled = snapshot.rollups
         elif derived:
@@ -258,9 +283,11 @@ class QueryEngine:
     def _snapshot(self, site_id: str, start: dt.datetime, end: dt.datetime) -> Snapshot:
         """The range's event files, and the visit rollups of its wholly covered days.
 
-        A day's rollup counts only while it matches the day's events: a single
-        compacted file of the same name (a later flush or import into the day
-        adds a file, and the day is read from events again until compacted).
+        A rollup holds the visits of the day's compacted file of the same name.
+        Files flushed or imported into the day since (today's, until the next
+        compaction) make it partial: the visits of the visitors those files
+        (or unflushed events) have are built again from all their events of
+        the day, and the rollup gives everyone else's.
         """
         site_dir = self.layout.events / f"site_id={site_id}"
         first, last = start.date(), (end - dt.timedelta(microseconds=1)).date()
@@ -278,18 +305,16 @@ class QueryEngine:
             if names:
                 snapshot.day_names[number] = names
             day_start = dt.datetime.combine(day, dt.time(), dt.UTC)
-            if start <= day_start and day_start + dt.timedelta(days=1) <= end:
-                rollup = self._rollup(site_id, day, names)
-                if rollup:
-                    snapshot.rollups[number] = rollup
+            compacted = [n for n in names if n.startswith(COMPACTED_PREFIX)]
+            if start <= day_start and day_start + dt.timedelta(days=1) <= end and compacted:
+                rollup = self.layout.rollup(site_id, day, compacted[0])
+                if len(compacted) == 1 and rollup.exists():
+                    snapshot.rollups[number] = str(rollup)
+                    snapshot.compacted[number] = os.path.join(folder, compacted[0])
+                    if len(names) > 1:
+                        snapshot.partial.add(number)
         snapshot.files.sort()
         return snapshot
-
-    def _rollup(self, site_id: str, day: dt.date, names: list[str]) -> str | None:
-        if not is_compacted(names):
-            return None
-        path = self.layout.rollup(site_id, day, names[0])
-        return str(path) if path.exists() else None
 
     def site_ids(self) -> set[str]:
         """Every site with a partition folder of events."""
@@ -355,6 +380,9 @@ class QueryEngine:
         derived files: the events the query aggregates itself. For ``seen_*``
         columns, ``fresh_rollups`` holds the visits of the other whole days
         that have a rollup, and ``fresh_source`` leaves those days out too.
+        On a partial day, the rollup read leaves out the visitors in ``touched``
+        (those of its newer files and of unflushed events), whose events of
+        the day (its compacted file's too) ``fresh_source`` has instead.
         """
         cursor.register("pending_events", pending)
         if derived in (None, "visits"):  # pairs and seen visits read fresh_source only
@@ -365,15 +393,30 @@ class QueryEngine:
         aside = {}
         if derived == "seen":
             aside = {d: path for d, path in snapshot.rollups.items() if d not in rolled}
-            _parquet_view(cursor, "fresh_rollups", aside, UNSEEN_VISIT_COLUMNS, EMPTY_VISITS)
         derived_days = rolled.keys() | aside.keys()
-        fresh = [f for f in snapshot.files if snapshot.file_days[f] not in derived_days]
-        _events_view(cursor, "fresh_source", fresh)
+        partial = snapshot.partial & derived_days  # never current pairs, so never seen's rolled
+        compacted = [snapshot.compacted[day] for day in sorted(partial)]
+        skipped = derived_days - partial
+        fresh = [
+            f for f in snapshot.files if snapshot.file_days[f] not in skipped and f not in compacted
+        ]
+        if partial:  # the visitors whose visits of a partial day are built from events
+            newer = [f for f in fresh if snapshot.file_days[f] in partial]
+            newer_events = f"{_read_events(newer)} UNION ALL BY NAME " if newer else ""
+            cursor.execute(
+                "CREATE OR REPLACE TEMP VIEW touched AS SELECT DISTINCT visitor_id, "
+                f"{_day('timestamp')} AS day FROM ({newer_events}SELECT * FROM pending_events)"
+            )
+        _events_view(cursor, "fresh_source", fresh, compacted)
+        if derived == "seen":
+            _parquet_view(
+                cursor, "fresh_rollups", aside, UNSEEN_VISIT_COLUMNS, EMPTY_VISITS, partial
+            )
         if derived == "pairs":
             _parquet_view(cursor, "rolled_pairs", rolled, PAIR_SCHEMA.names, EMPTY_PAIRS)
         else:  # rollups written before the seen_* columns existed lack them
             columns = UNSEEN_VISIT_COLUMNS if derived == "visits" else VISIT_SCHEMA.names
-            _parquet_view(cursor, "rolled_visits", rolled, columns, EMPTY_VISITS)
+            _parquet_view(cursor, "rolled_visits", rolled, columns, EMPTY_VISITS, partial)
         if derived != "visits":
             rolled_from = _day_start(min(rolled)) if rolled else "'infinity'"
             since = _day_start(snapshot.pairs_since) if snapshot.pairs_since else "'-infinity'"

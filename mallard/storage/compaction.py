@@ -1,20 +1,26 @@
-"""Compaction: many small Parquet files of a finished day become one sorted file.
+"""Compaction: many small Parquet files of a day become one sorted file.
 
 Frequent flushes leave a file per flush per site and day; every file costs
-every query that reads the day. Compaction merges a finished day's files into
-one, sorted by visitor and time (what visit reconstruction reads in order),
-in row groups of ``ROW_GROUP_ROWS``, and writes the day's visits beside it
+every query that reads the day. Compaction merges a day's files into one,
+sorted by visitor and time (what visit reconstruction reads in order), in
+row groups of ``ROW_GROUP_ROWS``, and writes the day's visits beside it
 (``visits/site_id=…/date=…/<same name>.parquet``, see
 :func:`mallard.query.sql.rollup_sql`), so visit metrics need not rebuild them.
 A day that has one file but no matching rollup (imported, or compacted
-before rollups existed) is rewritten the same way.
+before rollups existed) is rewritten the same way. Today is compacted too,
+as far as it has come: the files flushed after that are read beside the
+merged file, and the visits of their visitors are built again from events
+(see :meth:`mallard.query.engine.QueryEngine._snapshot`).
 
 The swap is atomic for readers: queries hold a shared lock on the site
 (:func:`~mallard.storage.locks.site_lock`) while they list and read its files,
 and compaction takes it exclusively only to rename the merged file in and
 delete the old ones. Files
 whose write-ahead log segment still exists are left alone, so a replay can
-never bring back a file that compaction merged.
+never bring back a file that compaction merged; so are today's files younger
+than ``SETTLE_SECONDS``: a query that took the writer's unflushed events
+before their flush still finds their file under its own name (it drops them
+from the unflushed ones) for as long as a query may run.
 """
 
 from __future__ import annotations
@@ -44,6 +50,7 @@ from mallard.storage.wal import SEGMENT_SUFFIX
 log = logging.getLogger("mallard.compaction")
 
 ROW_GROUP_ROWS = 128 * 1024
+SETTLE_SECONDS = 120.0  # more than a query may wait and run (QueryEngine's timeout)
 
 
 @dataclass
@@ -69,13 +76,17 @@ def _rollup_of(layout: DataLayout, site_id: str, partition: Path, events_file: P
     return layout.rollup(site_id, date, events_file.name)
 
 
-def _settled(layout: DataLayout, site_id: str, partition: Path) -> bool:
-    """True when the day is one compacted file with its visit rollup beside it."""
-    files = list(partition.glob("*.parquet"))
+def _rolled_up(layout: DataLayout, site_id: str, partition: Path, files: list[Path]) -> bool:
+    """True when ``files`` are one compacted file with its visit rollup beside it."""
     return (
         is_compacted([f.name for f in files])
         and _rollup_of(layout, site_id, partition, files[0]).exists()
     )
+
+
+def _settled(layout: DataLayout, site_id: str, partition: Path) -> bool:
+    """True when the day is one compacted file with its visit rollup beside it."""
+    return _rolled_up(layout, site_id, partition, list(partition.glob("*.parquet")))
 
 
 def partitions_to_compact(layout: DataLayout, before: dt.date) -> list[tuple[str, Path]]:
@@ -115,15 +126,25 @@ def _read_events(files: list[Path]) -> pa.Table:
     return pa.concat_tables(tables)
 
 
-def compact_partition(layout: DataLayout, site_id: str, partition: Path) -> tuple[int, int]:
-    """Merge the partition's settled files into one, with its visits; returns (files, rows)."""
+def compact_partition(
+    layout: DataLayout, site_id: str, partition: Path, *, settle: float = 0.0
+) -> tuple[int, int]:
+    """Merge the partition's files into one, with its visits; returns (files, rows).
+
+    Files still in flight, or flushed less than ``settle`` seconds ago, stay as they are.
+    """
     with maintenance_lock(layout, site_id):
-        return _merge(layout, site_id, partition)
+        return _merge(layout, site_id, partition, settle)
 
 
-def _merge(layout: DataLayout, site_id: str, partition: Path) -> tuple[int, int]:
-    files = sorted(f for f in partition.glob("*.parquet") if not _in_flight(layout, f))
-    if not files or _settled(layout, site_id, partition):
+def _merge(layout: DataLayout, site_id: str, partition: Path, settle: float) -> tuple[int, int]:
+    newest = time.time() - settle
+    files = sorted(
+        f for f in partition.glob("*.parquet")
+        if not _in_flight(layout, f)
+        and (f.name.startswith(COMPACTED_PREFIX) or f.stat().st_mtime <= newest)
+    )  # fmt: skip
+    if not files or _rolled_up(layout, site_id, partition, files):
         return 0, 0
     table = _read_events(files).sort_by([("visitor_id", "ascending"), ("timestamp", "ascending")])
     name = f"{COMPACTED_PREFIX}{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
@@ -160,20 +181,23 @@ def compact(
     progress: Callable[[int, int], None] | None = None,
     pairs_progress: Callable[[int, int], None] | None = None,
 ) -> CompactionReport:
-    """Compact every day before ``before`` (by default every finished day: before today, UTC),
-    then bring each site's pairs (:mod:`mallard.storage.pairs`) up to date.
+    """Compact every day before ``before``, by default every finished day (before today,
+    UTC) and today as far as it has come; then bring each site's pairs
+    (:mod:`mallard.storage.pairs`) of the days before ``before`` up to date.
 
     A day is finished once it is over: events are timed by the server. Files
     flushed into it later (a write-ahead log replay, a late flush) make it a
-    day to compact again at the next run. Blocking.
+    day to compact again at the next run, as today's new files do. Blocking.
     """
     started = time.perf_counter()
     _remove_abandoned_staging(layout)
-    before = before or dt.datetime.now(dt.UTC).date()
-    todo = partitions_to_compact(layout, before)
+    today = dt.datetime.now(dt.UTC).date()
+    todo = partitions_to_compact(layout, before or today + dt.timedelta(days=1))
+    before = before or today
     report = CompactionReport()
     for index, (site_id, partition) in enumerate(todo, start=1):
-        merged, rows = compact_partition(layout, site_id, partition)
+        settle = SETTLE_SECONDS if partition.name == f"date={today}" else 0.0
+        merged, rows = compact_partition(layout, site_id, partition, settle=settle)
         if merged:
             report.partitions += 1
             report.files_in += merged

@@ -65,7 +65,7 @@ VISIT_ATTRIBUTES = (
 # The visit dimensions a visit's ``seen_gap_*`` columns look back by.
 SEEN_BY = ("entry_page", "exit_page", *VISIT_ATTRIBUTES)
 
-# One row per visit: what compaction writes beside a finished day's events
+# One row per visit: what compaction writes beside a day's compacted events
 # (``data_dir/visits/``) so visit metrics read visits instead of rebuilding them.
 VISIT_SCHEMA = pa.schema(
     [
