@@ -360,6 +360,13 @@ async def test_retention(stats_server: RunningServer) -> None:
         {"offset": 0, "visitors": 4, "percentage": 100.0},
         {"offset": 1, "visitors": 1, "percentage": 25.0},  # visitor 3 after midnight
     ]
+    for interval in ("day", "week"):  # all time starts on the first day with data
+        all_time = await get(stats_server, "/api/stats/retention", period="all", interval=interval)
+        custom = await get(
+            stats_server, "/api/stats/retention", period="custom", date=f"{D},{NEXT}",
+            interval=interval,
+        )  # fmt: skip
+        assert all_time == custom
 
 
 async def test_funnel_and_retention_with_a_visit_filter(stats_server: RunningServer) -> None:

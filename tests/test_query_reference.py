@@ -239,17 +239,30 @@ async def test_funnel(engine: QueryEngine, data: Any, window: int) -> None:
 
 
 @pytest.mark.parametrize(
-    ("period", "timezone"),
-    [("week", "UTC"), ("day", "Europe/Berlin"), ("month", "America/New_York")],
+    ("period", "timezone", "days", "filters"),
+    [
+        ("week", "UTC", 14, []),
+        ("day", "Europe/Berlin", 14, []),
+        ("month", "America/New_York", 14, []),
+        ("day", "UTC", 100, []),  # more days than a BIGINT's bits
+        ("day", "UTC", 200, []),  # more days than bits in a number: distinct (visitor, day)
+        ("week", "UTC", 14, [["contains", "event:page", ["/blog"]]]),  # from events
+        ("day", "Asia/Kolkata", 200, [["is", "event:goal", ["signup"]]]),
+    ],
 )
-async def test_retention(engine: QueryEngine, data: Any, period: str, timezone: str) -> None:
+async def test_retention(
+    engine: QueryEngine, data: Any, period: str, timezone: str, days: int, filters: list[Any]
+) -> None:
+    first = END - dt.timedelta(days=days - 1)
     query = parse_query(
-        {"site_id": SITE, "metrics": ["visitors"], "timezone": timezone,
-         "date_range": [FIRST.isoformat(), END.isoformat()]},
+        {"site_id": SITE, "metrics": ["visitors"], "timezone": timezone, "filters": filters,
+         "date_range": [first.isoformat(), END.isoformat()]},
         today=END,
     )  # fmt: skip
     statement = behaviour.retention_sql(query, period)
-    assert statement.derived == "visits"  # without filters, activity comes from visits
+    # without event filters, activity comes from visits
+    assert statement.derived == (None if filters else "visits")
+    assert ("masks AS" in statement.sql) == (days <= behaviour.MASK_PERIODS)
     _, rows = await engine.fetch(
         statement.sql,
         statement.parameters,
@@ -258,9 +271,9 @@ async def test_retention(engine: QueryEngine, data: Any, period: str, timezone: 
         start=query.date_range.start,
         end=query.date_range.end,
     )
-    expected = ref.retention(data[1], period, timezone, **bounds(query))
+    expected = ref.retention(data[1], period, timezone, filters=filters, **bounds(query))
     assert behaviour.retention_result(rows) == expected
-    if period != "month":  # the data spans two weeks
+    if period == "week":  # the data spans two weeks
         assert any(p["visitors"] for c in expected for p in c["periods"][1:])  # people came back
 
 

@@ -21,7 +21,7 @@ from mallard.query import behaviour, export
 from mallard.query.engine import QueryEngine, QueryTimeout
 from mallard.query.model import Query, QueryError, parse_query
 from mallard.query.sql import Derived
-from mallard.query.stats import run_query
+from mallard.query.stats import from_first_event, run_query
 
 blueprint = Blueprint("stats", __name__)
 
@@ -251,7 +251,7 @@ async def funnel() -> Any:
 @blueprint.get("/api/stats/retention")
 async def retention() -> Any:
     """Cohorts by first visit; ``interval`` is day, week (default) or month."""
-    query = _legacy_query(["visitors"], [])
+    query = from_first_event(_engine(), _legacy_query(["visitors"], []))
     statement = behaviour.retention_sql(query, request.args.get("interval", "week"))
     rows = await _fetch(query, statement.sql, statement.parameters, statement.derived)
     return jsonify({"cohorts": behaviour.retention_result(rows)})

@@ -7,6 +7,7 @@ visits are enough), with the query's filters.
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
@@ -27,6 +28,7 @@ from mallard.query.sql import (
 )
 
 MAX_FUNNEL_STEPS = 8
+EPOCH = dt.date(1970, 1, 1)
 STEP = re.compile(r"(page|event):(.+)")
 RETENTION_PERIODS = {"day": "day", "week": "week", "month": "month"}
 DURATION_BUCKETS = ((0, 10), (10, 30), (30, 60), (60, 180), (180, 600), (600, 1800), (1800, None))
@@ -141,37 +143,82 @@ def retention_sql(query: Query, period: str) -> Statement:
     Unless a filter tests events, activity is read from visits (the rollups
     where compaction wrote them): a visit lies within one UTC day, so its
     events fall in the period of its start or of its end, both of which it
-    was active in.
+    was active in. A range of at most ``MASK_PERIODS`` periods marks each
+    visitor's active periods as bits of one number, so the cohorts are a count
+    per distinct pattern of bits; longer ones count distinct (visitor, period).
     """
     if period not in RETENTION_PERIODS:
         raise QueryError("period must be day, week or month")
     params = Parameters()
     rollup = filters_only_visits(query)
     if rollup:
-        first, last = _slot(query, period, "visit_start"), _slot(query, period, "visit_end")
-        active = f"""SELECT DISTINCT visitor_id, unnest(CASE WHEN {last} = {first}
-                THEN [{first}] ELSE [{first}, {last}] END) AS slot
-            FROM visits WHERE {_filters(query, params)}"""
+        slots = [_slot(query, period, "visit_start"), _slot(query, period, "visit_end")]
         ctes = rollup_ctes(query, params)
     else:
-        active = f"""SELECT DISTINCT visitor_id, {_slot(query, period, "timestamp")} AS slot
-            FROM rows WHERE {_filters(query, params)}"""
+        slots = [_slot(query, period, "timestamp")]
         ctes = base_ctes(query, params, sessions=needs_sessions(query))
+    activity = f"FROM {'visits' if rollup else 'rows'} WHERE {_filters(query, params)}"
+    first = _period_number(period, query.date_range.first_day)
+    periods = _period_number(period, query.date_range.last_day) - first + 1
+    if periods <= MASK_PERIODS:
+        cells = _cells_by_mask(slots, activity, first, periods)
+    else:
+        cells = _cells_by_distinct(slots, activity)
     sql = (
         ctes
         + f""",
-    active AS ({active}),
-    cohorts AS (SELECT visitor_id, min(slot) AS cohort FROM active GROUP BY visitor_id),
-    cells AS (
-        SELECT cohort, slot - cohort AS offset_periods, count(*) AS visitors
-        FROM active JOIN cohorts USING (visitor_id) GROUP BY ALL
-    )
+    {cells}
 SELECT {_period_start(period, "cohort")} AS cohort,
        sum(visitors) FILTER (WHERE offset_periods = 0) OVER (PARTITION BY cohort) AS size,
        offset_periods, visitors, max(cohort + offset_periods) OVER () - cohort AS span
 FROM cells ORDER BY cohort, offset_periods"""
     )
     return Statement(sql, params.values, "visits" if rollup else None)
+
+
+MASK_PERIODS = 127  # bits of a HUGEINT below its sign (a BIGINT's 63 where they do)
+
+
+def _cells_by_mask(slots: list[str], activity: str, first: int, periods: int) -> str:
+    """``cells`` from a number per visitor whose bit k says they were active in period
+    ``first`` + k: one pass over the activity, then a count per distinct number."""
+    width = "BIGINT" if periods <= 63 else "HUGEINT"
+    bits = " | ".join(f"(1::{width} << ({slot} - {first}))" for slot in slots)
+    return f"""masks AS (
+        SELECT mask, count(*) AS visitors
+        FROM (SELECT bit_or({bits}) AS mask {activity} GROUP BY visitor_id) GROUP BY mask
+    ),
+    active AS (
+        SELECT mask, visitors, bit
+        FROM (SELECT *, unnest(range({periods})) AS bit FROM masks) WHERE (mask >> bit) & 1 = 1
+    ),
+    cells AS (
+        SELECT {first} + first_bit AS cohort, bit - first_bit AS offset_periods,
+               sum(visitors) AS visitors
+        FROM (SELECT *, min(bit) OVER (PARTITION BY mask) AS first_bit FROM active) GROUP BY ALL
+    ),"""
+
+
+def _cells_by_distinct(slots: list[str], activity: str) -> str:
+    """``cells`` from every distinct (visitor, period) joined with the visitor's first."""
+    slot = slots[0]
+    if len(slots) == 2:  # start and end of a visit
+        first, last = slots
+        slot = f"unnest(CASE WHEN {last} = {first} THEN [{first}] ELSE [{first}, {last}] END)"
+    return f"""active AS (SELECT DISTINCT visitor_id, {slot} AS slot {activity}),
+    cohorts AS (SELECT visitor_id, min(slot) AS cohort FROM active GROUP BY visitor_id),
+    cells AS (
+        SELECT cohort, slot - cohort AS offset_periods, count(*) AS visitors
+        FROM active JOIN cohorts USING (visitor_id) GROUP BY ALL
+    ),"""
+
+
+def _period_number(period: str, day: dt.date) -> int:
+    """The number of the period (as :func:`_slot` numbers them) that local ``day`` is in."""
+    if period == "month":
+        return day.year * 12 + day.month - 1
+    days = (day - EPOCH).days
+    return days if period == "day" else (days - MONDAY) // 7
 
 
 def _slot(query: Query, period: str, at: str) -> str:

@@ -102,7 +102,7 @@ def _change(metric: str, now: Any, before: Any) -> Any:
     return round(100 * ((now or 0) - before) / before)
 
 
-def _from_first_event(engine: QueryEngine, query: Query) -> Query:
+def from_first_event(engine: QueryEngine, query: Query) -> Query:
     """``date_range: "all"`` starts on the site's first day, not at the epoch."""
     if query.raw.get("date_range") != "all":
         return query
@@ -117,7 +117,7 @@ def _from_first_event(engine: QueryEngine, query: Query) -> Query:
 
 async def run_query(engine: QueryEngine, query: Query) -> dict[str, Any]:
     """The whole answer: ``results``, ``meta`` and the normalised ``query``."""
-    query = _from_first_event(engine, query)
+    query = from_first_event(engine, query)
     rows, total = await _rows(engine, query)
     rows = fill_time_gaps(query, rows)
     meta: dict[str, Any] = {}
