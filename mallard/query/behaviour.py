@@ -26,9 +26,9 @@ from mallard.query.sql import (
     rollup_ctes,
     time_bucket,
 )
+from mallard.storage.layout import day_number
 
 MAX_FUNNEL_STEPS = 8
-EPOCH = dt.date(1970, 1, 1)
 STEP = re.compile(r"(page|event):(.+)")
 RETENTION_PERIODS = {"day": "day", "week": "week", "month": "month"}
 DURATION_BUCKETS = ((0, 10), (10, 30), (30, 60), (60, 180), (180, 600), (600, 1800), (1800, None))
@@ -176,7 +176,7 @@ FROM cells ORDER BY cohort, offset_periods"""
     return Statement(sql, params.values, "visits" if rollup else None)
 
 
-MASK_PERIODS = 127  # bits of a HUGEINT below its sign (a BIGINT's 63 where they do)
+MASK_PERIODS = 127  # a HUGEINT's bits below its sign (a BIGINT's 63 when they are enough)
 
 
 def _cells_by_mask(slots: list[str], activity: str, first: int, periods: int) -> str:
@@ -217,7 +217,7 @@ def _period_number(period: str, day: dt.date) -> int:
     """The number of the period (as :func:`_slot` numbers them) that local ``day`` is in."""
     if period == "month":
         return day.year * 12 + day.month - 1
-    days = (day - EPOCH).days
+    days = day_number(day)
     return days if period == "day" else (days - MONDAY) // 7
 
 
