@@ -125,13 +125,19 @@ async def test_pairs_answer_like_the_reference(
 async def test_percentage_is_of_all_visitors_of_the_range(
     layout: DataLayout, date_range: Any, timezone: str, rolled: int
 ) -> None:
-    """Including a visitor seen before, on and after the range's rolled days."""
+    """Including a visitor seen before, on and after the range's rolled days, and one
+    whose visit runs into the New York range (it starts at 05:00 UTC), back on a rolled day."""
     days = [day_number(END) - 4, day_number(END) - 2, day_number(END)]
-    at_ten = 10 * 3_600_000_000  # inside the New York range's first, partial UTC day too
+    hour = 3_600_000_000
+    at_ten = 10 * hour  # inside the New York range's first, partial UTC day too
     returning = [
         make_event(site_id=SITE, visitor_id=88, pathname=f"/{day}", timestamp=day * DAY_US + at_ten)
         for day in days
-    ]
+    ] + [
+        make_event(site_id=SITE, visitor_id=89, pathname="/across", timestamp=at)
+        for at in (days[0] * DAY_US + 4 * hour + 50 * 60_000_000, days[0] * DAY_US + 5 * hour + 1,
+                   days[1] * DAY_US + at_ten)
+    ]  # fmt: skip
     write_batch(events_to_table(returning), layout, "20260101T000000-1-dddddddd-00000001")
     compact(layout, before=END)
     events = stored_events(layout.events)
@@ -150,6 +156,9 @@ async def test_percentage_is_of_all_visitors_of_the_range(
     ]
     answer = await run_query(QueryEngine(layout), query)
     assert [(row["dimensions"][0], row["metrics"]) for row in answer["results"]] == expected
+    for dimension in (None, "visit:entry_page"):  # the visitors in total and by entry page too
+        query = query_for(dimension, date_range, timezone)
+        await assert_like_reference(QueryEngine(layout), events, query, rolled=rolled)
 
 
 def test_pairs_say_when_a_pair_was_last_seen_before(layout: DataLayout) -> None:

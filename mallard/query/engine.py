@@ -66,7 +66,7 @@ class Snapshot:
 
     files: list[str] = dataclasses.field(default_factory=list)
     rollups: dict[int, str] = dataclasses.field(default_factory=dict)
-    compacted: dict[int, str] = dataclasses.field(default_factory=dict)  # day -> its rollup's file
+    compacted: dict[int, str] = dataclasses.field(default_factory=dict)  # day -> compacted file
     partial: set[int] = dataclasses.field(default_factory=set)  # rollup days with newer events
     rolled: dict[int, str] = dataclasses.field(default_factory=dict)
     written: dict[str, set[int]] = dataclasses.field(default_factory=dict)  # name -> days
@@ -418,11 +418,10 @@ class QueryEngine:
             columns = UNSEEN_VISIT_COLUMNS if derived == "visits" else VISIT_SCHEMA.names
             _parquet_view(cursor, "rolled_visits", rolled, columns, EMPTY_VISITS, partial)
         if derived != "visits":
-            rolled_from = _day_start(min(rolled)) if rolled else "'infinity'"
             since = _day_start(snapshot.pairs_since) if snapshot.pairs_since else "'-infinity'"
             cursor.execute(
-                "CREATE OR REPLACE TEMP VIEW pair_span AS SELECT "
-                f"{rolled_from}::TIMESTAMPTZ AS rolled_from, {since}::TIMESTAMPTZ AS seen_since"
+                f"CREATE OR REPLACE TEMP VIEW pair_span AS SELECT {since}::TIMESTAMPTZ "
+                "AS seen_since"
             )
 
     async def fetch(

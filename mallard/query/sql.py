@@ -391,14 +391,15 @@ def _first_seen_ctes(
     ``grouped``), each (``d0``, visitor) pair counted once, where it first occurs.
 
     ``rolled`` selects the rows of the rolled days: ``d0``, ``visitor_id``,
-    ``first`` (true at the pair's first occurrence in the range) and the sums'
-    columns. ``fresh`` selects the pairs of every other day: ``d0``,
-    ``visitor_id``, ``before_rolled`` (the pair occurred before the first
-    rolled day) and the sums. A fresh pair counts if it occurred before the
-    rolled days, or if no rolled day had it: one join pairs each fresh pair of
-    the later days with the rolled row where it first occurs, if any, and a
-    pass over its rows counts and adds up. ``shared``: later CTEs read the
-    rolled rows too, which are then read once and kept.
+    ``first`` (true where the pair was not seen since the range started) and
+    the sums' columns. ``fresh`` selects the pairs of every other day: ``d0``,
+    ``visitor_id`` and the sums. One join pairs each fresh pair with the
+    rolled row where it is first, if any, and a pass over its rows counts and
+    adds up: a pair counts once whether it occurs on the fresh days, the
+    rolled days or both (also when a rolled row's "seen before" is a visit
+    that started before the range but ran into it, so is fresh too).
+    ``shared``: later CTEs read the rolled rows too, which are then read once
+    and kept.
     """
     both = "".join(
         f", coalesce(sum(r.{c}) + sum(f.{c}), sum(r.{c}), sum(f.{c})) AS {c}" for c in sums
@@ -411,7 +412,7 @@ def _first_seen_ctes(
         SELECT coalesce(r.d0, f.d0) AS d0,
                count(*) FILTER (WHERE r.first OR r.visitor_id IS NULL) AS visitors{both}
         FROM {name}_rolled AS r FULL JOIN (
-            SELECT *, CASE WHEN NOT before_rolled THEN true END AS first FROM {name}_fresh
+            SELECT *, true AS first FROM {name}_fresh
         ) AS f USING (d0, visitor_id, first)
         GROUP BY 1
     ),
@@ -429,12 +430,10 @@ def _pair_stats_ctes(query: Query, params: Parameters) -> str:
 
     The engine binds ``rolled_pairs`` (the pairs of consecutive whole days of
     the range whose ``previously_seen`` is current for the range),
-    ``pair_span.rolled_from`` (the first such day's start, or infinity),
     ``pair_span.seen_since`` (the oldest day with events when the pairs were
     built: earlier ones were deleted) and ``fresh_source`` (the events of every
-    other day). A pair counts once, at its first occurrence in the range: on a
-    rolled day not seen since the range's start; in the events before the
-    rolled days; or after them, unless a rolled day had it.
+    other day). A pair counts once: on the rolled day where it was not seen
+    since the range's start, or in the events of the other days.
     """
     dimension = query.dimensions[0]
     kind = PAIR_KINDS[dimension]
@@ -445,10 +444,10 @@ def _pair_stats_ctes(query: Query, params: Parameters) -> str:
                {pageviews} AS pageviews, revenue AS total_revenue, revenue_events
         FROM rolled_pairs, pair_span WHERE kind = '{kind}'"""
     fresh = f"""SELECT {labelled(column_for(dimension, params, timezone=query.timezone))} AS d0,
-               visitor_id, min(timestamp) < any_value(rolled_from) AS before_rolled,
-               count(*) AS events, count(*) FILTER (WHERE event_name = 'pageview') AS pageviews,
+               visitor_id, count(*) AS events,
+               count(*) FILTER (WHERE event_name = 'pageview') AS pageviews,
                sum(revenue_amount) AS total_revenue, count(revenue_amount) AS revenue_events
-        FROM fresh_events, pair_span{" WHERE event_name = 'pageview'" if kind == "page" else ""}
+        FROM fresh_events{" WHERE event_name = 'pageview'" if kind == "page" else ""}
         GROUP BY d0, visitor_id"""
     sums = ["events", "pageviews", "total_revenue", "revenue_events"]
     return f"""WITH {_events_cte(query, params, "fresh_events", "fresh_source")},
@@ -489,10 +488,9 @@ def _seen_stats_ctes(query: Query, params: Parameters) -> str:
                {"".join(f", {VISIT_SUMS[c]} AS {c}" for c in sums)}
                {f", {_first_in_range('seen_visitor', start)} AS first_visit" if percentage else ""}
         FROM rolled_visits, pair_span"""
-    fresh = f"""SELECT {d0} AS d0, visitor_id,
-               min(visit_start) < any_value(rolled_from) AS before_rolled
+    fresh = f"""SELECT {d0} AS d0, visitor_id
                {"".join(f", sum({VISIT_SUMS[c]}) AS {c}" for c in sums)}
-        FROM fresh_visits, pair_span GROUP BY d0, visitor_id"""
+        FROM fresh_visits GROUP BY d0, visitor_id"""
     ctes = [
         f"WITH {_events_cte(query, params, 'fresh_events', 'fresh_source')}",
         visit_ctes("fresh_events", "built_visits"),
@@ -508,8 +506,7 @@ def _seen_stats_ctes(query: Query, params: Parameters) -> str:
             _first_seen_ctes(
                 "all_visits",
                 "SELECT '' AS d0, visitor_id, first_visit AS first FROM event_stats_rolled",
-                """SELECT '' AS d0, visitor_id, bool_or(before_rolled) AS before_rolled
-        FROM event_stats_fresh GROUP BY visitor_id""",
+                "SELECT DISTINCT '' AS d0, visitor_id FROM event_stats_fresh",
                 [],
                 grouped=False,
             ),
