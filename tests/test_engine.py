@@ -1,13 +1,15 @@
-"""The query engine's resources: memory limit, spilling, its temporary folder."""
+"""The query engine's resources: memory limit, spilling, its temporary folder, its threads."""
 
 from __future__ import annotations
 
 import os
+import threading
 from pathlib import Path
 
 import trio
 
 from mallard.query.engine import QueryEngine
+from mallard.query.threads import QueryThreads
 from mallard.storage.layout import DataLayout
 
 
@@ -31,3 +33,18 @@ def test_a_query_bigger_than_its_memory_spills_to_the_data_dir(tmp_path: Path) -
         assert rows == [(20_000_000,)]
     finally:
         engine.close()
+
+
+async def test_a_query_cancelled_while_queued_never_runs() -> None:
+    """It would run with the unflushed events it took when it was sent, long after."""
+    threads = QueryThreads(1)
+    release, ran = threading.Event(), []
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(threads.run, release.wait)  # holds the only thread
+        await trio.sleep(0.05)
+        with trio.move_on_after(0.05):
+            await threads.run(lambda: ran.append("late"))
+        release.set()
+    await threads.run(lambda: ran.append("next"))
+    threads.close()
+    assert ran == ["next"]

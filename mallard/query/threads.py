@@ -53,7 +53,8 @@ class QueryThreads:
         )
 
     async def run(self, function: Callable[[], T]) -> T:
-        """Run ``function`` in a query thread; cancelling abandons it (the caller stops it)."""
+        """Run ``function`` in a query thread; cancelling abandons it (the caller stops it
+        if it runs, and it never starts if it is still queued)."""
         token = trio.lowlevel.current_trio_token()
         done = trio.Event()
 
@@ -63,7 +64,11 @@ class QueryThreads:
 
         future = self._executor.submit(function)
         future.add_done_callback(wake)
-        await done.wait()
+        try:
+            await done.wait()
+        except trio.Cancelled:
+            future.cancel()
+            raise
         return future.result()
 
     def close(self) -> None:

@@ -50,7 +50,7 @@ from mallard.storage.wal import SEGMENT_SUFFIX
 log = logging.getLogger("mallard.compaction")
 
 ROW_GROUP_ROWS = 128 * 1024
-SETTLE_SECONDS = 120.0  # more than a query may wait and run (QueryEngine's timeout)
+SETTLE_SECONDS = 120.0  # more than a query may wait and run (QueryEngine's timeout: 30 s)
 
 
 @dataclass
