@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -90,6 +91,33 @@ def test_today_is_compacted_as_far_as_it_has_come(layout: DataLayout) -> None:
     assert compact(layout).files_in == 2  # then merged with the rest of the day
     [merged] = partition.glob("*.parquet")
     assert pq.read_table(merged).num_rows == 9
+
+
+def test_a_swap_cut_short_by_a_crash_is_finished_not_merged_again(
+    layout: DataLayout, tmp_path: Path
+) -> None:
+    """A crash after the merged file's rename leaves the files it replaced: they go."""
+    fill(layout, files=3)
+    partition = layout.partition("a.com", 20_000)
+    sources = partition_files(layout)
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for file in sources:
+        shutil.copy2(file, kept / file.name)  # the same name, size and modification time
+    compact(layout, before=DAY + dt.timedelta(days=1))
+    [merged] = partition_files(layout)
+    rows = pq.read_table(merged).num_rows
+    for file in sources[:2]:
+        shutil.copy2(kept / file.name, file)  # not yet deleted when the crash came
+    stale_rollup = layout.rollup("a.com", DAY, sources[0].name)
+    shutil.copy2(layout.rollup("a.com", DAY, merged.name), stale_rollup)
+    replaced = kept / sources[2].name  # a new file under an old name is new data
+    shutil.copy2(replaced, partition / replaced.name)
+    os.utime(partition / replaced.name)
+    assert compact(layout, before=DAY + dt.timedelta(days=1)).files_in == 2
+    [merged] = partition_files(layout)
+    assert pq.read_table(merged).num_rows == rows + pq.read_table(replaced).num_rows
+    assert not stale_rollup.exists()
 
 
 def test_unfinished_days_and_in_flight_files_are_left_alone(layout: DataLayout) -> None:

@@ -15,7 +15,8 @@ merged file, and the visits of their visitors are built again from events
 The swap is atomic for readers: queries hold a shared lock on the site
 (:func:`~mallard.storage.locks.site_lock`) while they list and read its files,
 and compaction takes it exclusively only to rename the merged file in and
-delete the old ones. Files
+delete the old ones; the merged file lists the files it holds
+(``MERGED_KEY``), so the next run deletes those a crash left behind. Files
 whose write-ahead log segment still exists are left alone, so a replay can
 never bring back a file that compaction merged; so are today's files younger
 than ``SETTLE_SECONDS``: a query that took the writer's unflushed events
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import json
 import logging
 import os
 import time
@@ -34,6 +36,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -50,6 +53,7 @@ from mallard.storage.wal import SEGMENT_SUFFIX
 log = logging.getLogger("mallard.compaction")
 
 ROW_GROUP_ROWS = 128 * 1024
+MERGED_KEY = b"mallard:merged"  # a compacted file's metadata: the files it holds (_identity)
 SETTLE_SECONDS = 120.0  # more than a query may wait and run (QueryEngine's timeout: 30 s)
 
 
@@ -126,6 +130,35 @@ def _read_events(files: list[Path]) -> pa.Table:
     return pa.concat_tables(tables)
 
 
+def _identity(file: Path) -> list[Any]:
+    """What tells a file from another of the same name: name, size, modification time."""
+    info = file.stat()
+    return [file.name, info.st_size, info.st_mtime_ns]
+
+
+def _drop_merged_leftovers(layout: DataLayout, site_id: str, partition: Path) -> None:
+    """Delete the files a compacted file of the partition already holds (its metadata
+    lists them), and rollups of no file: what a crash between the swap's rename and
+    its deletions leaves. Merged again, their events would count twice."""
+    files = {f.name: f for f in partition.glob("*.parquet")}
+    leftovers = []
+    for name, file in files.items():
+        if len(files) > 1 and name.startswith(COMPACTED_PREFIX):
+            merged = json.loads((pq.read_schema(file).metadata or {}).get(MERGED_KEY, b"[]"))
+            leftovers += [
+                files[old[0]] for old in merged
+                if old[0] in files and old[0] != name and _identity(files[old[0]]) == old
+            ]  # fmt: skip
+    rollups = layout.visits / f"site_id={site_id}" / partition.name
+    leftovers += [r for r in rollups.glob("*.parquet") if r.name not in files]
+    if leftovers:
+        log.warning("removing %d files a crashed compaction left in %s", len(leftovers), partition)
+        with site_lock(layout, site_id, exclusive=True):
+            for file in leftovers:
+                file.unlink()
+            fsync_dir(partition)
+
+
 def compact_partition(
     layout: DataLayout, site_id: str, partition: Path, *, settle: float = 0.0
 ) -> tuple[int, int]:
@@ -134,6 +167,7 @@ def compact_partition(
     Files still in flight, or flushed less than ``settle`` seconds ago, stay as they are.
     """
     with maintenance_lock(layout, site_id):
+        _drop_merged_leftovers(layout, site_id, partition)
         return _merge(layout, site_id, partition, settle)
 
 
@@ -147,6 +181,7 @@ def _merge(layout: DataLayout, site_id: str, partition: Path, settle: float) -> 
     if not files or _rolled_up(layout, site_id, partition, files):
         return 0, 0
     table = _read_events(files).sort_by([("visitor_id", "ascending"), ("timestamp", "ascending")])
+    table = table.replace_schema_metadata({MERGED_KEY: json.dumps([_identity(f) for f in files])})
     name = f"{COMPACTED_PREFIX}{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     events_file = partition / f"{name}.parquet"
     rollup_file = _rollup_of(layout, site_id, partition, events_file)
