@@ -66,7 +66,8 @@ def test_compaction_merges_a_day_into_one_sorted_file(layout: DataLayout) -> Non
 
 
 def test_today_is_compacted_as_far_as_it_has_come(layout: DataLayout) -> None:
-    """By default today's files are merged too, except those flushed in the last minutes."""
+    """By default today's files are merged too, except those flushed in the last minutes
+    (yesterday's too: the writer may still flush its last events)."""
     today = dt.datetime.now(dt.UTC).date()
     start_us = int(dt.datetime.combine(today, dt.time(), dt.UTC).timestamp() * 1_000_000)
     events = [
@@ -91,6 +92,11 @@ def test_today_is_compacted_as_far_as_it_has_come(layout: DataLayout) -> None:
     assert compact(layout).files_in == 2  # then merged with the rest of the day
     [merged] = partition.glob("*.parquet")
     assert pq.read_table(merged).num_rows == 9
+    late = make_event(site_id="a.com", timestamp=start_us - 1)  # yesterday's, flushed just now
+    [file] = write_batch(events_to_table([late]), layout, "w-00000003")
+    assert compact(layout).files_in == 0 and file.exists()
+    os.utime(file, (long_ago, long_ago))
+    assert compact(layout).files_in == 1
 
 
 def test_a_swap_cut_short_by_a_crash_is_finished_not_merged_again(

@@ -18,10 +18,11 @@ and compaction takes it exclusively only to rename the merged file in and
 delete the old ones; the merged file lists the files it holds
 (``MERGED_KEY``), so the next run deletes those a crash left behind. Files
 whose write-ahead log segment still exists are left alone, so a replay can
-never bring back a file that compaction merged; so are today's files younger
-than ``SETTLE_SECONDS``: a query that took the writer's unflushed events
-before their flush still finds their file under its own name (it drops them
-from the unflushed ones) for as long as a query may run.
+never bring back a file that compaction merged; so are today's and
+yesterday's files younger than ``SETTLE_SECONDS``: a query that took the
+writer's unflushed events before their flush still finds their file under
+its own name (it drops them from the unflushed ones) for as long as a query
+may run.
 """
 
 from __future__ import annotations
@@ -231,7 +232,8 @@ def compact(
     before = before or today
     report = CompactionReport()
     for index, (site_id, partition) in enumerate(todo, start=1):
-        settle = SETTLE_SECONDS if partition.name == f"date={today}" else 0.0
+        recent = partition.name in (f"date={today}", f"date={today - dt.timedelta(days=1)}")
+        settle = SETTLE_SECONDS if recent else 0.0  # the days the writer may be flushing into
         merged, rows = compact_partition(layout, site_id, partition, settle=settle)
         if merged:
             report.partitions += 1
