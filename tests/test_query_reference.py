@@ -27,7 +27,7 @@ from mallard.storage.parquet import write_batch
 from mallard.storage.schema import Event, events_to_table
 from mallard.synthetic import generate
 from tests import reference_stats as ref
-from tests.factories import stored_events
+from tests.factories import DAY_US, stored_events
 
 SITE = "ref.example"
 END = dt.date(2026, 1, 20)
@@ -68,10 +68,9 @@ def partly_compacted(
     except on the last day: accepted, not flushed (returned)."""
     layout = DataLayout(tmp_path_factory.mktemp("partly") / "data")
     layout.create()
-    day_us = 86_400_000_000
-    last_day = day_number(END) * day_us
-    early = [e for e in data[1] if e.timestamp % day_us < SPLIT_US]
-    later = [e for e in data[1] if e.timestamp % day_us >= SPLIT_US and e.timestamp < last_day]
+    last_day = day_number(END) * DAY_US
+    early = [e for e in data[1] if e.timestamp % DAY_US < SPLIT_US]
+    later = [e for e in data[1] if e.timestamp % DAY_US >= SPLIT_US and e.timestamp < last_day]
     write_batch(events_to_table(early), layout, "20260101T000000-1-aaaaaaaa-00000000")
     compact(layout, before=END + dt.timedelta(days=1))
     write_batch(events_to_table(later), layout, "20260101T000000-1-aaaaaaaa-00000001")

@@ -31,6 +31,7 @@ from mallard.storage.layout import day_number
 MAX_FUNNEL_STEPS = 8
 STEP = re.compile(r"(page|event):(.+)")
 RETENTION_PERIODS = {"day": "day", "week": "week", "month": "month"}
+MASK_PERIODS = 127  # a HUGEINT's bits below its sign (a BIGINT's 63 when they are enough)
 DURATION_BUCKETS = ((0, 10), (10, 30), (30, 60), (60, 180), (180, 600), (600, 1800), (1800, None))
 
 
@@ -174,9 +175,6 @@ SELECT {_period_start(period, "cohort")} AS cohort,
 FROM cells ORDER BY cohort, offset_periods"""
     )
     return Statement(sql, params.values, "visits" if rollup else None)
-
-
-MASK_PERIODS = 127  # a HUGEINT's bits below its sign (a BIGINT's 63 when they are enough)
 
 
 def _cells_by_mask(slots: list[str], activity: str, first: int, periods: int) -> str:
