@@ -1,16 +1,25 @@
-"""The query engine's resources: memory limit, spilling, its temporary folder, its threads."""
+"""The query engine's resources: memory limit, spilling, its temporary folder, its threads,
+its time limit."""
 
 from __future__ import annotations
 
+import datetime as dt
+import fcntl
 import os
 import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
 
+import pyarrow as pa
+import pytest
 import trio
 
-from mallard.query.engine import QueryEngine
-from mallard.query.threads import QueryThreads
+from mallard.query.engine import QueryEngine, QueryTimeout
+from mallard.query.threads import Handoff, QueryThreads
 from mallard.storage.layout import DataLayout
+from mallard.storage.locks import site_lock
+
+DAY = dt.timedelta(days=1)
 
 
 def test_a_query_bigger_than_its_memory_spills_to_the_data_dir(tmp_path: Path) -> None:
@@ -48,3 +57,93 @@ async def test_a_query_cancelled_while_queued_never_runs() -> None:
     await threads.run(lambda: ran.append("next"))
     threads.close()
     assert ran == ["next"]
+
+
+def test_a_handoff_releases_after_the_call_that_outlives_its_caller() -> None:
+    handoff = Handoff()
+    released: list[str] = []
+    handoff.resources.callback(released.append, "released")
+    started, finish = threading.Event(), threading.Event()
+
+    def slow() -> str:
+        started.set()
+        finish.wait()
+        return "done"
+
+    worker = threading.Thread(target=handoff.call(slow))
+    worker.start()
+    started.wait()
+    handoff.give_up()  # the caller stopped waiting while the call runs
+    assert released == []
+    finish.set()
+    worker.join()
+    assert released == ["released"]
+    late = handoff.call(lambda: released.append("ran late"))
+    with pytest.raises(RuntimeError):
+        late()
+    assert released == ["released"]
+
+
+def _site_lock_is_free(layout: DataLayout, site_id: str) -> bool:
+    fd = os.open(layout.events / f"site_id={site_id}" / ".lock", os.O_RDWR)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+async def test_an_export_that_cannot_start_in_time_times_out_and_keeps_no_lock(
+    tmp_path: Path,
+) -> None:
+    """It would read unflushed events it took long ago; and a lock it took after
+    giving up would block every compaction swap of the site from then on."""
+    layout = DataLayout(tmp_path)
+    layout.create()
+    (layout.events / "site_id=example.com").mkdir()
+    engine = QueryEngine(layout, timeout=0.3, max_concurrent=1)
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+
+    def export() -> AsyncIterator[pa.RecordBatch]:
+        return engine.stream(
+            "SELECT * FROM source", {}, site_id="example.com", start=start, end=start + DAY
+        )
+
+    async def first_batch_in_time() -> None:
+        with trio.fail_after(5):  # a failure, not a hang, if the engine has no time limit
+            await anext(export())
+
+    try:
+        # waiting for the lock of a compaction swap
+        with site_lock(layout, "example.com", exclusive=True), pytest.raises(QueryTimeout):
+            await first_batch_in_time()
+        assert await engine.fetch("SELECT 1") == (["1"], [(1,)])  # the late call has ended
+        assert _site_lock_is_free(layout, "example.com")
+
+        release = threading.Event()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(engine._threads.run, release.wait)  # every query thread busy
+            await trio.sleep(0.05)
+            with pytest.raises(QueryTimeout):
+                await first_batch_in_time()
+            release.set()
+        batches = [batch async for batch in export()]
+        assert sum(b.num_rows for b in batches) == 0
+        assert _site_lock_is_free(layout, "example.com")
+    finally:
+        engine.close()
+
+
+async def test_a_query_over_its_time_is_interrupted(tmp_path: Path) -> None:
+    layout = DataLayout(tmp_path)
+    layout.create()
+    engine = QueryEngine(layout, timeout=0.3, max_concurrent=1)
+    try:
+        with pytest.raises(QueryTimeout, match=r"longer than 0\.3 s"):
+            await engine.fetch("SELECT count(*) FROM range(1000000000000)")
+        with trio.fail_after(10):  # its thread is free again: DuckDB stopped it
+            assert await engine.fetch("SELECT 2") == (["2"], [(2,)])
+    finally:
+        engine.close()

@@ -7,6 +7,7 @@ translate parameters.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 from collections.abc import AsyncIterator
@@ -310,10 +311,16 @@ async def export_data() -> Any:
             end=query.date_range.end,
         )
 
+    # Started before the response: a query that cannot start is an error, not a cut-off file.
+    first = await anext(batches)
+
     async def body() -> AsyncIterator[bytes]:
-        async for batch in batches:
-            if chunk := encoder(batch):
+        async with contextlib.aclosing(batches):
+            if chunk := encoder(first):
                 yield chunk
+            async for batch in batches:
+                if chunk := encoder(batch):
+                    yield chunk
         if tail := encoder.finish():
             yield tail
 

@@ -15,7 +15,7 @@ import dataclasses
 import datetime as dt
 import os
 import threading
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from functools import partial
 from typing import Any
 
@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import trio
 
 from mallard.query.sql import Derived, file_list
-from mallard.query.threads import QueryThreads, lower_priority, thread_ids
+from mallard.query.threads import Handoff, QueryThreads, lower_priority, thread_ids
 from mallard.storage.layout import (
     COMPACTED_PREFIX,
     DataLayout,
@@ -442,7 +442,6 @@ class QueryEngine:
         """
         cursor = self._cursor()
         parts = self._pending() if site_id is not None else ()
-        interrupted = False
 
         def run() -> tuple[list[str], list[tuple[Any, ...]]]:
             key = None
@@ -463,18 +462,26 @@ class QueryEngine:
             return answer
 
         try:
-            with trio.fail_after(self._timeout):
+            with self._time_limit():
                 return await self._threads.run(run)
-        except trio.TooSlowError:
-            interrupted = True
-            raise QueryTimeout(f"the query took longer than {self._timeout:g} s") from None
-        except trio.Cancelled:
-            interrupted = True
+        except (QueryTimeout, trio.Cancelled):
+            with contextlib.suppress(duckdb.Error):  # it may have finished meanwhile
+                cursor.interrupt()
             raise
-        finally:
-            if interrupted:
-                with contextlib.suppress(duckdb.Error):  # it may have finished meanwhile
-                    cursor.interrupt()
+
+    @contextlib.contextmanager
+    def _time_limit(self) -> Iterator[None]:
+        """Raise ``QueryTimeout`` once the engine's timeout has passed.
+
+        It bounds the wait for a query thread too: a query must see the
+        unflushed events it took when sent still unflushed or in their own
+        files, which compaction leaves alone for ``SETTLE_SECONDS``.
+        """
+        try:
+            with trio.fail_after(self._timeout):
+                yield
+        except trio.TooSlowError:
+            raise QueryTimeout(f"the query took longer than {self._timeout:g} s") from None
 
     async def stream(
         self,
@@ -489,14 +496,17 @@ class QueryEngine:
         """Yield the result of ``sql`` in Arrow batches: constant memory for any size.
 
         Each batch is fetched in a worker thread; closing the iterator early (a
-        client that went away) interrupts the query.
+        client that went away) interrupts the query. Starting it (the first
+        batch) may raise ``QueryTimeout``; once started, it reads to the end.
         """
         cursor = self._cursor()
         parts = self._pending()
-        lock = contextlib.ExitStack()  # held while the files are read: no compaction swap
+        handoff = Handoff()  # a call may still run when this generator is closed
+        handoff.resources.callback(cursor.close)
 
         def open_reader() -> pa.RecordBatchReader:
-            lock.enter_context(site_lock(self.layout, site_id))
+            # held while the files are read: no compaction swap
+            handoff.resources.enter_context(site_lock(self.layout, site_id))
             self._prepare_source(cursor, *self._view(site_id, start, end, parts))
             return cursor.sql(sql, params=parameters).to_arrow_reader(batch_rows)
 
@@ -507,9 +517,11 @@ class QueryEngine:
                 return None
 
         try:
-            reader = await self._threads.run(open_reader)
+            with self._time_limit():  # once open, the site lock keeps compaction away
+                reader = await self._threads.run(handoff.call(open_reader))
             empty = True
-            while (batch := await self._threads.run(partial(next_batch, reader))) is not None:
+            read = handoff.call(partial(next_batch, reader))
+            while (batch := await self._threads.run(read)) is not None:
                 empty = False
                 yield batch
             if empty:  # still one (empty) batch, so encoders know the columns
@@ -517,8 +529,7 @@ class QueryEngine:
         finally:
             with contextlib.suppress(duckdb.Error):
                 cursor.interrupt()
-            cursor.close()
-            lock.close()
+            handoff.give_up()
 
     async def ping(self) -> bool:
         """True when DuckDB answers a trivial query."""

@@ -73,3 +73,46 @@ class QueryThreads:
 
     def close(self) -> None:
         self._executor.shutdown(wait=False, cancel_futures=True)
+
+
+class Handoff:
+    """What calls in query threads use (a cursor, a lock…), released by whoever is last.
+
+    The trio task that stops waiting for a call (cancelled, timed out) may
+    :meth:`give_up` while the call still runs in its thread: the call then
+    releases ``resources`` when it ends, and calls that had not started yet
+    never run.
+    """
+
+    def __init__(self) -> None:
+        self.resources = contextlib.ExitStack()
+        self._mutex = threading.Lock()
+        self._running = False
+        self._given_up = False
+
+    def call(self, function: Callable[[], T]) -> Callable[[], T]:
+        """``function`` wrapped to run in a query thread under this handoff."""
+
+        def run() -> T:
+            with self._mutex:
+                if self._given_up:
+                    raise RuntimeError("given up before it started")
+                self._running = True
+            try:
+                return function()
+            finally:
+                with self._mutex:
+                    self._running = False
+                    release = self._given_up
+                if release:
+                    self.resources.close()
+
+        return run
+
+    def give_up(self) -> None:
+        """Release the resources now, or when the running call ends."""
+        with self._mutex:
+            self._given_up = True
+            running = self._running
+        if not running:
+            self.resources.close()
