@@ -18,7 +18,8 @@ import pytest
 import trio
 
 from mallard.storage.layout import DataLayout
-from mallard.storage.schema import Event
+from mallard.storage.parquet import write_batch
+from mallard.storage.schema import Event, events_to_table
 from mallard.storage.wal import HEADER, WriteAheadLog, read_segment, recover
 from tests.conftest import BROWSER_UA, SEED_EVENT, read_events, start_process
 from tests.factories import make_events
@@ -281,3 +282,25 @@ def test_append_and_retire_from_two_threads(layout: DataLayout) -> None:
     assert [p.name for p in wal.folder.glob("*.wal")] == ["00000300.wal"]
     assert read_segment(wal.segment_path(300)).events == events * 3
     wal.close()
+
+
+def test_a_retried_batch_never_writes_a_partition_twice(layout: DataLayout) -> None:
+    """An attempt writes a.com's file, then fails on b.org's; before the retry,
+    compaction merges a.com's file away (its events are still stored, under
+    another name): the retry writes b.org's file only."""
+    events = make_events(4, sites=("a.com", "b.org"))
+    table = events_to_table(events)
+    name = "20260101T000000-1-aaaaaaaa-00000000"
+    blocked = layout.partition("b.org", 20_000)
+    blocked.parent.mkdir(parents=True)
+    blocked.write_text("not a folder: b.org's write fails")
+    done: set[Path] = set()
+    with pytest.raises(OSError):
+        write_batch(table, layout, name, done)
+    [written] = done
+    assert written.parent == layout.partition("a.com", 20_000)
+    written.unlink()  # merged into a compacted file
+    blocked.unlink()
+    [retried] = write_batch(table, layout, name, done)
+    assert retried.parent == blocked
+    assert not written.exists()

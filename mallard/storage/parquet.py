@@ -53,18 +53,24 @@ def split_by_partition(table: pa.Table) -> list[tuple[str, int, pa.Table]]:
     return parts
 
 
-def write_batch(table: pa.Table, layout: DataLayout, name: str) -> list[Path]:
+def write_batch(
+    table: pa.Table, layout: DataLayout, name: str, done: set[Path] | None = None
+) -> list[Path]:
     """Write one batch as ``<partition>/<name>.parquet`` per (site, UTC day).
 
     Idempotent: a partition that already has the file is skipped, which is what
-    makes replaying a write-ahead log segment exactly-once. Blocking: run it in
-    a worker thread. Returns the files written now.
+    makes replaying a write-ahead log segment exactly-once; so is one whose file
+    is in ``done``, the files an earlier attempt at the batch wrote (which
+    compaction may have merged away since), and to which this adds each file
+    it writes. Blocking: run it in a worker thread. Returns the files written now.
     """
+    done = set() if done is None else done
     written = []
     for index, (site_id, day, rows) in enumerate(split_by_partition(table)):
         destination = layout.partition(site_id, day) / f"{name}.parquet"
-        if destination.exists():
+        if destination in done or destination.exists():
             continue
         write_parquet_atomically(rows, destination, layout.tmp / f"{name}-{index}.parquet.tmp")
+        done.add(destination)
         written.append(destination)
     return written

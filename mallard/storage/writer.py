@@ -24,6 +24,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
@@ -285,11 +286,12 @@ class EventWriter:
 
     async def _flush_with_retry(self, number: int, batch: pa.Table) -> None:
         name = batch_name(self.writer_id, number)
+        done: set[Path] = set()  # never written twice, even once compacted away
         delay = 0.25
         while True:
             started = time.perf_counter()
             try:
-                files, size = await trio.to_thread.run_sync(self._write, batch, name)
+                files, size = await trio.to_thread.run_sync(self._write, batch, name, done)
             except Exception as error:  # keep the batch and retry: nothing accepted is dropped
                 if not self.flush_failing:
                     log.error(
@@ -322,12 +324,12 @@ class EventWriter:
             )
             return
 
-    def _write(self, batch: pa.Table, name: str) -> tuple[int, int]:
+    def _write(self, batch: pa.Table, name: str, done: set[Path]) -> tuple[int, int]:
         """Write a batch to Parquet (blocking); returns the files and bytes written.
 
         Events erased meanwhile (see :mod:`mallard.storage.erasure`) are left out.
         """
-        files = write_batch(self.tombstones.keep(batch), self.layout, name)
+        files = write_batch(self.tombstones.keep(batch), self.layout, name, done)
         return len(files), sum(file.stat().st_size for file in files)
 
     def _count_flush(self, events: int, files: int, size: int, seconds: float) -> None:
