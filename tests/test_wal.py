@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections import Counter
 from pathlib import Path
@@ -21,6 +22,7 @@ from mallard.storage.layout import DataLayout
 from mallard.storage.parquet import write_batch
 from mallard.storage.schema import Event, events_to_table
 from mallard.storage.wal import HEADER, WriteAheadLog, read_segment, recover
+from mallard.storage.writer import EventWriter
 from tests.conftest import BROWSER_UA, SEED_EVENT, read_events, start_process
 from tests.factories import make_events
 
@@ -250,8 +252,6 @@ def test_append_and_retire_from_two_threads(layout: DataLayout) -> None:
     (A load test once caught the two threads tearing the segment state apart; the
     race window is too narrow to hit reliably here, so this checks the outcome.)
     """
-    import threading
-
     wal = WriteAheadLog(layout, "20260101T000002-3-racerace")
     events = make_events(3)
     errors: list[BaseException] = []
@@ -304,3 +304,30 @@ def test_a_retried_batch_never_writes_a_partition_twice(layout: DataLayout) -> N
     [retried] = write_batch(table, layout, name, done)
     assert retried.parent == blocked
     assert not written.exists()
+
+
+async def test_appends_stay_on_the_event_loop_while_the_disk_is_fast(layout: DataLayout) -> None:
+    """No thread round trip while fsyncs are fast; after a slow one the next append
+    is in a thread, so a slow disk never holds up the event loop twice in a row."""
+    writer = EventWriter(layout, flush_count=1000, flush_interval=3600.0)
+    loop_thread = threading.get_ident()
+    wal, real_append = writer._wal, writer._wal.append  # type: ignore[union-attr]
+    on_loop: list[bool] = []
+    fsync_seconds = [0.0]  # what the disk is said to take, whatever this one's takes
+
+    def append(number: int, events: list[Event]) -> float:  # the real append, watched
+        on_loop.append(threading.get_ident() == loop_thread)
+        real_append(number, events)
+        return fsync_seconds[0]
+
+    wal.append = append  # type: ignore[method-assign, union-attr]
+    send, receive = trio.open_memory_channel[Event](10)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run, receive)
+        for sequence, seconds in enumerate([0, 0, 0, 0.01, 0.01, 0, 0], start=1):
+            fsync_seconds[0] = seconds  # a disk that gets slow, then fast again
+            await send.send(make_events(1)[0])
+            assert await writer.wait_durable(sequence)
+        await send.aclose()
+    assert on_loop == [False, True, True, True, False, False, True]
+    assert len(read_events(layout.root)) == 7

@@ -3,6 +3,10 @@
 Two tasks cooperate. The *collector* drains the event channel in groups; with
 ``durability = "wal"`` it appends each group to the write-ahead log with one
 fsync (group commit) and only then lets the handlers of that group answer 202.
+While appends are fast it makes them on the event loop itself: a round trip
+through a worker thread costs two wake-ups, which a machine busy with queries
+delays by milliseconds each; after a slow fsync the next append goes to a
+thread, so a slow disk never holds up the loop twice in a row.
 It adds the events to the current batch and cuts the batch at ``flush_count``
 events or every ``flush_interval`` seconds. The *flusher* writes each cut
 batch to Parquet in a worker thread, then retires its WAL segment.
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import time
 from collections import deque
 from collections.abc import Callable
@@ -44,6 +49,7 @@ MAX_RETRY_DELAY = 5.0
 HANDOFF_RETRY = 0.05  # seconds between tries to hand a batch to a busy flusher
 REFUSALS_REMEMBERED = 1024  # long enough for every waiting handler to look
 STAGED_ROWS = 1024  # events kept as tuples before they become one Arrow table
+INLINE_FSYNC_SECONDS = 0.002  # after an fsync this fast, the next append is on the event loop
 
 
 class EventWriter:
@@ -83,6 +89,7 @@ class EventWriter:
         self._resolved = 0  # durable or refused
         self._refused: deque[tuple[int, int]] = deque(maxlen=REFUSALS_REMEMBERED)
         self._commit = trio.Event()
+        self._last_fsync_seconds = math.inf  # the first append, to a disk not yet seen, in a thread
 
     @property
     def durable(self) -> bool:
@@ -201,9 +208,7 @@ class EventWriter:
             self._resolve(refused=(first, self._received))
             return
         try:
-            fsync_seconds = await trio.to_thread.run_sync(
-                self._wal.append, self._batch_number, group
-            )
+            fsync_seconds = await self._append(self._wal, group)
         except OSError as error:
             if not self.wal_failing:
                 log.error(
@@ -220,6 +225,17 @@ class EventWriter:
             self.wal_failing = False
         self._resolve()
         await self._add(group)
+
+    async def _append(self, wal: WriteAheadLog, group: list[Event]) -> float:
+        """Append ``group`` to the log: on the event loop if the last fsync was fast."""
+        inline = self._last_fsync_seconds < INLINE_FSYNC_SECONDS
+        self._last_fsync_seconds = math.inf  # if this one fails, the next goes to a thread
+        if inline:
+            fsync_seconds = wal.append(self._batch_number, group)
+        else:
+            fsync_seconds = await trio.to_thread.run_sync(wal.append, self._batch_number, group)
+        self._last_fsync_seconds = fsync_seconds
+        return fsync_seconds
 
     @property
     def collected(self) -> int:
