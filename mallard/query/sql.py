@@ -408,7 +408,7 @@ def _first_seen_ctes(
     )
     totals = "".join(f", sum({column}) AS {column}" for column in sums)
     total = f"SELECT sum(visitors) AS visitors{totals} FROM {name}_counted"
-    rolled_side = f"(SELECT * FROM {name}_rolled WHERE first)" if not sums else f"{name}_rolled"
+    rolled_side = f"{name}_rolled" if sums else f"(SELECT * FROM {name}_rolled WHERE first)"
     return f"""{name}_fresh AS ({fresh}),
     {name}_rolled AS {"MATERIALIZED " if shared else ""}({rolled}),
     {name}_counted AS (

@@ -3,13 +3,14 @@
 Two tasks cooperate. The *collector* drains the event channel in groups; with
 ``durability = "wal"`` it appends each group to the write-ahead log with one
 fsync (group commit) and only then lets the handlers of that group answer 202.
-While appends are fast it makes them on the event loop itself: a round trip
-through a worker thread costs two wake-ups, which a machine busy with queries
-delays by milliseconds each; after a slow fsync the next append goes to a
-thread, so a slow disk never holds up the loop twice in a row.
 It adds the events to the current batch and cuts the batch at ``flush_count``
 events or every ``flush_interval`` seconds. The *flusher* writes each cut
 batch to Parquet in a worker thread, then retires its WAL segment.
+
+While fsyncs are fast the collector appends on the event loop itself: a round
+trip through a worker thread costs two wake-ups, which a machine busy with
+queries delays by milliseconds each. After a slow fsync the next append goes
+to a thread, so a slow disk never holds up the loop twice in a row.
 
 Back-pressure: if the flusher falls behind (slow or failing disk) and a second
 batch is full, the collector stops taking on events. With the WAL it refuses
