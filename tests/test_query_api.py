@@ -407,7 +407,7 @@ async def test_sessions(stats_server: RunningServer) -> None:
     [
         ("/api/stats/funnel", {"steps": "page:/"}, "steps"),
         ("/api/stats/funnel", {"steps": "click:/,page:/x"}, "click"),
-        ("/api/stats/retention", {"interval": "fortnight"}, "period"),
+        ("/api/stats/retention", {"interval": "fortnight"}, "interval"),
         ("/api/stats/flow", {}, "page"),
     ],
 )

@@ -149,7 +149,7 @@ def retention_sql(query: Query, period: str) -> Statement:
     per distinct pattern of bits; longer ones count distinct (visitor, period).
     """
     if period not in RETENTION_PERIODS:
-        raise QueryError("period must be day, week or month")
+        raise QueryError(f"interval must be day, week or month, not {period!r}")
     params = Parameters()
     rollup = filters_only_visits(query)
     if rollup:
