@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 import sqlite3
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -195,6 +196,24 @@ def store(tmp_path: Path) -> Iterator[AuthStore]:
     store.open()
     yield store
     store.close()
+
+
+def test_store_opens_while_another_process_writes(tmp_path: Path) -> None:
+    """Two workers start at once: switching to the WAL journal meets the other's
+    write transaction, where SQLite answers "database is locked" without waiting."""
+    path = tmp_path / "auth" / "mallard.sqlite3"
+    path.parent.mkdir()
+    other = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
+    other.execute("CREATE TABLE earlier (x)")
+    other.execute("BEGIN IMMEDIATE")  # the other worker's write, under way
+    threading.Timer(0.3, other.execute, ["COMMIT"]).start()
+    store = AuthStore(path)
+    store.open()
+    try:
+        assert store.builtin_id() is not None
+    finally:
+        store.close()
+        other.close()
 
 
 def test_store_keeps_only_hashes_of_tokens(store: AuthStore, tmp_path: Path) -> None:

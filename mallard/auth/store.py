@@ -20,6 +20,7 @@ from mallard.auth.policy import User
 from mallard.auth.tokens import API_KEY_SHOWN, new_api_key, new_token, token_hash
 
 BUILTIN_ADMIN = "admin"
+BUSY_SECONDS = 30.0  # how long a statement waits for another process's lock
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS users (
@@ -109,6 +110,24 @@ class NewSession:
     expires_at: float
 
 
+def _use_wal_journal(db: sqlite3.Connection) -> None:
+    """Switch to the WAL journal, waiting for other processes' writes.
+
+    SQLite does not wait (no busy handler) when the switch meets another
+    connection's write transaction: two workers starting at once would make
+    one fail. So this retries, for as long as any statement would wait.
+    """
+    deadline = time.monotonic() + BUSY_SECONDS
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+        time.sleep(0.05)
+
+
 class AuthStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -119,8 +138,10 @@ class AuthStore:
         """Create the folder, the file and the tables if needed, and the built-in admin."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path.touch(mode=0o600, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=30)
-        db.execute("PRAGMA journal_mode = WAL")
+        db = sqlite3.connect(
+            self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_SECONDS
+        )
+        _use_wal_journal(db)
         db.execute("PRAGMA foreign_keys = ON")
         db.execute("PRAGMA secure_delete = ON")
         db.executescript(SCHEMA)  # idempotent; each statement commits on its own
