@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import re
@@ -159,7 +160,9 @@ def start_process(
             stderr=log_file,
             stdout=subprocess.DEVNULL,
             env=environment,
+            start_new_session=True,  # a group of its own: its workers are killed with it
         )
+    _STARTED.append(process)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         match = LISTENING.search(log_path.read_text(errors="replace"))
@@ -168,17 +171,23 @@ def start_process(
         if process.poll() is not None:
             break
         time.sleep(0.05)
-    process.kill()
-    process.wait()
+    kill_group(process)
     raise AssertionError("server did not start listening:\n" + log_path.read_text())
 
 
-@pytest.fixture
-def server_processes() -> Iterator[list[ServerProcess]]:
-    """Collects started processes and kills any still running at the end."""
-    processes: list[ServerProcess] = []
-    yield processes
-    for server in processes:
-        if server.process.poll() is None:
-            server.process.kill()
-            server.process.wait()
+_STARTED: list[subprocess.Popen[bytes]] = []  # by start_process, in the current test
+
+
+def kill_group(process: subprocess.Popen[bytes]) -> None:
+    """SIGKILL a process started by :func:`start_process` and whatever it started."""
+    with contextlib.suppress(ProcessLookupError):  # the whole group is gone already
+        os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+@pytest.fixture(autouse=True)
+def _no_server_outlives_its_test() -> Iterator[None]:
+    """Servers (and their workers) a test started are killed when it ends, even if it failed."""
+    yield
+    while _STARTED:
+        kill_group(_STARTED.pop())

@@ -45,12 +45,9 @@ def send(server: ServerProcess, count: int) -> None:
             assert client.post(f"{server.url}/api/event", json=SEED_EVENT).status_code == 202
 
 
-def test_flush_and_its_failure_log_one_json_line_each(
-    tmp_path: Path, server_processes: list[ServerProcess]
-) -> None:
+def test_flush_and_its_failure_log_one_json_line_each(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     server = start_json_process(data_dir, MALLARD_FLUSH_COUNT="2")
-    server_processes.append(server)
     blocker = data_dir / "events" / "site_id=example.com"
     blocker.write_text("a file where the site's folder should be")  # the flush fails
     send(server, 2)
@@ -79,15 +76,13 @@ def test_flush_and_its_failure_log_one_json_line_each(
         assert entry["time"].endswith("Z") and {"level", "logger", "message"} <= set(entry)
 
 
-def test_replay_logs_one_json_line(tmp_path: Path, server_processes: list[ServerProcess]) -> None:
+def test_replay_logs_one_json_line(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     crashed = start_json_process(data_dir)
-    server_processes.append(crashed)
     send(crashed, 3)
     crashed.signal(signal.SIGKILL)  # the events are only in the write-ahead log
     crashed.wait()
     restarted = start_json_process(data_dir)
-    server_processes.append(restarted)
     restarted.signal(signal.SIGTERM)
     assert restarted.wait() == 0
     replay = find(restarted, "replayed 3 events")

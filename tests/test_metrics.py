@@ -168,10 +168,9 @@ def sync_scrape(url: str) -> Samples:
     return parse(response.text)
 
 
-def test_metrics_cover_every_worker(tmp_path: Path, server_processes: list[Any]) -> None:
+def test_metrics_cover_every_worker(tmp_path: Path) -> None:
     data_dir = tmp_path / "data"
     server = start_process(data_dir, "--workers", "2", env={"MALLARD_FLUSH_INTERVAL": "3600"})
-    server_processes.append(server)
     wait_for(lambda: server.log.count("serving") == 2)
     for index in range(40):
         with httpx.Client(headers={"User-Agent": BROWSER_UA}) as client:
