@@ -65,7 +65,8 @@ from bench_ingest import (  # noqa: E402
     machine_info,
     progress,
 )
-from loadgen import LoadResult, run_load  # noqa: E402
+from fsync_probe import run_probe  # noqa: E402
+from loadgen import run_load  # noqa: E402
 
 T = TypeVar("T")
 Rows = list[tuple[Any, ...]]
@@ -73,6 +74,7 @@ Rows = list[tuple[Any, ...]]
 SITE = "example.com"
 RANGES = ("30d", "all")
 HTTP_TIMEOUT = 300.0
+PROBE_SECONDS = 5.0  # each fsync_probe run, idle and under queries
 SIZE_SUFFIXES = {"k": 1_000, "m": 1_000_000}
 MANIFEST = "bench-manifest.json"
 SERVER = Target(
@@ -402,16 +404,21 @@ def ingest_under_queries(url: str, context: Context, args: argparse.Namespace) -
     ``--ingest-rounds`` rounds, each an idle run then a run under load, so a
     disturbance on the shared machine hits both alike; the ratio is of the
     median p99s. The heavy load is the all-time dashboard's 10 requests, fired
-    again as soon as they return, for the whole measured window. Events go to
-    the load generator's sites; the caller removes what they add to the
-    dataset (:func:`remove_ingested`).
+    again as soon as they return, for the whole measured window. Each round
+    then runs :mod:`fsync_probe` idle and under the same queries: the
+    machine's own fsync and wake-up latencies, with no Mallard code, beside
+    Mallard's. Events go to the load generator's sites; the caller removes
+    what they add to the dataset (:func:`remove_ingested`).
     """
 
-    def load() -> LoadResult:
+    def load() -> dict[str, Any]:
         return run_load(url, connections=16, duration=args.ingest_seconds,
-                        rate=args.ingest_rate, warmup=1.0, processes=1)  # fmt: skip
+                        rate=args.ingest_rate, warmup=1.0, processes=1).to_dict()  # fmt: skip
 
-    def under_queries() -> tuple[LoadResult, int]:
+    def machine() -> dict[str, Any]:
+        return run_probe(args.data_root, PROBE_SECONDS, args.ingest_rate)
+
+    def under_queries(measure: Callable[[], T]) -> tuple[T, int]:
         stop = threading.Event()
         queries = [0]
 
@@ -427,20 +434,25 @@ def ingest_under_queries(url: str, context: Context, args: argparse.Namespace) -
         worker = threading.Thread(target=heavy)
         worker.start()
         try:
-            return load(), queries[0]
+            return measure(), queries[0]
         finally:
             stop.set()
             worker.join()
 
-    idle, busy, queries = [], [], 0
+    idle, busy, probe_idle, probe_busy, queries = [], [], [], [], 0
     for _ in range(args.ingest_rounds):
-        idle.append(load().to_dict())
-        result, fired = under_queries()
-        busy.append(result.to_dict())
+        idle.append(load())
+        result, fired = under_queries(load)
+        busy.append(result)
         queries += fired
+        probe_idle.append(machine())
+        probe_busy.append(under_queries(machine)[0])
 
     def median_of(runs: list[dict[str, Any]], key: str) -> float:
         return statistics.median(run["latency_ms"][key] for run in runs)
+
+    def probe_median(runs: list[dict[str, Any]], measure: str) -> float:
+        return statistics.median(run[measure]["p99"] for run in runs)
 
     return {
         "rate": args.ingest_rate,
@@ -452,12 +464,27 @@ def ingest_under_queries(url: str, context: Context, args: argparse.Namespace) -
         "busy_p50_ms": median_of(busy, "p50"),
         "busy_p99_ms": median_of(busy, "p99"),
         "p99_ratio": median_of(busy, "p99") / median_of(idle, "p99"),
+        "probe_idle": probe_idle,
+        "probe_busy": probe_busy,
+        **{
+            f"{measure}_p99_{phase}": probe_median(runs, measure)
+            for measure in ("fsync_ms", "wakeup_late_ms")
+            for phase, runs in (("idle", probe_idle), ("busy", probe_busy))
+        },
         "errors": sum(run["errors"] for run in idle + busy),
     }
 
 
 def _p99s(runs: list[dict[str, Any]]) -> str:
     return "/".join(f"{run['latency_ms']['p99']:.1f}" for run in runs)
+
+
+def _probe_p99s(ingestion: dict[str, Any], measure: str) -> str:
+    """The probe's p99s of ``measure``, idle then under queries, each round's."""
+    return " vs ".join(
+        "/".join(f"{run[measure]['p99']:.2f}" for run in ingestion[f"probe_{phase}"])
+        for phase in ("idle", "busy")
+    )
 
 
 def event_files(data_dir: Path) -> set[Path]:
@@ -612,7 +639,9 @@ def run_size(
                 progress(
                     f"  ingestion p99 idle {_p99s(ingestion['idle'])} ms, under queries "
                     f"{_p99s(ingestion['busy'])} ms: medians {ingestion['p99_ratio']:.2f}x "
-                    f"({ingestion['queries_during']} queries)"
+                    f"({ingestion['queries_during']} queries); the machine's fsync p99 "
+                    f"{_probe_p99s(ingestion, 'fsync_ms')} ms, wake-up lateness p99 "
+                    f"{_probe_p99s(ingestion, 'wakeup_late_ms')} ms"
                 )
         sampler.sample()
         server.stop()
@@ -718,6 +747,14 @@ def summary_lines(sizes: list[dict[str, Any]], records: list[dict[str, Any]]) ->
                 f"{ingestion['p99_ratio']:.2f}x idle (p99 per round: idle "
                 f"{_p99s(ingestion['idle'])}, busy {_p99s(ingestion['busy'])}); "
                 f"errors {ingestion['errors']}"
+            )
+            lines.append(
+                f"{size['size']}: the machine without Mallard (fsync_probe, medians): fsync p99 "
+                f"{ingestion['fsync_ms_p99_idle']:.2f} ms idle, "
+                f"{ingestion['fsync_ms_p99_busy']:.2f} ms under the queries "
+                f"({ingestion['fsync_ms_p99_busy'] / ingestion['fsync_ms_p99_idle']:.1f}x); "
+                f"sleeps wake up late by {ingestion['wakeup_late_ms_p99_idle']:.2f} / "
+                f"{ingestion['wakeup_late_ms_p99_busy']:.2f} ms at p99"
             )
     for record in records:
         if record["query"] == "main" and "http_rows" in record:
