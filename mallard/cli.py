@@ -33,6 +33,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--listen-fd", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--worker-index", type=int, help=argparse.SUPPRESS)
     serve.add_argument("--ready-fd", type=int, help=argparse.SUPPRESS)
+    serve.add_argument("--lifeline-fd", type=int, help=argparse.SUPPRESS)
     compact = commands.add_parser(
         "compact", help="merge the small Parquet files of finished days and of today now"
     )
@@ -147,7 +148,9 @@ def _serve(settings: Settings, args: argparse.Namespace, argv: list[str]) -> int
     try:
         if getattr(args, "listen_fd", None) is not None:  # one of the supervisor's workers
             worker = partial(serve, listen_fd=args.listen_fd, worker=args.worker_index)
-            trio.run(partial(worker, settings, ready_fd=args.ready_fd))
+            trio.run(
+                partial(worker, settings, ready_fd=args.ready_fd, lifeline_fd=args.lifeline_fd)
+            )
         elif settings.workers > 1:
             return trio.run(supervise, settings, argv[1:])
         else:

@@ -72,6 +72,7 @@ async def serve(
     listen_fd: int | None = None,
     worker: int | None = None,
     ready_fd: int | None = None,
+    lifeline_fd: int | None = None,
     task_status: trio.TaskStatus[str] = trio.TASK_STATUS_IGNORED,
 ) -> None:
     """Serve until SIGINT/SIGTERM or ``stop``; then flush everything and return.
@@ -79,7 +80,9 @@ async def serve(
     ``task_status.started`` receives the URL the server listens on. As one of
     ``--workers`` processes (``worker`` set), it accepts on the supervisor's
     socket ``listen_fd``, enforces its share of the rate limit and, once it
-    serves, writes one byte to ``ready_fd`` (the supervisor waits for them).
+    serves, writes one byte to ``ready_fd`` (the supervisor waits for them),
+    and stops as on SIGTERM when ``lifeline_fd`` (a pipe whose other end only
+    the supervisor holds) reaches its end: the supervisor is gone.
     """
     stop = trio.Event() if stop is None else stop
     layout = DataLayout(settings.data_dir)
@@ -122,6 +125,8 @@ async def serve(
     sys.setswitchinterval(GIL_SWITCH_INTERVAL)
     async with trio.open_nursery() as nursery:
         nursery.start_soon(_stop_on_signals, stop)
+        if lifeline_fd is not None:
+            nursery.start_soon(_stop_when_orphaned, lifeline_fd, stop)
         nursery.start_soon(_bound_shutdown, stop, nursery.cancel_scope, settings.shutdown_timeout)
         nursery.start_soon(_every, UPKEEP_INTERVAL, limiter.forget_idle)
         nursery.start_soon(_every, UPKEEP_INTERVAL, visitors.forget_inactive)
@@ -209,6 +214,15 @@ async def _stop_on_signals(stop: trio.Event) -> None:
                     "received %s: finishing requests and flushing", signal.Signals(signum).name
                 )
                 stop.set()
+
+
+async def _stop_when_orphaned(lifeline_fd: int, stop: trio.Event) -> None:
+    """Set ``stop`` at the end of the supervisor's pipe: nobody is left to stop or restart us."""
+    async with trio.lowlevel.FdStream(lifeline_fd) as lifeline:
+        while await lifeline.receive_some():
+            pass
+    log.warning("the supervisor is gone: stopping")
+    stop.set()
 
 
 async def _bound_shutdown(stop: trio.Event, scope: trio.CancelScope, timeout: float) -> None:

@@ -6,6 +6,9 @@ whole server: its own trio nursery, writer and write-ahead log. A worker that
 dies is started again; the new one replays the dead one's log before it serves,
 while the others keep serving. SIGINT/SIGTERM are passed on to every worker,
 each flushes what it accepted, and the supervisor exits 0 when they all did.
+If the supervisor itself dies (``kill -9``, the OOM killer), the workers see
+the pipe it held open close and stop the same way, instead of serving on
+without anyone to restart or stop them.
 
 Rate limits: each worker enforces ``rate_limit / N`` (and ``rate_burst / N``)
 per site, so the total across workers is the configured one when the kernel
@@ -28,7 +31,6 @@ from mallard.config import Settings
 log = logging.getLogger("mallard.supervisor")
 
 RESTART_DELAY = 0.5
-WORKER_FLAGS = ("--listen-fd", "--worker-index")
 
 
 def listening_socket(settings: Settings) -> socket.socket:
@@ -51,6 +53,7 @@ async def supervise(settings: Settings, serve_args: list[str]) -> int:
     """
     sock = listening_socket(settings)
     ready_read, ready_write = os.pipe()
+    lifeline_read, lifeline_write = os.pipe()  # its end of file tells workers we are gone
     processes: dict[int, trio.Process] = {}
     stopping = trio.Event()
     codes: dict[int, int] = {}
@@ -59,11 +62,12 @@ async def supervise(settings: Settings, serve_args: list[str]) -> int:
         command = [
             sys.executable, "-m", "mallard", "serve", *serve_args,
             "--listen-fd", str(sock.fileno()), "--worker-index", str(index),
-            "--ready-fd", str(ready_write),
+            "--ready-fd", str(ready_write), "--lifeline-fd", str(lifeline_read),
         ]  # fmt: skip
+        inherited = (sock.fileno(), ready_write, lifeline_read)
         while True:
             process = await trio.lowlevel.open_process(
-                command, pass_fds=(sock.fileno(), ready_write), stdin=subprocess.DEVNULL
+                command, pass_fds=inherited, stdin=subprocess.DEVNULL
             )
             processes[index] = process
             code = await process.wait()
@@ -100,7 +104,8 @@ async def supervise(settings: Settings, serve_args: list[str]) -> int:
             for index in range(settings.workers):
                 workers.start_soon(keep_running, index)
         nursery.cancel_scope.cancel()
-    os.close(ready_write)
+    for fd in (ready_write, lifeline_read, lifeline_write):
+        os.close(fd)
     for process in processes.values():
         if process.returncode is None:  # past the shutdown deadline
             process.kill()

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.conftest import BROWSER_UA, SEED_EVENT, read_events, start_process
+from tests.conftest import BROWSER_UA, SEED_EVENT, ServerProcess, read_events, start_process
 
 
 def children(pid: int) -> list[int]:
@@ -25,6 +25,15 @@ def children(pid: int) -> list[int]:
     return found
 
 
+def running(pid: int) -> bool:
+    """True while ``pid`` runs (not a zombie: an orphan's exit may never be reaped here)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] not in "ZX"
+
+
 def wait_for(condition, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while not condition():
@@ -32,31 +41,50 @@ def wait_for(condition, timeout: float = 30) -> None:
         time.sleep(0.05)
 
 
-def test_workers_share_the_port_and_survive_a_kill(tmp_path: Path) -> None:
-    data_dir = tmp_path / "data"
+def send(url: str, count: int, prefix: str) -> list[str]:
+    """``count`` pageviews, each on a new connection (the kernel spreads them); their pages."""
+    pages = []
+    for index in range(count):
+        with httpx.Client(headers={"User-Agent": BROWSER_UA}) as client:
+            body = {**SEED_EVENT, "u": f"https://example.com/{prefix}/{index}"}
+            assert client.post(f"{url}/api/event", json=body).status_code == 202
+            pages.append(f"/{prefix}/{index}")
+    return pages
+
+
+def start_workers(data_dir: Path) -> tuple[ServerProcess, list[int]]:
+    """``--workers 2`` (nothing flushed before they stop), once both serve; and their pids."""
     server = start_process(data_dir, "--workers", "2", env={"MALLARD_FLUSH_INTERVAL": "3600"})
     wait_for(lambda: server.log.count("serving") == 2)
-    accepted: list[str] = []
-
-    def send(count: int, prefix: str) -> None:
-        for index in range(count):  # a new connection each time: the kernel spreads them
-            with httpx.Client(headers={"User-Agent": BROWSER_UA}) as client:
-                body = {**SEED_EVENT, "u": f"https://example.com/{prefix}/{index}"}
-                response = client.post(f"{server.url}/api/event", json=body)
-                assert response.status_code == 202
-                accepted.append(f"/{prefix}/{index}")
-
-    send(60, "before")
     workers = children(server.process.pid)
     assert len(workers) == 2
+    return server, workers
+
+
+def test_workers_share_the_port_and_survive_a_kill(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    server, workers = start_workers(data_dir)
+    accepted = send(server.url, 60, "before")
     os.kill(workers[0], signal.SIGKILL)  # its unflushed events are only in its WAL now
     wait_for(lambda: "starting it again" in server.log and server.log.count("serving") == 3)
     assert "replayed" in server.log
-    send(60, "after")
+    accepted += send(server.url, 60, "after")
     server.signal(signal.SIGTERM)
     assert server.wait() == 0
     stored = sorted(event["pathname"] for event in read_events(data_dir))
     assert stored == sorted(accepted)
+
+
+def test_workers_stop_and_flush_when_the_supervisor_is_killed(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    server, workers = start_workers(data_dir)
+    accepted = send(server.url, 40, "page")
+    server.signal(signal.SIGKILL)  # no signal reaches the workers
+    server.wait()
+    wait_for(lambda: not any(running(pid) for pid in workers))
+    assert server.log.count("the supervisor is gone: stopping") == 2
+    assert server.log.count("all accepted events are flushed") == 2
+    assert sorted(event["pathname"] for event in read_events(data_dir)) == sorted(accepted)
 
 
 def test_workers_setting_is_validated(tmp_path: Path) -> None:
