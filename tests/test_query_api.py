@@ -253,6 +253,36 @@ INVALID = [
     ({"metrics": ["conversion_rate"]}, "conversion_rate"),
     ({"metrics": ["visitors"], "colour": "blue"}, "colour"),
     ({"metrics": ["visitors"], "include": {"comparisons": {"mode": "last_week"}}}, "comparisons"),
+    # Python accepts these, DuckDB's RE2 (which runs the filter) does not
+    ({"metrics": ["visitors"], "filters": [["matches", "event:page", ["(?=x)"]]]}, "regular expr"),
+    ({"metrics": ["visitors"], "filters": [["matches", "event:page", ["a{1001}"]]]}, "a{1001}"),
+    ({"metrics": ["visitors"], "pagination": {"offset": 10**30}}, "pagination.offset"),
+    ({"metrics": ["visitors"], "date_range": ["9999-12-01", "9999-12-31"]}, "date_range"),
+    ({"metrics": ["visitors"], "date_range": ["1969-12-31T00:00", "1970-01-02T00:00"]}, "1970"),
+    (
+        {
+            "metrics": ["visitors"],
+            "date_range": ["0001-01-01", "0001-01-31"],
+            "include": {"comparisons": {"mode": "year_over_year"}},
+        },
+        "date_range",
+    ),
+    (
+        {
+            "metrics": ["visitors"],
+            "dimensions": ["time:hour"],
+            "date_range": ["2020-01-01", "2026-01-01"],
+        },
+        "time:hour",
+    ),
+    (
+        {
+            "metrics": ["visitors"],
+            "dimensions": ["time"],
+            "date_range": ["1970-01-01", "9998-12-31"],
+        },
+        "time",
+    ),
 ]
 
 
@@ -266,11 +296,34 @@ async def test_invalid_queries_are_400_naming_the_problem(
     assert named in response.json()["error"]
 
 
-async def test_non_json_query_is_400(stats_server: RunningServer) -> None:
-    response = await stats_server.client.post(
-        f"{stats_server.url}/api/v2/query", content=b"{not json"
-    )
+@pytest.mark.parametrize(
+    ("body", "named"),
+    [
+        (b"{not json", "not valid JSON"),
+        (b"", "not valid JSON"),
+        (b'{"site_id": "\xff"}', "UTF-8"),
+        ('{"site_id": "example.com"}'.encode("utf-16"), "UTF-8"),
+        (b"[" * 100_000 + b"]" * 100_000, "nests too deeply"),
+        (b'{"site_id": "example.com", "metrics": ["visitors"], "x": "\\ud800"}', "surrogate"),
+    ],
+    ids=["broken", "empty", "latin-1", "utf-16", "deep", "lone-surrogate"],
+)
+async def test_a_body_that_is_not_json_text_is_400(
+    stats_server: RunningServer, body: bytes, named: str
+) -> None:
+    response = await stats_server.client.post(f"{stats_server.url}/api/v2/query", content=body)
     assert response.status_code == 400
+    assert named in response.json()["error"]
+
+
+async def test_regular_expressions_are_re2s(stats_server: RunningServer) -> None:
+    async def visitors(*filters: Any) -> int:
+        return metrics(await query(stats_server, metrics=["visitors"], filters=list(filters)))[0]
+
+    assert await visitors(["matches", "event:page", ["^/\\p{L}+$"]]) == 2  # Python refuses \p
+    # case-insensitive: RE2's option, not a lower-cased pattern (\D would become \d)
+    upper = await visitors(["matches", "event:page", ["^/PRIC\\D+$"], {"case_sensitive": False}])
+    assert upper == await visitors(["contains", "event:page", ["/pric"]]) == 2
 
 
 async def test_read_your_writes(server: RunningServer) -> None:
@@ -318,6 +371,14 @@ async def test_dashboard_endpoints(stats_server: RunningServer) -> None:
         ("/api/stats/timeseries", {"interval": "minute"}, "interval"),
         ("/api/stats/breakdown/pages", {"limit": "0"}, "limit"),
         ("/api/stats/main", {"site_id": "bad site"}, "site_id"),
+        ("/api/stats/main", {"filters": "[" * 5000 + "]" * 5000}, "filters"),
+        ("/api/stats/main", {"period": "day", "date": "9999-12-31"}, "date_range"),
+        ("/api/stats/main", {"period": "month", "date": "9999-12-15"}, "date_range"),
+        (
+            "/api/stats/timeseries",
+            {"period": "custom", "date": "1970-01-01,9998-12-31", "interval": "hour"},
+            "time:hour",
+        ),
     ],
 )
 async def test_dashboard_endpoint_errors(

@@ -7,9 +7,9 @@ translate parameters.
 
 from __future__ import annotations
 
+import calendar
 import contextlib
 import datetime as dt
-import json
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -20,7 +20,7 @@ from mallard.auth import access
 from mallard.ingest import dropped
 from mallard.query import behaviour, export
 from mallard.query.engine import QueryEngine, QueryTimeout
-from mallard.query.model import Query, QueryError, parse_query
+from mallard.query.model import Query, QueryError, load_json, parse_query
 from mallard.query.sql import Derived
 from mallard.query.stats import from_first_event, run_query
 
@@ -88,14 +88,7 @@ async def _answer(query: Query) -> Any:
 
 @blueprint.post("/api/v2/query")
 async def query_v2() -> Any:
-    body = await request.get_json(force=True, silent=True)
-    if body is None:
-        return _error(400, "the body must be a JSON query object")
-    try:
-        query = _parse(body)
-    except QueryError as error:
-        return _error(400, str(error))
-    return await _answer(query)
+    return await _answer(_parse(load_json(await request.get_data(), "the body")))
 
 
 def _legacy_query(
@@ -119,10 +112,7 @@ def _legacy_query(
     if pagination:
         body["pagination"] = pagination
     if args.get("filters"):
-        try:
-            body["filters"] = json.loads(args["filters"])
-        except ValueError:
-            raise QueryError('filters must be JSON, e.g. [["is","visit:country",["DE"]]]') from None
+        body["filters"] = load_json(args["filters"], "filters")
     if args.get("compare") in ("previous_period", "year_over_year"):
         body["include"]["comparisons"] = {"mode": args["compare"]}
     elif args.get("compare"):
@@ -144,9 +134,8 @@ def _date_range(period: str, date: str | None) -> Any:
             raise QueryError(f"date {date!r} is not an ISO date (YYYY-MM-DD)") from None
         if period == "day":
             return [day.isoformat(), day.isoformat()]
-        first = day.replace(day=1)
-        last = (first + dt.timedelta(days=32)).replace(day=1) - dt.timedelta(days=1)
-        return [first.isoformat(), last.isoformat()]
+        last = day.replace(day=calendar.monthrange(day.year, day.month)[1])
+        return [day.replace(day=1).isoformat(), last.isoformat()]
     return period
 
 

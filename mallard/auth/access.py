@@ -24,7 +24,7 @@ from mallard.auth.policy import LOOPBACK, Principal, can_read
 from mallard.auth.service import AuthService, Denied
 from mallard.auth.store import NewSession, Session
 from mallard.ingest.client import client_ip
-from mallard.query.model import QueryError, validate_site_id
+from mallard.query.model import QueryError, load_json, validate_site_id
 
 SESSION_COOKIE = "mallard_session"
 SHARE_COOKIE = "mallard_share"
@@ -206,12 +206,12 @@ async def requested_site() -> str | None:
 
     Normalised as the query model does, so that the site checked is the site read.
     """
-    if request.method == "POST":
-        body = await request.get_json(force=True, silent=True)
-        raw = body.get("site_id") if isinstance(body, dict) else None
-    else:
-        raw = request.args.get("site_id")
     try:
+        if request.method == "POST":  # a body that is no JSON object is the route's to refuse
+            body = load_json(await request.get_data(), "the body")
+            raw = body.get("site_id") if isinstance(body, dict) else None
+        else:
+            raw = request.args.get("site_id")
         return validate_site_id(raw)
     except QueryError:
         return None

@@ -9,10 +9,14 @@ part. Everything downstream (SQL building, the dashboard's endpoints) works on
 from __future__ import annotations
 
 import datetime as dt
+import json
 import re
+import threading
 import zoneinfo
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
+
+import duckdb
 
 from mallard.ingest.validation import SITE_ID_PATTERN
 
@@ -54,7 +58,12 @@ PROP_KEY = re.compile(r"[A-Za-z0-9_.\-:$ ]{1,128}")
 FILTER_OPERATORS = ("is", "is_not", "contains", "contains_not", "matches", "matches_not")
 DATE_PRESETS = ("day", "24h", "7d", "28d", "30d", "91d", "month", "6mo", "12mo", "year", "all")
 MAX_LIMIT = 10_000
+MAX_OFFSET = 1_000_000_000
 MAX_FILTER_DEPTH = 8
+# Ranges lie within these days, so that their comparisons, time zones and
+# buckets stay within what dates can hold.
+FIRST_DAY = dt.date(1970, 1, 1)
+LAST_DAY = dt.date(9998, 12, 31)
 
 
 class QueryError(ValueError):
@@ -131,6 +140,21 @@ def validate_timezone(value: Any) -> str:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise QueryError(f"timezone {value!r} is not a known IANA time zone") from None
+    return value
+
+
+def load_json(data: bytes | str, what: str) -> Any:
+    """JSON text from a client, or a QueryError that says what is wrong with it."""
+    try:
+        text = data.decode("utf-8") if isinstance(data, bytes) else data
+        value = json.loads(text)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # no lone surrogate (\\ud800)
+    except UnicodeError:
+        raise QueryError(f"{what} must be UTF-8 text without lone surrogates") from None
+    except RecursionError:
+        raise QueryError(f"{what} nests too deeply") from None
+    except ValueError as error:
+        raise QueryError(f"{what} is not valid JSON: {error}") from None
     return value
 
 
@@ -254,12 +278,7 @@ def _filter(value: Any, where: str, depth: int = 0) -> Filter:
         texts.append(str(item))
     if operator.startswith("matches"):
         for pattern in texts:
-            try:
-                re.compile(pattern)
-            except re.error as error:
-                raise QueryError(
-                    f"{where}: invalid regular expression {pattern!r}: {error}"
-                ) from None
+            _check_regex(pattern, where)
     case_sensitive = True
     if len(value) == 4:
         modifiers = value[3]
@@ -267,6 +286,20 @@ def _filter(value: Any, where: str, depth: int = 0) -> Filter:
             raise QueryError(f'{where}: modifiers may only be {{"case_sensitive": bool}}')
         case_sensitive = bool(modifiers.get("case_sensitive", True))
     return Condition(operator, dimension, tuple(texts), case_sensitive)
+
+
+_REGEX_ENGINE = duckdb.connect()  # the queries' own regular expressions (RE2)
+_REGEX_ENGINE_LOCK = threading.Lock()
+
+
+def _check_regex(pattern: str, where: str) -> None:
+    """A QueryError unless DuckDB, which runs the filter, accepts ``pattern``."""
+    try:
+        with _REGEX_ENGINE_LOCK:
+            _REGEX_ENGINE.execute("SELECT regexp_matches('', $1)", [pattern])
+    except duckdb.Error as error:
+        reason = str(error).splitlines()[0].removeprefix("Invalid Input Error: ")
+        raise QueryError(f"{where}: invalid regular expression {pattern!r}: {reason}") from None
 
 
 def _has_goal_filter(filters: tuple[Filter, ...]) -> bool:
@@ -306,11 +339,12 @@ def _pagination(value: Any) -> tuple[int, int]:
     if not isinstance(value, dict):
         raise QueryError("pagination must be an object with limit and offset")
     limit, offset = value.get("limit", MAX_LIMIT), value.get("offset", 0)
-    for name, number, low in (("limit", limit, 1), ("offset", offset, 0)):
-        if isinstance(number, bool) or not isinstance(number, int) or number < low:
-            raise QueryError(f"pagination.{name} must be a whole number >= {low}")
-    if limit > MAX_LIMIT:
-        raise QueryError(f"pagination.limit must be at most {MAX_LIMIT}")
+    for name, number, low, high in (
+        ("limit", limit, 1, MAX_LIMIT),
+        ("offset", offset, 0, MAX_OFFSET),
+    ):
+        if isinstance(number, bool) or not isinstance(number, int) or not low <= number <= high:
+            raise QueryError(f"pagination.{name} must be a whole number from {low} to {high:,}")
     return limit, offset
 
 
@@ -385,10 +419,11 @@ def _explicit_range(value: list[Any], timezone: str) -> DateRange:
     try:
         if all(len(item) == 10 for item in value):
             first, last = (dt.date.fromisoformat(item) for item in value)
-            if last < first:
-                raise QueryError("date_range ends before it starts")
+            _check_days(first, last)
             return days_range(first, last, timezone)
-        start, end = (_aware(dt.datetime.fromisoformat(item), zone) for item in value)
+        moments = [dt.datetime.fromisoformat(item) for item in value]
+        _check_days(*(moment.date() for moment in moments))
+        start, end = (_aware(moment, zone) for moment in moments)
     except ValueError as error:
         if isinstance(error, QueryError):
             raise
@@ -401,6 +436,13 @@ def _explicit_range(value: list[Any], timezone: str) -> DateRange:
         start.astimezone(zone).date(),
         (end - dt.timedelta(microseconds=1)).astimezone(zone).date(),
     )
+
+
+def _check_days(first: dt.date, last: dt.date) -> None:
+    if not FIRST_DAY <= first <= LAST_DAY or not FIRST_DAY <= last <= LAST_DAY:
+        raise QueryError(f"date_range must lie between {FIRST_DAY} and {LAST_DAY}")
+    if last < first:
+        raise QueryError("date_range ends before it starts")
 
 
 def _aware(moment: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:

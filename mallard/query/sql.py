@@ -207,17 +207,20 @@ def filter_sql(item: Filter, params: Parameters, timezone: str) -> str:
 def _condition_sql(condition: Condition, params: Parameters, timezone: str) -> str:
     value = labelled(column_for(condition.dimension, params, timezone=timezone))
     values = list(condition.values)
-    if not condition.case_sensitive:
-        value = f"lower({value})"
-        values = [v.lower() for v in values]
     base = condition.operator.removesuffix("_not")
     negate = condition.operator.endswith("_not")
-    if base == "is":
-        test = f"{value} IN ({', '.join(params.add(v) for v in values)})"
-    elif base == "contains":
-        test = "(" + " OR ".join(f"contains({value}, {params.add(v)})" for v in values) + ")"
-    else:  # matches
-        test = "(" + " OR ".join(f"regexp_matches({value}, {params.add(v)})" for v in values) + ")"
+    if base == "matches":  # RE2's own option: lower-casing a pattern changes it (\D, \S)
+        options = "" if condition.case_sensitive else ", 'i'"
+        tests = [f"regexp_matches({value}, {params.add(v)}{options})" for v in values]
+        test = "(" + " OR ".join(tests) + ")"
+    else:
+        if not condition.case_sensitive:
+            value = f"lower({value})"
+            values = [v.lower() for v in values]
+        if base == "is":
+            test = f"{value} IN ({', '.join(params.add(v) for v in values)})"
+        else:  # contains
+            test = "(" + " OR ".join(f"contains({value}, {params.add(v)})" for v in values) + ")"
     return f"(NOT {test})" if negate else test
 
 

@@ -8,7 +8,7 @@ from decimal import Decimal
 from typing import Any
 
 from mallard.query.engine import QueryEngine
-from mallard.query.model import Query, days_range, previous_period
+from mallard.query.model import Query, QueryError, days_range, previous_period
 from mallard.query.sql import TIME_FORMATS, aggregate_sql, concrete_dimension
 
 Row = dict[str, Any]
@@ -40,6 +40,32 @@ async def _rows(engine: QueryEngine, query: Query) -> tuple[list[Row], int]:
     ]
     total = records[0][-1] if records else 0
     return rows, total
+
+
+MAX_TIME_BUCKETS = 10_000  # a time dimension's buckets in a range, every one answered
+
+# about how many buckets of each unit a range of N days holds, at most
+_BUCKETS_IN_DAYS = {
+    "hour": lambda days: days * 24 + 1,
+    "day": lambda days: days,
+    "week": lambda days: days // 7 + 2,
+    "month": lambda days: days // 28 + 1,
+}
+
+
+def check_time_buckets(query: Query) -> None:
+    """A QueryError when the time dimension would cut the range into too many buckets."""
+    dimension = query.time_dimension
+    if dimension is None:
+        return
+    unit = TIME_FORMATS[concrete_dimension(query, dimension)][0]
+    days = (query.date_range.last_day - query.date_range.first_day).days + 1
+    buckets = _BUCKETS_IN_DAYS[unit](days)
+    if buckets > MAX_TIME_BUCKETS:
+        raise QueryError(
+            f"{dimension} cuts this date_range into about {buckets:,} {unit}s, more than "
+            f"{MAX_TIME_BUCKETS:,}: ask for a coarser time dimension or a shorter range"
+        )
 
 
 def time_labels(query: Query) -> list[str]:
@@ -118,6 +144,7 @@ def from_first_event(engine: QueryEngine, query: Query) -> Query:
 async def run_query(engine: QueryEngine, query: Query) -> dict[str, Any]:
     """The whole answer: ``results``, ``meta`` and the normalised ``query``."""
     query = from_first_event(engine, query)
+    check_time_buckets(query)
     rows, total = await _rows(engine, query)
     rows = fill_time_gaps(query, rows)
     meta: dict[str, Any] = {}
