@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from mallard.ingest.useragent import analyse, is_bot
+from mallard.ingest.useragent import ANALYSED_LENGTH, analyse, is_bot
 
 CHROME_WINDOWS = (
     "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
@@ -95,3 +95,14 @@ def test_empty_user_agent_has_nothing() -> None:
 
 def test_client_without_known_os_has_no_device_class() -> None:
     assert analyse("curl/8.5.0").device is None
+
+
+def test_only_the_start_of_a_long_user_agent_is_analysed() -> None:
+    """Bot detection takes time growing with the square of the length, on the event loop."""
+    browser = (
+        "Mozilla/5.0 (Windows NT 10.0; Win64; x64) AppleWebKit/537.36 "
+        "(KHTML, like Gecko) Chrome/120.0.0.0 Safari/537.36"
+    )
+    padded = browser + " " * (ANALYSED_LENGTH - len(browser))
+    assert analyse(padded + "Googlebot" + "x" * 100_000) is analyse(padded)
+    assert analyse(padded).browser == "Chrome"

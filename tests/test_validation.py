@@ -11,6 +11,7 @@ import pytest
 from mallard.ingest.validation import (
     EventInput,
     InvalidEvent,
+    parse_batch,
     parse_body,
     parse_query,
     validate_fields,
@@ -73,6 +74,7 @@ def test_seed_example_body_is_accepted() -> None:
         ({"d": "<script>"}, 400),
         ({"d": "exämple.com"}, 400),
         ({"d": "a" * 257}, 400),
+        ({"d": "a" * 248}, 400),  # site_id=<d> would be longer than a file name may be
         # length limits
         ({"n": "e" * 257}, 400),
         ({"u": url_of_length(2049)}, 400),
@@ -149,6 +151,35 @@ def test_unparseable_body_is_400(raw: bytes) -> None:
     assert status_of(parse_body, raw) == 400
 
 
+DEEP = "[" * 5000 + "]" * 5000
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        DEEP.encode(),
+        body()[:-1] + f', "x": {DEEP}}}'.encode(),
+        body(p="[" * 2000 + "]" * 2000),  # within the length limit
+        body()[:-1] + b', "p": ' + b'{"a": ' * 990 + b"1" + b"}" * 990 + b"}",
+    ],
+    ids=["body", "unknown-field", "p-text", "p-object"],
+)
+def test_json_nested_too_deeply_is_400(raw: bytes) -> None:
+    assert status_of(parse_body, raw) == 400
+
+
+def test_batch_nested_too_deeply_is_400_or_an_invalid_line() -> None:
+    assert status_of(parse_batch, DEEP.encode()) == 400
+    [line] = parse_batch(f'{{"x": {DEEP}}}\n'.encode())  # one NDJSON line
+    assert isinstance(line, InvalidEvent) and line.status == 400
+
+
+def test_ndjson_lines_end_at_newlines_only() -> None:
+    event = json.dumps({**BASE, "n": "a\u2028b\x85c"}, ensure_ascii=False)
+    [parsed] = parse_batch(event.encode())
+    assert isinstance(parsed, EventInput) and parsed.name == "a\u2028b\x85c"
+
+
 @pytest.mark.parametrize(
     "raw",
     [
@@ -181,7 +212,7 @@ def test_lone_surrogate_escape_is_400(field: str) -> None:
 @pytest.mark.parametrize(
     ("fields", "attribute", "expected"),
     [
-        ({"d": "a" * 256}, "domain", "a" * 256),
+        ({"d": "a" * 247}, "domain", "a" * 247),
         ({"d": "Sub_Domain-1.Example.com:8080"}, "domain", "sub_domain-1.example.com:8080"),
         ({"n": "e" * 256}, "name", "e" * 256),
         ({"u": url_of_length(2048)}, "url", url_of_length(2048)),

@@ -26,6 +26,7 @@ SERVER_SIDE_CLIENTS = re.compile(
 )
 
 _crawlers = CrawlerDetect()
+ANALYSED_LENGTH = 512
 
 
 class UserAgentInfo(NamedTuple):
@@ -62,9 +63,15 @@ def is_bot(user_agent: str) -> bool:
     return not SERVER_SIDE_CLIENTS.match(user_agent)
 
 
-@functools.lru_cache(maxsize=20_000)
 def analyse(user_agent: str) -> UserAgentInfo:
-    """Everything Mallard derives from a User-Agent header, cached per string."""
+    """Everything Mallard derives from a User-Agent header, from its first
+    ``ANALYSED_LENGTH`` characters: bot detection takes time that grows with the
+    square of the length, on the event loop (a browser's is a few hundred)."""
+    return _analyse(user_agent[:ANALYSED_LENGTH])
+
+
+@functools.lru_cache(maxsize=20_000)
+def _analyse(user_agent: str) -> UserAgentInfo:
     result = ua_parser.parse(user_agent)
     browser = result.user_agent
     os = result.os

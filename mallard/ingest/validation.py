@@ -25,6 +25,9 @@ MAX_BATCH_BYTES = 1024 * 1024
 MAX_BATCH_EVENTS = 1000
 SITE_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,256}")
 MAX_LENGTH = {"d": 256, "n": 256, "u": 2048, "r": 2048, "p": 4096}
+# A site's events live in a folder named ``site_id=<d>`` (the documented layout),
+# and file systems allow 255 bytes per name: a longer ``d`` could never be stored.
+MAX_STORED_SITE_ID = 255 - len("site_id=")
 MAX_SCREEN_WIDTH = 100_000
 MAX_REVENUE = Decimal("9999999999.99")  # DECIMAL(12, 2)
 CENTS = Decimal("0.01")
@@ -68,6 +71,8 @@ def _loads(text: str) -> Any:
         return _DECODER.decode(text)
     except msgspec.MsgspecError as error:
         raise ValueError(str(error)) from None
+    except RecursionError:
+        raise ValueError("nested too deeply") from None
 
 
 def parse_body(body: bytes) -> EventInput:
@@ -102,7 +107,7 @@ def parse_batch(body: bytes) -> list[EventInput | InvalidEvent]:
             raise InvalidEvent(400, f"body is not a valid JSON array: {error}") from None
     else:
         items = []
-        for number, line in enumerate(text.splitlines(), start=1):
+        for number, line in enumerate(text.split("\n"), start=1):  # not at U+2028 and such
             if line.strip():
                 try:
                     items.append(_loads(line))
@@ -172,6 +177,12 @@ def _validate_fields(data: dict[str, Any]) -> EventInput:
     domain = _required_text(data, "d")
     if not SITE_ID_PATTERN.fullmatch(domain):
         raise InvalidEvent(400, "d may contain only letters, digits, '.', '-', '_' and ':'")
+    if len(domain) > MAX_STORED_SITE_ID:
+        raise InvalidEvent(
+            400,
+            f"d is longer than {MAX_STORED_SITE_ID} characters, the longest site id "
+            "that can name its folder (site_id=<d>) on disk",
+        )
     name = _required_text(data, "n")
     url = _required_text(data, "u")
     if not _is_absolute_url(url):
@@ -275,6 +286,8 @@ def _props(value: Any) -> str | None:
         text = json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     except ValueError:
         raise InvalidEvent(400, "p contains a number out of range") from None
+    except RecursionError:
+        raise InvalidEvent(400, "p nests too deeply") from None
     _check_unicode("p", text)
     if not sent_as_text and len(text) > MAX_LENGTH["p"]:
         raise InvalidEvent(400, f"p exceeds {MAX_LENGTH['p']} characters")
