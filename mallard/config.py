@@ -16,9 +16,12 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, Literal
 
+import maxminddb
+
 from mallard.ingest.validation import SITE_ID_PATTERN
 
 ENV_PREFIX = "MALLARD_"
+TEN_YEARS = 10 * 365 * 86400.0
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -107,7 +110,9 @@ def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
     return parse
 
 
-def _number(minimum: float, *, inclusive: bool = True) -> Callable[[Any], float]:
+def _number(
+    minimum: float, *, inclusive: bool = True, maximum: float | None = None
+) -> Callable[[Any], float]:
     def parse(value: Any) -> float:
         if isinstance(value, bool):
             raise ValueError(f"expected a number, got {value!r}")
@@ -119,6 +124,8 @@ def _number(minimum: float, *, inclusive: bool = True) -> Callable[[Any], float]
             raise ValueError(f"expected a finite number, got {value!r}")
         if number < minimum or (not inclusive and number == minimum):
             raise ValueError(f"must be {'>=' if inclusive else '>'} {minimum:g}, got {number:g}")
+        if maximum is not None and number > maximum:
+            raise ValueError(f"must be at most {maximum:g}, got {number:g}")
         return number
 
     return parse
@@ -180,7 +187,8 @@ def _sites(value: Any) -> tuple[tuple[str, str], ...]:
     sites = []
     known = zoneinfo.available_timezones() | {"UTC"} if entries else set()
     for site, zone in entries:
-        _site_ids(site)
+        if not isinstance(site, str) or not SITE_ID_PATTERN.fullmatch(site):
+            raise ValueError(f"{site!r} is not a valid site id (letters, digits, . - _ : only)")
         if not isinstance(zone, str) or zone not in known:
             raise ValueError(f"site {site!r}: {zone!r} is not an IANA time zone like Europe/Berlin")
         sites.append((site.lower(), zone))
@@ -218,6 +226,16 @@ def _existing_file(value: Any) -> Path | None:
     return path
 
 
+def _geoip_database(value: Any) -> Path | None:
+    path = _existing_file(value)
+    if path is not None:
+        try:
+            maxminddb.open_database(str(path)).close()
+        except (OSError, ValueError, maxminddb.InvalidDatabaseError) as error:
+            raise ValueError(f"{str(path)!r} is not a MaxMind database: {error}") from None
+    return path
+
+
 def _workers(value: Any) -> int:
     """A process count, or ``auto`` for one per core."""
     if isinstance(value, str) and value.strip().lower() == "auto":
@@ -246,23 +264,23 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "rate_limit": _number(0),
     "rate_burst": _optional_number(1),
     "flush_count": _integer(1),
-    "flush_interval": _number(0, inclusive=False),
+    "flush_interval": _number(0.01),  # shorter: the writer would spin
     "queue_size": _integer(1),
     "durability": _choice("wal", "memory"),
     "compaction_interval": _number(0),
-    "retention_days": _integer(0),
+    "retention_days": _integer(0, 36_500),
     "query_cache_entries": _integer(0),
-    "query_memory_mb": _integer(64),
+    "query_memory_mb": _integer(64, 1_048_576),
     "workers": _workers,
     "shutdown_timeout": _number(0, inclusive=False),
     "trusted_proxies": _networks,
     "admin_password": _optional_text,
     "cookie_secure": _boolean,
-    "session_ttl": _number(0, inclusive=False),
+    "session_ttl": _number(0, inclusive=False, maximum=TEN_YEARS),
     "login_max_failures": _integer(1),
-    "login_lockout": _number(0, inclusive=False),
+    "login_lockout": _number(0, inclusive=False, maximum=TEN_YEARS),
     "log_format": _choice("text", "json"),
-    "geoip_db": _existing_file,
+    "geoip_db": _geoip_database,
     "metrics_token": _optional_text,
     "gdpr_mode": _boolean,
     "strip_referrer_query": _boolean,
@@ -280,7 +298,7 @@ def read_toml(path: Path) -> dict[str, Any]:
             return tomllib.load(file)
     except OSError as error:
         raise ConfigError(f"config: cannot read {str(path)!r}: {error.strerror}") from None
-    except tomllib.TOMLDecodeError as error:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"config: {str(path)!r} is not valid TOML: {error}") from None
 
 

@@ -201,6 +201,14 @@ def test_rate_burst_defaults_to_rate_limit(env: dict[str, str], burst: float) ->
         ({"MALLARD_TRUSTED_PROXIES": "proxy.local"}, "TRUSTED_PROXIES"),
         ({"MALLARD_DATA_DIR": "  "}, "DATA_DIR"),
         ({"MALLARD_QUERY_MEMORY_MB": "10"}, "QUERY_MEMORY_MB"),
+        # values that passed and then crashed or stalled the server
+        ({"MALLARD_QUERY_MEMORY_MB": "99999999999999"}, "QUERY_MEMORY_MB"),
+        ({"MALLARD_RETENTION_DAYS": "1000000"}, "RETENTION_DAYS"),
+        ({"MALLARD_FLUSH_INTERVAL": "1e-6"}, "FLUSH_INTERVAL"),
+        ({"MALLARD_SESSION_TTL": "1e308"}, "SESSION_TTL"),
+        ({"MALLARD_LOGIN_LOCKOUT": "1e308"}, "LOGIN_LOCKOUT"),
+        ({"MALLARD_SITES": "=Europe/Berlin"}, "SITES"),
+        ({"MALLARD_GEOIP_DB": __file__}, "GEOIP_DB"),  # a file, not a MaxMind database
     ],
 )
 def test_malformed_environment_value_names_the_setting(env: dict[str, str], setting: str) -> None:
@@ -239,9 +247,12 @@ def test_unknown_toml_key_names_it(tmp_path: Path) -> None:
         load_settings(config_file=toml(tmp_path, "flush_cuont = 10\n"), environ={})
 
 
-def test_invalid_toml(tmp_path: Path) -> None:
+@pytest.mark.parametrize("text", ["port = = 8000\n", 'host = "\xff"\n'.encode("latin-1")])
+def test_invalid_toml(tmp_path: Path, text: str | bytes) -> None:
+    path = tmp_path / "mallard.toml"
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
     with pytest.raises(ConfigError, match=r"config: .*mallard\.toml.* is not valid TOML"):
-        load_settings(config_file=toml(tmp_path, "port = = 8000\n"), environ={})
+        load_settings(config_file=path, environ={})
 
 
 @pytest.mark.parametrize("name", ["missing.toml", "."])
