@@ -257,6 +257,16 @@ INVALID = [
     ({"metrics": ["visitors"], "filters": [["matches", "event:page", ["(?=x)"]]]}, "regular expr"),
     ({"metrics": ["visitors"], "filters": [["matches", "event:page", ["a{1001}"]]]}, "a{1001}"),
     ({"metrics": ["visitors"], "pagination": {"offset": 10**30}}, "pagination.offset"),
+    ({"metrics": ["visitors"], "pagination": {"limit": 5, "page": 2}}, "pagination"),
+    ({"metrics": ["visitors"], "include": {"totals": True}}, "totals"),
+    ({"metrics": ["visitors"], "timezone": "localtime"}, "localtime"),
+    (
+        {
+            "metrics": ["visitors"],
+            "filters": [["contains", "event:page", ["a"], {"case_sensitive": "false"}]],
+        },
+        "case_sensitive",
+    ),
     ({"metrics": ["visitors"], "date_range": ["9999-12-01", "9999-12-31"]}, "date_range"),
     ({"metrics": ["visitors"], "date_range": ["1969-12-31T00:00", "1970-01-02T00:00"]}, "1970"),
     (
@@ -470,6 +480,7 @@ async def test_sessions(stats_server: RunningServer) -> None:
         ("/api/stats/funnel", {"steps": "click:/,page:/x"}, "click"),
         ("/api/stats/retention", {"interval": "fortnight"}, "interval"),
         ("/api/stats/flow", {}, "page"),
+        ("/api/stats/flow", {"page": "pricing"}, "page"),
     ],
 )
 async def test_behaviour_endpoint_errors(

@@ -251,8 +251,8 @@ async def retention() -> Any:
 async def flow() -> Any:
     """The most common previous and next pages of ``page``."""
     page = request.args.get("page")
-    if not page:
-        raise QueryError("flow needs page=/some/path")
+    if not page or not page.startswith("/"):
+        raise QueryError("flow needs page=/some/path (starting with /)")
     limit = _positive_int("limit", 10, 100)
     query = _legacy_query(["visitors"], [])
     rows = await _fetch(query, *behaviour.flow_sql(query, page, limit))

@@ -60,6 +60,7 @@ DATE_PRESETS = ("day", "24h", "7d", "28d", "30d", "91d", "month", "6mo", "12mo",
 MAX_LIMIT = 10_000
 MAX_OFFSET = 1_000_000_000
 MAX_FILTER_DEPTH = 8
+NOT_ZONES = {"localtime", "posixrules", "Factory"}  # in the tz database, but no place's time
 # Ranges lie within these days, so that their comparisons, time zones and
 # buckets stay within what dates can hold.
 FIRST_DAY = dt.date(1970, 1, 1)
@@ -140,6 +141,8 @@ def validate_timezone(value: Any) -> str:
         zoneinfo.ZoneInfo(value)
     except (zoneinfo.ZoneInfoNotFoundError, ValueError):
         raise QueryError(f"timezone {value!r} is not a known IANA time zone") from None
+    if value in NOT_ZONES:
+        raise QueryError(f"timezone {value!r} is a file of the zone database, not a time zone")
     return value
 
 
@@ -179,6 +182,8 @@ def parse_query(body: Any, *, default_timezone: str = "UTC", today: dt.date | No
     include = body.get("include", {})
     if not isinstance(include, dict):
         raise QueryError("include must be an object")
+    if unknown := set(include) - {"time_labels", "total_rows", "comparisons"}:
+        raise QueryError(f"unknown include option(s): {', '.join(sorted(unknown))}")
     comparison = _comparison(include.get("comparisons"))
     if (
         "conversion_rate" in metrics
@@ -284,7 +289,9 @@ def _filter(value: Any, where: str, depth: int = 0) -> Filter:
         modifiers = value[3]
         if not isinstance(modifiers, dict) or set(modifiers) - {"case_sensitive"}:
             raise QueryError(f'{where}: modifiers may only be {{"case_sensitive": bool}}')
-        case_sensitive = bool(modifiers.get("case_sensitive", True))
+        case_sensitive = modifiers.get("case_sensitive", True)
+        if not isinstance(case_sensitive, bool):
+            raise QueryError(f"{where}: case_sensitive must be true or false")
     return Condition(operator, dimension, tuple(texts), case_sensitive)
 
 
@@ -338,6 +345,8 @@ def _order_by(
 def _pagination(value: Any) -> tuple[int, int]:
     if not isinstance(value, dict):
         raise QueryError("pagination must be an object with limit and offset")
+    if set(value) - {"limit", "offset"}:
+        raise QueryError(f"pagination may only have limit and offset, not {sorted(value)}")
     limit, offset = value.get("limit", MAX_LIMIT), value.get("offset", 0)
     for name, number, low, high in (
         ("limit", limit, 1, MAX_LIMIT),
