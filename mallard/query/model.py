@@ -9,6 +9,7 @@ part. Everything downstream (SQL building, the dashboard's endpoints) works on
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import json
 import re
 import threading
@@ -151,7 +152,7 @@ def load_json(data: bytes | str, what: str) -> Any:
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
         value = json.loads(text)
-        json.dumps(value, ensure_ascii=False).encode("utf-8")  # no lone surrogate (\\ud800)
+        json.dumps(value, ensure_ascii=False).encode("utf-8")  # no lone surrogate (\ud800)
     except UnicodeError:
         raise QueryError(f"{what} must be UTF-8 text without lone surrogates") from None
     except RecursionError:
@@ -295,15 +296,20 @@ def _filter(value: Any, where: str, depth: int = 0) -> Filter:
     return Condition(operator, dimension, tuple(texts), case_sensitive)
 
 
-_REGEX_ENGINE = duckdb.connect()  # the queries' own regular expressions (RE2)
 _REGEX_ENGINE_LOCK = threading.Lock()
+
+
+@functools.cache
+def _regex_engine() -> duckdb.DuckDBPyConnection:
+    """A DuckDB of its own: the queries' regular expressions are RE2's, not Python's."""
+    return duckdb.connect()
 
 
 def _check_regex(pattern: str, where: str) -> None:
     """A QueryError unless DuckDB, which runs the filter, accepts ``pattern``."""
     try:
         with _REGEX_ENGINE_LOCK:
-            _REGEX_ENGINE.execute("SELECT regexp_matches('', $1)", [pattern])
+            _regex_engine().execute("SELECT regexp_matches('', $1)", [pattern])
     except duckdb.Error as error:
         reason = str(error).splitlines()[0].removeprefix("Invalid Input Error: ")
         raise QueryError(f"{where}: invalid regular expression {pattern!r}: {reason}") from None
@@ -345,8 +351,8 @@ def _order_by(
 def _pagination(value: Any) -> tuple[int, int]:
     if not isinstance(value, dict):
         raise QueryError("pagination must be an object with limit and offset")
-    if set(value) - {"limit", "offset"}:
-        raise QueryError(f"pagination may only have limit and offset, not {sorted(value)}")
+    if unknown := set(value) - {"limit", "offset"}:
+        raise QueryError(f"pagination has only limit and offset, not {', '.join(sorted(unknown))}")
     limit, offset = value.get("limit", MAX_LIMIT), value.get("offset", 0)
     for name, number, low, high in (
         ("limit", limit, 1, MAX_LIMIT),

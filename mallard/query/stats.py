@@ -53,7 +53,7 @@ _BUCKETS_IN_DAYS = {
 }
 
 
-def check_time_buckets(query: Query) -> None:
+def _check_time_buckets(query: Query) -> None:
     """A QueryError when the time dimension would cut the range into too many buckets."""
     dimension = query.time_dimension
     if dimension is None:
@@ -144,7 +144,7 @@ def from_first_event(engine: QueryEngine, query: Query) -> Query:
 async def run_query(engine: QueryEngine, query: Query) -> dict[str, Any]:
     """The whole answer: ``results``, ``meta`` and the normalised ``query``."""
     query = from_first_event(engine, query)
-    check_time_buckets(query)
+    _check_time_buckets(query)
     rows, total = await _rows(engine, query)
     rows = fill_time_gaps(query, rows)
     meta: dict[str, Any] = {}
