@@ -22,16 +22,14 @@ import tempfile
 import time
 from pathlib import Path
 
+from loadgen import percentile  # the same percentiles as the ingestion latencies beside
+
 RECORD = b"x" * 300  # about one event in the write-ahead log
-PERCENTILES = {"p50": 0.50, "p90": 0.90, "p99": 0.99}
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
     ordered = sorted(samples)
-    return {
-        name: round(ordered[min(int(len(ordered) * q), len(ordered) - 1)], 3)
-        for name, q in PERCENTILES.items()
-    }
+    return {f"p{pct}": round(percentile(ordered, pct), 3) for pct in (50, 90, 99)}
 
 
 def probe(folder: Path, seconds: float, rate: float) -> dict[str, object]:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import maxminddb
 
-from mallard.ingest.validation import SITE_ID_PATTERN
+from mallard.ingest.validation import SITE_ID_PATTERN, SITE_ID_RULE
 
 ENV_PREFIX = "MALLARD_"
 TEN_YEARS = 10 * 365 * 86400.0
@@ -165,12 +165,14 @@ def _string_list(value: Any) -> list[str]:
     raise ValueError(f"expected a list of strings or a comma-separated string, got {value!r}")
 
 
+def _site_id(site: Any) -> str:
+    if not isinstance(site, str) or not SITE_ID_PATTERN.fullmatch(site):
+        raise ValueError(f"{site!r} is not a valid site id ({SITE_ID_RULE})")
+    return site.lower()
+
+
 def _site_ids(value: Any) -> tuple[str, ...]:
-    sites = _string_list(value)
-    for site in sites:
-        if not SITE_ID_PATTERN.fullmatch(site):
-            raise ValueError(f"{site!r} is not a valid site id (letters, digits, . - _ : only)")
-    return tuple(site.lower() for site in sites)
+    return tuple(_site_id(site) for site in _string_list(value))
 
 
 def _sites(value: Any) -> tuple[tuple[str, str], ...]:
@@ -187,11 +189,9 @@ def _sites(value: Any) -> tuple[tuple[str, str], ...]:
     sites = []
     known = zoneinfo.available_timezones() | {"UTC"} if entries else set()
     for site, zone in entries:
-        if not isinstance(site, str) or not SITE_ID_PATTERN.fullmatch(site):
-            raise ValueError(f"{site!r} is not a valid site id (letters, digits, . - _ : only)")
         if not isinstance(zone, str) or zone not in known:
             raise ValueError(f"site {site!r}: {zone!r} is not an IANA time zone like Europe/Berlin")
-        sites.append((site.lower(), zone))
+        sites.append((_site_id(site), zone))
     return tuple(sites)
 
 

@@ -237,6 +237,7 @@ async def test_comparison_with_previous_period(stats_server: RunningServer) -> N
 
 INVALID = [
     ({"metrics": ["visitors"], "site_id": "bad/site"}, "site_id"),
+    ({"metrics": ["visitors"], "site_id": "a" * 248}, "247"),
     ({"metrics": ["clicks"]}, "clicks"),
     ({"metrics": []}, "metrics"),
     ({"metrics": ["visitors"], "dimensions": ["visit:shoe_size"]}, "visit:shoe_size"),

@@ -29,7 +29,7 @@ from mallard.auth.access import (
 from mallard.auth.policy import Principal, User
 from mallard.auth.service import INVITE_TTL, Denied
 from mallard.auth.store import ApiKey, DuplicateUser, NewSession, SharedLink
-from mallard.ingest.validation import SITE_ID_PATTERN
+from mallard.query.model import QueryError, validate_site_id
 
 blueprint = Blueprint("auth", __name__)
 
@@ -96,9 +96,10 @@ def _new_password(body: dict[str, Any], name: str = "password") -> str:
 
 
 def _site(value: Any) -> str:
-    if not isinstance(value, str) or not SITE_ID_PATTERN.fullmatch(value):
-        raise Denied(400, "site_id must be a site id: letters, digits, '.', '-', '_', ':'")
-    return value.lower()
+    try:
+        return validate_site_id(value)
+    except QueryError as error:
+        raise Denied(400, str(error)) from None
 
 
 def _role(value: Any) -> str:

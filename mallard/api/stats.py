@@ -88,7 +88,7 @@ async def _answer(query: Query) -> Any:
 
 @blueprint.post("/api/v2/query")
 async def query_v2() -> Any:
-    return await _answer(_parse(load_json(await request.get_data(), "the body")))
+    return await _answer(_parse(await access.json_body()))
 
 
 def _legacy_query(

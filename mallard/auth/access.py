@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import hmac
 import ipaddress
+from typing import Any
 
-from quart import Response, current_app, request
+from quart import Response, current_app, g, request
 
 from mallard.auth.lockout import client_key
 from mallard.auth.policy import LOOPBACK, Principal, can_read
@@ -201,6 +202,13 @@ def clear_cookie(response: Response, name: str) -> None:
     )
 
 
+async def json_body() -> Any:
+    """The request's body as JSON, parsed once per request (a QueryError if it is not)."""
+    if "json_body" not in g:
+        g.json_body = load_json(await request.get_data(), "the body")
+    return g.json_body
+
+
 async def requested_site() -> str | None:
     """The ``site_id`` a stats request asks about: from the JSON body of a POST, else the URL.
 
@@ -208,7 +216,7 @@ async def requested_site() -> str | None:
     """
     try:
         if request.method == "POST":  # a body that is no JSON object is the route's to refuse
-            body = load_json(await request.get_data(), "the body")
+            body = await json_body()
             raw = body.get("site_id") if isinstance(body, dict) else None
         else:
             raw = request.args.get("site_id")

@@ -23,11 +23,13 @@ import msgspec
 MAX_BODY_BYTES = 64 * 1024
 MAX_BATCH_BYTES = 1024 * 1024
 MAX_BATCH_EVENTS = 1000
-SITE_ID_PATTERN = re.compile(r"[A-Za-z0-9._:-]{1,256}")
 MAX_LENGTH = {"d": 256, "n": 256, "u": 2048, "r": 2048, "p": 4096}
-# A site's events live in a folder named ``site_id=<d>`` (the documented layout),
-# and file systems allow 255 bytes per name: a longer ``d`` could never be stored.
-MAX_STORED_SITE_ID = 255 - len("site_id=")
+# A site's events live in a folder named ``site_id=<site>`` (the documented layout),
+# and file systems allow 255 bytes per name: a longer site id could never be stored,
+# so it is no site id anywhere (ingestion, settings, queries, the sites API).
+MAX_SITE_ID_LENGTH = 255 - len("site_id=")
+SITE_ID_PATTERN = re.compile(rf"[A-Za-z0-9._:-]{{1,{MAX_SITE_ID_LENGTH}}}")
+SITE_ID_RULE = f"up to {MAX_SITE_ID_LENGTH} letters, digits, '.', '-', '_', ':'"
 MAX_SCREEN_WIDTH = 100_000
 MAX_REVENUE = Decimal("9999999999.99")  # DECIMAL(12, 2)
 CENTS = Decimal("0.01")
@@ -175,14 +177,14 @@ def _validate_fields(data: dict[str, Any]) -> EventInput:
         raise InvalidEvent(422, f"missing required field: {', '.join(missing)}")
 
     domain = _required_text(data, "d")
-    if not SITE_ID_PATTERN.fullmatch(domain):
-        raise InvalidEvent(400, "d may contain only letters, digits, '.', '-', '_' and ':'")
-    if len(domain) > MAX_STORED_SITE_ID:
+    if len(domain) > MAX_SITE_ID_LENGTH:
         raise InvalidEvent(
             400,
-            f"d is longer than {MAX_STORED_SITE_ID} characters, the longest site id "
+            f"d is longer than {MAX_SITE_ID_LENGTH} characters, the longest site id "
             "that can name its folder (site_id=<d>) on disk",
         )
+    if not SITE_ID_PATTERN.fullmatch(domain):
+        raise InvalidEvent(400, "d may contain only letters, digits, '.', '-', '_' and ':'")
     name = _required_text(data, "n")
     url = _required_text(data, "u")
     if not _is_absolute_url(url):

@@ -19,7 +19,7 @@ from typing import Any, Literal
 
 import duckdb
 
-from mallard.ingest.validation import SITE_ID_PATTERN
+from mallard.ingest.validation import SITE_ID_PATTERN, SITE_ID_RULE
 
 EVENT_METRICS = ("visitors", "pageviews", "events", "total_revenue", "average_revenue")
 VISIT_METRICS = ("visits", "views_per_visit", "bounce_rate", "visit_duration")
@@ -131,7 +131,7 @@ def dimension_exists(name: str) -> bool:
 
 def validate_site_id(value: Any) -> str:
     if not isinstance(value, str) or not SITE_ID_PATTERN.fullmatch(value):
-        raise QueryError("site_id must be a site id: letters, digits, '.', '-', '_', ':'")
+        raise QueryError(f"site_id must be a site id: {SITE_ID_RULE}")
     return value.lower()
 
 
