@@ -222,6 +222,32 @@ async def test_order_pagination_total_rows(stats_server: RunningServer) -> None:
     assert answer["meta"]["total_rows"] == 3
 
 
+@pytest.mark.parametrize(
+    ("date_range", "date", "first", "last", "visitors"),
+    [
+        ("day", "2026-01-10", "2026-01-10", "2026-01-10", 4),
+        ("7d", "2026-01-11", "2026-01-05", "2026-01-11", 4),
+        ("7d", "2026-01-09", "2026-01-03", "2026-01-09", 0),
+        ("month", "2026-01-20", "2026-01-01", "2026-01-31", 4),
+        ("6mo", "2026-01-20", "2025-08-01", "2026-01-31", 4),
+        ("year", "2025-03-01", "2025-01-01", "2025-12-31", 0),
+        ("all", "2026-01-10", "2026-01-10", "2026-01-10", 4),  # from the first event on
+    ],
+)
+async def test_date_moves_a_preset_back(
+    stats_server: RunningServer, date_range: str, date: str, first: str, last: str, visitors: int
+) -> None:
+    answer = await query(stats_server, metrics=["visitors"], date_range=date_range, date=date)
+    assert metrics(answer) == [visitors]
+    end = (dt.date.fromisoformat(last) + dt.timedelta(days=1)).isoformat()
+    assert [moment[:10] for moment in answer["query"]["date_range"]] == [first, end]
+    response = await stats_server.client.get(
+        f"{stats_server.url}/api/stats/main",
+        params={"site_id": SITE, "period": date_range, "date": date, "metrics": "visitors"},
+    )
+    assert response.json()["results"][0]["metrics"] == [visitors]
+
+
 async def test_comparison_with_previous_period(stats_server: RunningServer) -> None:
     answer = await query(
         stats_server,
@@ -269,6 +295,16 @@ INVALID = [
         "case_sensitive",
     ),
     ({"metrics": ["visitors"], "date_range": ["9999-12-01", "9999-12-31"]}, "date_range"),
+    # 20260101 is a date in ISO's basic format, but as a datetime it would end a day early
+    ({"metrics": ["visitors"], "date_range": ["20260101", "20260110"]}, "YYYY-MM-DD"),
+    ({"metrics": ["visitors"], "date_range": ["2026-01-01", "2026-01-10T12:00"]}, "two dates"),
+    ({"metrics": ["visitors"], "date": "2026-W02-1"}, "date must be"),
+    ({"metrics": ["visitors"], "date": "2026-01-10", "date_range": "24h"}, "date does not"),
+    (
+        {"metrics": ["visitors"], "date": "2026-01-10", "date_range": ["2026-01-01", "2026-01-10"]},
+        "date applies",
+    ),
+    ({"metrics": ["visitors"], "date": "1970-01-03"}, "1970-01-01"),  # 7 days reach 1969
     ({"metrics": ["visitors"], "date_range": ["1969-12-31T00:00", "1970-01-02T00:00"]}, "1970"),
     (
         {
@@ -316,8 +352,21 @@ async def test_invalid_queries_are_400_naming_the_problem(
         ('{"site_id": "example.com"}'.encode("utf-16"), "UTF-8"),
         (b"[" * 100_000 + b"]" * 100_000, "nests too deeply"),
         (b'{"site_id": "example.com", "metrics": ["visitors"], "x": "\\ud800"}', "surrogate"),
+        (b'{"site_id": "example.com", "metrics": ["visitors"], "x": 1e999}', "1e999"),
+        (b'{"site_id": "example.com", "metrics": ["visitors"], "x": -Infinity}', "Infinity"),
+        (b'{"site_id": "example.com", "filters": [["is", "event:page", [NaN]]]}', "NaN"),
     ],
-    ids=["broken", "empty", "latin-1", "utf-16", "deep", "lone-surrogate"],
+    ids=[
+        "broken",
+        "empty",
+        "latin-1",
+        "utf-16",
+        "deep",
+        "lone-surrogate",
+        "1e999",
+        "infinity",
+        "nan",
+    ],
 )
 async def test_a_body_that_is_not_json_text_is_400(
     stats_server: RunningServer, body: bytes, named: str
@@ -383,8 +432,11 @@ async def test_dashboard_endpoints(stats_server: RunningServer) -> None:
         ("/api/stats/breakdown/pages", {"limit": "0"}, "limit"),
         ("/api/stats/main", {"site_id": "bad site"}, "site_id"),
         ("/api/stats/main", {"filters": "[" * 5000 + "]" * 5000}, "filters"),
-        ("/api/stats/main", {"period": "day", "date": "9999-12-31"}, "date_range"),
-        ("/api/stats/main", {"period": "month", "date": "9999-12-15"}, "date_range"),
+        ("/api/stats/main", {"period": "day", "date": "9999-12-31"}, "date must lie"),
+        ("/api/stats/main", {"period": "month", "date": "9999-12-15"}, "date must lie"),
+        ("/api/stats/main", {"period": "day", "date": "20260110"}, "YYYY-MM-DD"),
+        ("/api/stats/main", {"period": "custom", "date": "20260101,20260110"}, "YYYY-MM-DD"),
+        ("/api/stats/main", {"period": "24h", "date": "2026-01-10"}, "date does not"),
         (
             "/api/stats/timeseries",
             {"period": "custom", "date": "1970-01-01,9998-12-31", "interval": "hour"},
@@ -399,6 +451,13 @@ async def test_dashboard_endpoint_errors(
     response = await stats_server.client.get(f"{stats_server.url}{path}", params=params)
     assert response.status_code == 400
     assert named in response.json()["error"]
+
+
+async def test_a_repeated_parameter_is_400(stats_server: RunningServer) -> None:
+    params = [("site_id", SITE), ("period", "day"), ("period", "7d")]
+    response = await stats_server.client.get(f"{stats_server.url}/api/stats/main", params=params)
+    assert response.status_code == 400
+    assert response.json()["error"] == "parameter period is given more than once"
 
 
 async def get(server: RunningServer, path: str, **params: str) -> Any:
@@ -433,7 +492,9 @@ async def test_retention(stats_server: RunningServer) -> None:
         {"offset": 1, "visitors": 1, "percentage": 25.0},  # visitor 3 after midnight
     ]
     for interval in ("day", "week"):  # all time starts on the first day with data
-        all_time = await get(stats_server, "/api/stats/retention", period="all", interval=interval)
+        all_time = await get(
+            stats_server, "/api/stats/retention", period="all", date=str(NEXT), interval=interval
+        )
         custom = await get(
             stats_server, "/api/stats/retention", period="custom", date=f"{D},{NEXT}",
             interval=interval,

@@ -7,7 +7,6 @@ translate parameters.
 
 from __future__ import annotations
 
-import calendar
 import contextlib
 import datetime as dt
 from collections.abc import AsyncIterator
@@ -75,6 +74,14 @@ async def require_access() -> None:
     )
 
 
+@blueprint.before_request
+async def refuse_repeated_parameters() -> None:
+    """``period=day&period=7d`` is ambiguous: say so rather than pick one."""
+    for name in request.args:
+        if len(request.args.getlist(name)) > 1:
+            raise QueryError(f"parameter {name} is given more than once")
+
+
 def _parse(body: Any) -> Query:
     """The query, in its site's configured timezone unless it names one."""
     site = body.get("site_id") if isinstance(body, dict) else None
@@ -104,7 +111,7 @@ def _legacy_query(
         "site_id": args.get("site_id"),
         "metrics": list(metrics),
         "dimensions": dimensions,
-        "date_range": _date_range(args.get("period", "30d"), args.get("date")),
+        **_date_fields(args.get("period", "30d"), args.get("date")),
         "include": include or {},
     }
     if "timezone" in args:
@@ -120,23 +127,14 @@ def _legacy_query(
     return _parse(body)
 
 
-def _date_range(period: str, date: str | None) -> Any:
-    """``period=custom&date=2024-01-01,2024-01-31``; ``date`` anchors day and month."""
+def _date_fields(period: str, date: str | None) -> dict[str, Any]:
+    """``period=custom&date=2024-01-01,2024-01-31``; with a preset, ``date`` is its last day."""
     if period == "custom":
         parts = (date or "").split(",")
         if len(parts) != 2:
             raise QueryError("period=custom needs date=START,END")
-        return parts
-    if date and period in ("day", "month"):
-        try:
-            day = dt.date.fromisoformat(date)
-        except ValueError:
-            raise QueryError(f"date {date!r} is not an ISO date (YYYY-MM-DD)") from None
-        if period == "day":
-            return [day.isoformat(), day.isoformat()]
-        last = day.replace(day=calendar.monthrange(day.year, day.month)[1])
-        return [day.replace(day=1).isoformat(), last.isoformat()]
-    return period
+        return {"date_range": parts}
+    return {"date_range": period, **({"date": date} if date else {})}
 
 
 def _positive_int(name: str, default: int, maximum: int) -> int:

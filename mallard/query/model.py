@@ -8,9 +8,11 @@ part. Everything downstream (SQL building, the dashboard's endpoints) works on
 
 from __future__ import annotations
 
+import calendar
 import datetime as dt
 import functools
 import json
+import math
 import re
 import threading
 import zoneinfo
@@ -66,6 +68,8 @@ NOT_ZONES = {"localtime", "posixrules", "Factory"}  # in the tz database, but no
 # buckets stay within what dates can hold.
 FIRST_DAY = dt.date(1970, 1, 1)
 LAST_DAY = dt.date(9998, 12, 31)
+ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+ISO_MOMENT = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")  # then seconds, offset…
 
 
 class QueryError(ValueError):
@@ -151,7 +155,7 @@ def load_json(data: bytes | str, what: str) -> Any:
     """JSON text from a client, or a QueryError that says what is wrong with it."""
     try:
         text = data.decode("utf-8") if isinstance(data, bytes) else data
-        value = json.loads(text)
+        value = json.loads(text, parse_constant=_no_constant, parse_float=_finite_float)
         json.dumps(value, ensure_ascii=False).encode("utf-8")  # no lone surrogate (\ud800)
     except UnicodeError:
         raise QueryError(f"{what} must be UTF-8 text without lone surrogates") from None
@@ -160,6 +164,17 @@ def load_json(data: bytes | str, what: str) -> Any:
     except ValueError as error:
         raise QueryError(f"{what} is not valid JSON: {error}") from None
     return value
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a JSON value")
+
+
+def _finite_float(text: str) -> float:
+    number = float(text)
+    if not math.isfinite(number):
+        raise ValueError(f"the number {text} is too large")
+    return number
 
 
 def parse_query(body: Any, *, default_timezone: str = "UTC", today: dt.date | None = None) -> Query:
@@ -177,7 +192,8 @@ def parse_query(body: Any, *, default_timezone: str = "UTC", today: dt.date | No
     metrics = _metrics(body.get("metrics"))
     dimensions = _dimensions(body.get("dimensions", []))
     filters = tuple(_filter(item, f"filters[{i}]") for i, item in enumerate(_list(body, "filters")))
-    date_range = resolve_date_range(body.get("date_range"), timezone, today=today)
+    anchor = parse_day(body["date"], "date") if "date" in body else None
+    date_range = resolve_date_range(body.get("date_range"), timezone, today=today, anchor=anchor)
     order_by = _order_by(body.get("order_by", []), metrics, dimensions)
     limit, offset = _pagination(body.get("pagination", {}))
     include = body.get("include", {})
@@ -392,34 +408,59 @@ def days_range(first_day: dt.date, last_day: dt.date, timezone: str) -> DateRang
     )
 
 
-def resolve_date_range(value: Any, timezone: str, *, today: dt.date | None = None) -> DateRange:
-    """A preset (\"7d\" = the 7 days ending today, local time) or [start, end] dates."""
-    zone = zoneinfo.ZoneInfo(timezone)
-    now = dt.datetime.now(zone)
-    today = today or now.date()
+def resolve_date_range(
+    value: Any, timezone: str, *, today: dt.date | None = None, anchor: dt.date | None = None
+) -> DateRange:
+    """A preset (\"7d\" = the 7 days ending today, local time) or [start, end] dates.
+
+    ``anchor`` (the query's ``date``) moves a preset back in time: it ends on
+    that day instead of today ("all": everything up to it), and the calendar
+    presets (month, 6mo, 12mo, year) then cover their months whole.
+    """
     if isinstance(value, list):
+        if anchor is not None:
+            raise QueryError("date applies to a preset date_range like 7d or month, not to dates")
         return _explicit_range(value, timezone)
     if value not in DATE_PRESETS:
         raise QueryError(
             f"date_range must be one of {', '.join(DATE_PRESETS)} or [start, end] dates"
         )
+    if anchor is None:
+        return _preset_range(
+            value, timezone, today or dt.datetime.now(zoneinfo.ZoneInfo(timezone)).date()
+        )
     if value == "24h":
+        raise QueryError("date does not apply to date_range '24h' (the last 24 hours)")
+    date_range = _preset_range(value, timezone, anchor, whole_months=True)
+    _check_days(date_range.first_day, date_range.last_day)
+    return date_range
+
+
+def _preset_range(
+    preset: str, timezone: str, today: dt.date, *, whole_months: bool = False
+) -> DateRange:
+    if preset == "24h":
         end = dt.datetime.now(dt.UTC)
         start = end - dt.timedelta(hours=24)
-        return DateRange(start, end, start.astimezone(zone).date(), today)
-    if value == "day":
+        return DateRange(start, end, start.astimezone(zoneinfo.ZoneInfo(timezone)).date(), today)
+    if preset == "day":
         return days_range(today, today, timezone)
-    if value.endswith("d"):
-        return days_range(today - dt.timedelta(days=int(value[:-1]) - 1), today, timezone)
-    if value == "month":
-        return days_range(today.replace(day=1), today, timezone)
-    if value.endswith("mo"):
-        months = int(value[:-2])
-        first = _add_months(today.replace(day=1), -(months - 1))
-        return days_range(first, today, timezone)
-    if value == "year":
-        return days_range(today.replace(month=1, day=1), today, timezone)
-    return days_range(dt.date(2000, 1, 1), today, timezone)  # "all"
+    if preset.endswith("d"):
+        return days_range(today - dt.timedelta(days=int(preset[:-1]) - 1), today, timezone)
+    if preset == "all":
+        return days_range(dt.date(2000, 1, 1), today, timezone)
+    if preset == "year":
+        last = today.replace(month=12, day=31) if whole_months else today
+        return days_range(today.replace(month=1, day=1), last, timezone)
+    last = _month_end(today) if whole_months else today
+    if preset == "month":
+        return days_range(today.replace(day=1), last, timezone)
+    months = int(preset[:-2])  # 6mo, 12mo
+    return days_range(_add_months(today.replace(day=1), -(months - 1)), last, timezone)
+
+
+def _month_end(day: dt.date) -> dt.date:
+    return day.replace(day=calendar.monthrange(day.year, day.month)[1])
 
 
 def _add_months(day: dt.date, months: int) -> dt.date:
@@ -427,22 +468,37 @@ def _add_months(day: dt.date, months: int) -> dt.date:
     return day.replace(year=index // 12, month=index % 12 + 1)
 
 
+def parse_day(value: Any, what: str) -> dt.date:
+    """A ``YYYY-MM-DD`` date from a client, or a QueryError naming ``what``."""
+    if not isinstance(value, str) or not ISO_DAY.fullmatch(value):
+        raise QueryError(f"{what} must be a date like 2026-11-01 (YYYY-MM-DD), not {value!r}")
+    try:
+        day = dt.date.fromisoformat(value)
+    except ValueError as error:
+        raise QueryError(f"{what} has an invalid date {value!r}: {error}") from None
+    _check_days(day, day, what)
+    return day
+
+
 def _explicit_range(value: list[Any], timezone: str) -> DateRange:
     if len(value) != 2 or not all(isinstance(item, str) for item in value):
         raise QueryError("date_range must be [start, end] as ISO dates or datetimes")
-    zone = zoneinfo.ZoneInfo(timezone)
+    if all(ISO_DAY.fullmatch(item) for item in value):
+        first, last = (parse_day(item, "date_range") for item in value)
+        _check_days(first, last)
+        return days_range(first, last, timezone)
+    if not all(ISO_MOMENT.match(item) for item in value):
+        raise QueryError(
+            "date_range must be two dates (YYYY-MM-DD) or two datetimes "
+            "(YYYY-MM-DDTHH:MM:SS, with an optional UTC offset)"
+        )
     try:
-        if all(len(item) == 10 for item in value):
-            first, last = (dt.date.fromisoformat(item) for item in value)
-            _check_days(first, last)
-            return days_range(first, last, timezone)
         moments = [dt.datetime.fromisoformat(item) for item in value]
-        _check_days(*(moment.date() for moment in moments))
-        start, end = (_aware(moment, zone) for moment in moments)
     except ValueError as error:
-        if isinstance(error, QueryError):
-            raise
-        raise QueryError(f"date_range has an invalid date: {error}") from None
+        raise QueryError(f"date_range has an invalid datetime: {error}") from None
+    _check_days(*(moment.date() for moment in moments))
+    zone = zoneinfo.ZoneInfo(timezone)
+    start, end = (_aware(moment, zone) for moment in moments)
     if end <= start:
         raise QueryError("date_range ends before it starts")
     return DateRange(
@@ -453,11 +509,11 @@ def _explicit_range(value: list[Any], timezone: str) -> DateRange:
     )
 
 
-def _check_days(first: dt.date, last: dt.date) -> None:
+def _check_days(first: dt.date, last: dt.date, what: str = "date_range") -> None:
     if not FIRST_DAY <= first <= LAST_DAY or not FIRST_DAY <= last <= LAST_DAY:
-        raise QueryError(f"date_range must lie between {FIRST_DAY} and {LAST_DAY}")
+        raise QueryError(f"{what} must lie between {FIRST_DAY} and {LAST_DAY}")
     if last < first:
-        raise QueryError("date_range ends before it starts")
+        raise QueryError(f"{what} ends before it starts")
 
 
 def _aware(moment: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
