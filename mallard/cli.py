@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import datetime as dt
+import errno
+import socket
 import sys
 from functools import partial
 from pathlib import Path
@@ -159,12 +161,32 @@ def _serve(settings: Settings, args: argparse.Namespace, argv: list[str]) -> int
         cause = _single_cause(error)
         if isinstance(cause, ShutdownTimeout):
             print(f"mallard: {cause}", file=sys.stderr)
-        elif isinstance(cause, OSError):  # the port is taken, the data dir is not writable…
+        elif isinstance(cause, OSError) and (problem := _setting_at_fault(cause, settings)):
+            print(f"mallard: invalid setting {problem}", file=sys.stderr)
+            return EXIT_USAGE
+        elif isinstance(cause, OSError):
             print(f"mallard: cannot start: {cause}", file=sys.stderr)
         else:
             raise
         return 1
     return 0
+
+
+def _setting_at_fault(error: OSError, settings: Settings) -> str | None:
+    """The setting an error at start-up comes from (named, with the problem), if one."""
+    address = f"{settings.host}:{settings.port}"
+    if isinstance(error, socket.gaierror):
+        return f"host: cannot resolve {settings.host!r} ({error.strerror})"
+    if error.filename is not None:
+        inside = Path(error.filename).resolve().is_relative_to(settings.data_dir.resolve())
+        return f"data_dir: {error}" if inside else None
+    if error.errno == errno.EADDRINUSE:
+        return f"port: {address} is already in use"
+    if error.errno == errno.EADDRNOTAVAIL:
+        return f"host: {settings.host} is not an address of this machine"
+    if error.errno == errno.EACCES:
+        return f"port: listening on {address} is not allowed ({error.strerror})"
+    return None
 
 
 def _single_cause(error: BaseException) -> BaseException:

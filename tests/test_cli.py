@@ -47,6 +47,9 @@ def run_mallard(*args: str, env: dict[str, str] | None = None) -> subprocess.Com
         ([], {"MALLARD_SITE_IDS": "ok.com,bad/site"}, "MALLARD_SITE_IDS"),
         ([], {"MALLARD_GEOIP_DB": "/no/such/file.mmdb"}, "MALLARD_GEOIP_DB"),
         (["--config", "/no/such/mallard.toml"], {}, "config"),
+        # only binding finds these out
+        (["--host", "no-such-host.invalid"], {}, "setting host: cannot resolve"),
+        (["--host", "192.0.2.1"], {}, "setting host: 192.0.2.1 is not an address"),
     ],
 )
 def test_bad_setting_stops_startup_with_one_line(
@@ -132,12 +135,23 @@ def test_port_in_use_is_one_line(tmp_path: Path) -> None:
     try:
         port = first.url.rsplit(":", 1)[1]
         result = run_mallard("serve", "--port", port, "--data-dir", str(tmp_path / "two"))
-        assert result.returncode == 1
-        assert "Traceback" not in result.stderr
-        assert "cannot start" in result.stderr
+        assert result.returncode == 2
+        assert result.stderr.splitlines() == [
+            f"mallard: invalid setting port: 127.0.0.1:{port} is already in use"
+        ]
     finally:
         first.signal(signal.SIGTERM)
         first.wait()
+
+
+def test_a_data_dir_that_cannot_be_one_is_one_line(tmp_path: Path) -> None:
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    result = run_mallard("serve", "--data-dir", str(not_a_folder))
+    assert result.returncode == 2
+    [line] = result.stderr.splitlines()
+    assert line.startswith("mallard: invalid setting data_dir: ")
+    assert str(not_a_folder) in line
 
 
 def test_demo_fills_a_data_dir_and_serves_it(tmp_path: Path) -> None:
