@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -335,6 +336,24 @@ async def test_health_endpoints(server: RunningServer) -> None:
     missing = await server.client.get(f"{server.url}/no/such/page")
     assert missing.status_code == 404
     assert missing.json()["error"]
+
+
+async def test_an_error_before_the_body_arrives_ends_the_connection(
+    server: RunningServer,
+) -> None:
+    """A 404 sent while the body still arrives: the next request must not wait for it."""
+
+    async def slow_body() -> AsyncIterator[bytes]:
+        yield b"x" * 10
+        await trio.sleep(0.3)
+        yield b"y" * 990
+
+    missing = await server.client.post(
+        f"{server.url}/no/such/page", content=slow_body(), headers={"content-length": "1000"}
+    )
+    assert (missing.status_code, missing.headers["connection"]) == (404, "close")
+    with trio.fail_after(5):  # on the same client: it had hung until its timeout
+        assert (await server.client.get(f"{server.url}/health")).status_code == 200
 
 
 async def post_batch(server: RunningServer, content: bytes, **headers: str) -> Any:

@@ -113,6 +113,8 @@ def test_seed_example_body_is_accepted() -> None:
         ({"u": "https://"}, 400),
         ({"u": "javascript:alert(1)"}, 400),
         ({"u": "http://[::1/broken"}, 400),
+        ({"u": "https://example.com:99999/pricing"}, 400),
+        ({"u": "https://example.com:https/pricing"}, 400),
     ],
 )
 def test_invalid_body_field(fields: dict[str, Any], status: int) -> None:

@@ -49,7 +49,12 @@ def create_app(
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Any:
-        return json_error(error.code or 500, error.description or error.name)
+        body, status = json_error(error.code or 500, error.description or error.name)
+        if request.content_length or "transfer-encoding" in request.headers:
+            # A body nobody read may still be arriving: the connection cannot carry
+            # another request after it, so say it ends here (or the client waits).
+            return body, status, {"connection": "close"}
+        return body, status
 
     @app.get("/health")
     async def health() -> Any:

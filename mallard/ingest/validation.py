@@ -216,6 +216,7 @@ def _check_unicode(field: str, text: str) -> None:
 def _is_absolute_url(url: str) -> bool:
     try:
         parts = urlsplit(url)
+        parts.port  # noqa: B018 - raises ValueError unless a number from 0 to 65535
     except ValueError:
         return False
     return bool(parts.scheme and parts.hostname)
