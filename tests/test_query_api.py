@@ -174,6 +174,11 @@ async def test_filter_operators_and_combinations(stats_server: RunningServer) ->
     assert await visitors(["is_not", "visit:country", ["FR"]]) == 3
     assert await visitors(["contains", "event:page", ["pric"]]) == 2
     assert await visitors(["contains", "event:page", ["PRIC"], {"case_sensitive": False}]) == 2
+    # several values are one regular expression: each must still match only itself
+    literal = ["PRIC", ".", "(x", "[", "\\E", "x{0}", "|"]
+    assert await visitors(["contains", "event:page", literal, {"case_sensitive": False}]) == 2
+    assert await visitors(["contains", "event:page", ["blog", "/pricing"]]) == 2
+    assert await visitors(["contains_not", "event:page", ["pric", "blog"]]) == 3
     assert await visitors(["matches", "event:page", ["^/(blog|docs)$"]]) == 1
     assert (
         await visitors(["or", [["is", "visit:country", ["FR"]], ["is", "event:page", ["/blog"]]]])

@@ -43,6 +43,7 @@ import datetime as dt
 import functools
 import itertools
 import math
+import re
 import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -67,6 +68,7 @@ VISIT_TIMEOUT = "INTERVAL 30 MINUTE"
 UTC_DAY = "(epoch_us(timestamp) // 86400000000)"
 NONE_LABEL = "(none)"
 MICROS_PER_HOUR = 3_600_000_000
+RE2_METACHARACTERS = re.compile(r"[\\.+*?()|\[\]{}^$]")
 MICROS_PER_DAY = 86_400_000_000
 MONDAY = 4  # 1970-01-05, the first Monday after the epoch, is day 4
 TIME_FORMATS = {
@@ -219,9 +221,17 @@ def _condition_sql(condition: Condition, params: Parameters, timezone: str) -> s
             values = [v.lower() for v in values]
         if base == "is":
             test = f"{value} IN ({', '.join(params.add(v) for v in values)})"
-        else:  # contains
-            test = "(" + " OR ".join(f"contains({value}, {params.add(v)})" for v in values) + ")"
+        elif len(values) == 1:
+            test = f"contains({value}, {params.add(values[0])})"
+        else:  # one scan for any number of values: an OR of contains() makes one each
+            pattern = "|".join(_literal_pattern(v) for v in values)
+            test = f"regexp_matches({value}, {params.add(pattern)})"
     return f"(NOT {test})" if negate else test
+
+
+def _literal_pattern(text: str) -> str:
+    """An RE2 pattern that matches ``text`` as it is."""
+    return RE2_METACHARACTERS.sub(lambda match: "\\" + match[0], text)
 
 
 def visit_ctes(events: str, visits: str) -> str:
