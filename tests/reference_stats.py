@@ -552,9 +552,14 @@ def local_midnight_us(day: dt.date, zone: zoneinfo.ZoneInfo) -> int:
 
 
 def _bucket_label(local: dt.datetime, interval: str) -> str:
-    if interval == "day":
-        return local.strftime("%Y-%m-%d")
-    return local.strftime("%Y-%m-%d %H:00:00")
+    if interval == "hour":
+        return local.strftime("%Y-%m-%d %H:00:00")
+    day = local.date()
+    if interval == "week":
+        day -= dt.timedelta(days=day.weekday())
+    elif interval == "month":
+        day = day.replace(day=1)
+    return day.isoformat()
 
 
 def timeseries(
@@ -567,7 +572,7 @@ def timeseries(
     *,
     filters: Iterable[Sequence[Any]] | None = None,
 ) -> list[tuple[str, Metrics]]:
-    """``metrics`` per local day or hour, as ``[(label, {metric: number})]``.
+    """``metrics`` per local hour, day, week or month, as ``[(label, {metric: number})]``.
 
     The range is the whole local days ``start_date``..``end_date`` (inclusive)
     in the IANA zone ``timezone``: from local midnight of ``start_date`` to
@@ -575,12 +580,13 @@ def timeseries(
     the events in that range (see :func:`aggregate`), never cut at bucket
     borders.
 
-    Buckets are local wall-clock days (label ``YYYY-MM-DD``) or hours (label
-    ``YYYY-MM-DD HH:00:00``). Every bucket of the range is listed, oldest
-    first, with zeros where nothing happened. Hourly labels step through naive
-    wall-clock hours: on a spring-forward day the skipped hour is still listed
-    (always zero), on a fall-back day the repeated hour is one bucket holding
-    both real hours.
+    Buckets are local wall-clock days (label ``YYYY-MM-DD``), weeks from Monday
+    (the Monday's date, also for a first week begun before the range), months
+    (``YYYY-MM-01``) or hours (label ``YYYY-MM-DD HH:00:00``). Every bucket of
+    the range is listed, oldest first, with zeros where nothing happened.
+    Hourly labels step through naive wall-clock hours: on a spring-forward day
+    the skipped hour is still listed (always zero), on a fall-back day the
+    repeated hour is one bucket holding both real hours.
 
     Event metrics count the selected events in the bucket of their own
     timestamp (a visitor active in two buckets counts in both). Visit metrics
@@ -588,8 +594,8 @@ def timeseries(
     it continues into later buckets. ``conversion_rate``'s denominator is the
     per-bucket visitors selected without the goal filters.
     """
-    if interval not in ("day", "hour"):
-        raise ValueError("interval must be day or hour")
+    if interval not in ("hour", "day", "week", "month"):
+        raise ValueError("interval must be hour, day, week or month")
     zone = zoneinfo.ZoneInfo(timezone)
     start_us = local_midnight_us(start_date, zone)
     end_us = local_midnight_us(end_date + dt.timedelta(days=1), zone)
@@ -605,11 +611,11 @@ def timeseries(
     def label_of(timestamp_us: int) -> str:
         return _bucket_label(to_local(timestamp_us, zone), interval)
 
-    step = dt.timedelta(days=1) if interval == "day" else dt.timedelta(hours=1)
-    labels = []
+    step = dt.timedelta(hours=1) if interval == "hour" else dt.timedelta(days=1)
+    labels: dict[str, None] = {}  # in order, once each
     moment = dt.datetime.combine(start_date, dt.time())
     while moment.date() <= end_date:
-        labels.append(_bucket_label(moment, interval))
+        labels[_bucket_label(moment, interval)] = None
         moment += step
 
     matched = _matched_visits(scope, rows)

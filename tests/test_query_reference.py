@@ -195,7 +195,15 @@ async def test_percentage_is_of_all_visitors(engine: QueryEngine, data: Any, dim
 
 @pytest.mark.parametrize(
     ("interval", "timezone", "days"),
-    [("day", "UTC", 14), ("day", "Europe/Berlin", 14), ("hour", "America/New_York", 1)],
+    [
+        ("day", "UTC", 14),
+        ("day", "Europe/Berlin", 14),
+        ("hour", "America/New_York", 1),
+        # whole UTC days per bucket: from the visit rollups' seen_* columns
+        ("day", "Europe/London", 14),  # UTC+0 in January
+        ("week", "UTC", 14),
+        ("month", "UTC", 14),
+    ],
 )
 async def test_timeseries(engine: QueryEngine, data: Any, interval: str, timezone: str, days: int):
     metrics = ["visitors", "visits", "pageviews", "bounce_rate"]

@@ -30,11 +30,11 @@ from events only for the days without a rollup. Both paths give the same
 numbers, which the tests check.
 
 Unique visitors are a distinct count, the other slow part. Without filters,
-visitors per page or event name (:func:`reads_pairs`) and visitors in total
-or per visit dimension (:func:`reads_seen`) come from per-day data that says
-when each (value, visitor) pair was last seen before
-(:mod:`mallard.storage.pairs`): a pair counts at its first occurrence in the
-range, a filter instead of a distinct count.
+visitors per page or event name (:func:`reads_pairs`) and visitors in total,
+per visit dimension or per day, week or month at UTC+0 (:func:`reads_seen`)
+come from per-day data that says when each (value, visitor) pair was last
+seen before (:mod:`mallard.storage.pairs`): a pair counts at its first
+occurrence in the range (or bucket), a filter instead of a distinct count.
 """
 
 from __future__ import annotations
@@ -186,6 +186,25 @@ def time_label(dimension: str, bucket: str) -> str:
         "month": bucket,
     }[unit]
     return f"strftime({moment}, '{pattern}')"
+
+
+def bucket_start(dimension: str, query: Query, bucket: str) -> str:
+    """SQL for the instant a day, week or month :func:`time_bucket` value starts, in a
+    zone whose offset is 0 over the range (:func:`whole_utc_days`)."""
+    unit = TIME_FORMATS[dimension][0]
+    if unit == "month":
+        return f"timezone('{_zone(query)}', {bucket})"
+    day = {"day": bucket, "week": f"({bucket} * 7 + {MONDAY})"}[unit]
+    return f"to_timestamp({day} * 86400)"
+
+
+def whole_utc_days(query: Query, dimension: str) -> bool:
+    """True when each bucket of the time ``dimension`` is whole UTC days (where visits
+    and visitor ids end): days, weeks or months in a zone at UTC+0 over the range."""
+    if TIME_FORMATS[concrete_dimension(query, dimension)][0] == "hour":
+        return False
+    pieces = utc_offsets(query.timezone, query.date_range.start, query.date_range.end)
+    return all(offset == 0 for _, offset in pieces)
 
 
 def file_list(paths: list[str]) -> str:
@@ -386,15 +405,21 @@ SEEN_METRICS = {*PAIR_METRICS, *VISIT_METRICS, "percentage"}
 
 
 def reads_seen(query: Query) -> bool:
-    """True for visitors over all visits of the range, in total or per visit dimension
-    (visit metrics beside them): answered from the visit rollups' ``seen_*`` columns."""
+    """True for visitors over all visits of the range, in total, per visit dimension or
+    per day, week or month at UTC+0 (visit metrics beside them): answered from the
+    visit rollups' ``seen_*`` columns."""
     if query.filters or not set(query.metrics) <= SEEN_METRICS:
         return False
     if not {"visitors", "percentage"} & set(query.metrics):
         return False  # nothing distinct to count: plain visit rollups are as fast
-    return not query.dimensions or (
-        len(query.dimensions) == 1 and query.dimensions[0] in VISIT_DIMENSIONS
-    )
+    if not query.dimensions:
+        return True
+    if len(query.dimensions) > 1:
+        return False
+    [dimension] = query.dimensions
+    if dimension in TIME_DIMENSIONS:  # a visit lies in one bucket, and counts where it starts
+        return "percentage" not in query.metrics and whole_utc_days(query, dimension)
+    return dimension in VISIT_DIMENSIONS
 
 
 def _first_seen_ctes(
@@ -488,7 +513,7 @@ def _seen_stats_ctes(query: Query, params: Parameters) -> str:
     :func:`_pair_stats_ctes`). A visitor counts for a dimension value at their
     first visit in the range with that value: a visit whose previous one with
     that value (``seen_visitor`` minus ``seen_gap_<dimension>``) started before
-    the range.
+    the range; per time bucket, at their first visit in the bucket.
     """
     start = params.add(query.date_range.start)
     needed = {s for m in query.metrics for s in SUMS_NEEDED.get(m, ())}
@@ -496,6 +521,10 @@ def _seen_stats_ctes(query: Query, params: Parameters) -> str:
     dimension = query.dimensions[0] if query.dimensions else None
     if dimension is None:
         d0, seen = "''", "seen_visitor"
+    elif dimension in TIME_DIMENSIONS:
+        dimension = concrete_dimension(query, dimension)
+        d0, seen = time_bucket(dimension, query, "visit_start"), "seen_visitor"
+        start = f"greatest({start}, {bucket_start(dimension, query, d0)})"
     else:
         d0 = labelled(column_for(dimension, params, timezone=query.timezone))
         seen = f"seen_visitor - to_microseconds(seen_gap_{VISIT_DIMENSIONS[dimension]})"
