@@ -128,7 +128,8 @@ def _legacy_query(
 
 
 def _date_fields(period: str, date: str | None) -> dict[str, Any]:
-    """``period=custom&date=2024-01-01,2024-01-31``; with a preset, ``date`` is its last day."""
+    """``period=custom&date=2024-01-01,2024-01-31``; with a preset, ``date`` anchors it
+    (see :func:`~mallard.query.model.resolve_date_range`)."""
     if period == "custom":
         parts = (date or "").split(",")
         if len(parts) != 2:

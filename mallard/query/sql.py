@@ -68,7 +68,6 @@ VISIT_TIMEOUT = "INTERVAL 30 MINUTE"
 UTC_DAY = "(epoch_us(timestamp) // 86400000000)"
 NONE_LABEL = "(none)"
 MICROS_PER_HOUR = 3_600_000_000
-RE2_METACHARACTERS = re.compile(r"[\\.+*?()|\[\]{}^$]")
 MICROS_PER_DAY = 86_400_000_000
 MONDAY = 4  # 1970-01-05, the first Monday after the epoch, is day 4
 TIME_FORMATS = {
@@ -246,6 +245,9 @@ def _condition_sql(condition: Condition, params: Parameters, timezone: str) -> s
             pattern = "|".join(_literal_pattern(v) for v in values)
             test = f"regexp_matches({value}, {params.add(pattern)})"
     return f"(NOT {test})" if negate else test
+
+
+RE2_METACHARACTERS = re.compile(r"[\\.+*?()|\[\]{}^$]")
 
 
 def _literal_pattern(text: str) -> str:
