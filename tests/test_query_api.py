@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import random
+import string
 from decimal import Decimal
 from typing import Any
 
@@ -179,6 +181,10 @@ async def test_filter_operators_and_combinations(stats_server: RunningServer) ->
     assert await visitors(["contains", "event:page", literal, {"case_sensitive": False}]) == 2
     assert await visitors(["contains", "event:page", ["blog", "/pricing"]]) == 2
     assert await visitors(["contains_not", "event:page", ["pric", "blog"]]) == 3
+    # many values: several patterns, each small enough for RE2; a huge value alone
+    rng = random.Random(1)
+    paths = ["/" + "".join(rng.choices(string.ascii_letters, k=30)) for _ in range(25_000)]
+    assert await visitors(["contains", "event:page", [*paths, "x" * 20_000, "pric"]]) == 2
     assert await visitors(["matches", "event:page", ["^/(blog|docs)$"]]) == 1
     assert (
         await visitors(["or", [["is", "visit:country", ["FR"]], ["is", "event:page", ["/blog"]]]])
@@ -237,6 +243,7 @@ async def test_order_pagination_total_rows(stats_server: RunningServer) -> None:
         ("6mo", "2026-01-20", "2025-08-01", "2026-01-31", 4),
         ("year", "2025-03-01", "2025-01-01", "2025-12-31", 0),
         ("all", "2026-01-10", "2026-01-10", "2026-01-10", 4),  # from the first event on
+        ("all", "1999-06-01", "1999-06-01", "1999-06-01", 0),  # before anything
     ],
 )
 async def test_date_moves_a_preset_back(

@@ -14,8 +14,9 @@ import pytest
 
 from mallard.query.engine import QueryEngine
 from mallard.query.model import parse_query
-from mallard.query.sql import utc_offsets
+from mallard.query.sql import derived_data, utc_offsets
 from mallard.query.stats import run_query
+from mallard.storage.compaction import compact
 from mallard.storage.layout import DataLayout
 from mallard.storage.parquet import write_batch
 from mallard.storage.schema import events_to_table
@@ -76,3 +77,51 @@ async def test_buckets_match_the_reference(
     )
     assert answer["meta"]["time_labels"] == [label for label, _ in expected]
     assert got == {(label,): list(m.values()) for label, m in expected}  # gaps are zeros
+
+
+@pytest.mark.parametrize("interval", ["day", "week", "month"])
+async def test_whole_utc_day_buckets_read_from_rollups_match_the_reference(
+    tmp_path: Path, interval: str
+) -> None:
+    """At UTC+0, visitors per bucket come from the visit rollups' seen_* columns: across
+    a month's end, with visitors returning within and across buckets and from before
+    the range."""
+    first, last = dt.date(2026, 1, 20), dt.date(2026, 2, 10)  # a Tuesday to a Tuesday
+    start = int(dt.datetime(2026, 1, 15, tzinfo=dt.UTC).timestamp() * 1e6)
+    events = [  # every 7 hours for 30 days, four visitors taking turns
+        make_event(site_id=SITE, visitor_id=i % 4, timestamp=start + i * 7 * HOUR_US,
+                   pathname=f"/{i % 5}")
+        for i in range(30 * 24 // 7)
+    ]  # fmt: skip
+    layout = DataLayout(tmp_path / "data")
+    layout.create()
+    write_batch(events_to_table(events), layout, "buckets")
+    compact(layout, before=dt.date(2026, 2, 20))
+    metrics = ["visitors", "visits", "pageviews", "bounce_rate"]
+    query = parse_query(
+        {
+            "site_id": SITE,
+            "metrics": metrics,
+            "dimensions": [f"time:{interval}"],
+            "date_range": [first.isoformat(), last.isoformat()],
+            "include": {"time_labels": True},
+        }
+    )
+    assert derived_data(query) == "seen"
+    answer = await run_query(QueryEngine(layout), query)
+    got = {tuple(row["dimensions"]): row["metrics"] for row in answer["results"]}
+    expected = ref.timeseries(events, interval, "UTC", first, last, metrics)
+    assert answer["meta"]["time_labels"] == [label for label, _ in expected]
+    assert got == {(label,): [m[name] for name in metrics] for label, m in expected}
+
+
+def test_months_over_centuries_count_over_events() -> None:
+    """Whether buckets are whole UTC days takes walking the range's days: not for
+    a month series over centuries, which buckets events instead."""
+
+    def derived(date_range: list[str]) -> str | None:
+        body = {"site_id": SITE, "metrics": ["visitors"], "dimensions": ["time:month"]}
+        return derived_data(parse_query({**body, "date_range": date_range}))
+
+    assert derived(["2000-01-01", "2026-12-31"]) == "seen"
+    assert derived(["1970-01-01", "2735-12-31"]) != "seen"
