@@ -6,6 +6,7 @@ import argparse
 import dataclasses
 import datetime as dt
 import errno
+import os
 import socket
 import sys
 from functools import partial
@@ -177,9 +178,10 @@ def _setting_at_fault(error: OSError, settings: Settings) -> str | None:
     address = f"{settings.host}:{settings.port}"
     if isinstance(error, socket.gaierror):
         return f"host: cannot resolve {settings.host!r} ({error.strerror})"
-    if error.filename is not None:
-        inside = Path(error.filename).resolve().is_relative_to(settings.data_dir.resolve())
-        return f"data_dir: {error}" if inside else None
+    if error.filename is not None:  # the data dir, inside it, or a folder to create for it
+        path, data_dir = (Path(os.path.abspath(p)) for p in (error.filename, settings.data_dir))
+        mine = path.is_relative_to(data_dir) or data_dir.is_relative_to(path)
+        return f"data_dir: {error}" if mine else None
     if error.errno == errno.EADDRINUSE:
         return f"port: {address} is already in use"
     if error.errno == errno.EADDRNOTAVAIL:

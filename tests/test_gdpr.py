@@ -80,7 +80,12 @@ def test_erase_is_refused_without_the_right_to(tmp_path: Path) -> None:
         f"{server.url}/api/gdpr/erase", params=params, cookies=admin.cookies
     )
     assert without_csrf.status_code == 403
-    for bad, named in [({"to": None}, "from and to"), ({"site_id": "no site"}, "site_id")]:
+    for bad, named in [
+        ({"to": None}, "from and to"),
+        ({"site_id": "no site"}, "site_id"),
+        ({"timezone": "Mars/Olympus"}, "Mars/Olympus"),  # was a 500
+        ({"to": "2026-01-02T12:00"}, "from/to must be two dates"),
+    ]:
         query = {k: v for k, v in {**params, **bad}.items() if v is not None}
         refused = admin.delete("/api/gdpr/erase", params=query)
         assert refused.status_code == 400 and named in refused.json()["error"]

@@ -15,7 +15,7 @@ from quart import Blueprint, current_app, jsonify, request
 from mallard.auth import access
 from mallard.auth.policy import can_manage_site
 from mallard.auth.service import Denied
-from mallard.query.model import QueryError, resolve_date_range, validate_site_id
+from mallard.query.model import QueryError, explicit_range, validate_site_id, validate_timezone
 from mallard.storage.erasure import erase
 from mallard.storage.writer import EventWriter
 
@@ -31,8 +31,8 @@ async def erase_range() -> Any:
         if not args.get("from") or not args.get("to"):
             raise QueryError("from and to are required: dates (YYYY-MM-DD) or ISO datetimes")
         settings = current_app.config["MALLARD_SETTINGS"]
-        timezone = args.get("timezone", settings.site_timezone(site_id))
-        dates = resolve_date_range([args["from"], args["to"]], timezone)
+        timezone = validate_timezone(args.get("timezone", settings.site_timezone(site_id)))
+        dates = explicit_range([args["from"], args["to"]], timezone, "from/to")
     except QueryError as error:
         return jsonify({"error": str(error)}), 400
     if not can_manage_site(principal, site_id):

@@ -420,7 +420,7 @@ def resolve_date_range(
     if isinstance(value, list):
         if anchor is not None:
             raise QueryError("date applies to a preset date_range like 7d or month, not to dates")
-        return _explicit_range(value, timezone)
+        return explicit_range(value, timezone)
     if value not in DATE_PRESETS:
         raise QueryError(
             f"date_range must be one of {', '.join(DATE_PRESETS)} or [start, end] dates"
@@ -447,8 +447,8 @@ def _preset_range(
         return days_range(today, today, timezone)
     if preset.endswith("d"):
         return days_range(today - dt.timedelta(days=int(preset[:-1]) - 1), today, timezone)
-    if preset == "all":
-        return days_range(dt.date(2000, 1, 1), today, timezone)
+    if preset == "all":  # from_first_event moves the start to the site's first day
+        return days_range(min(dt.date(2000, 1, 1), today), today, timezone)
     if preset == "year":
         last = today.replace(month=12, day=31) if whole_months else today
         return days_range(today.replace(month=1, day=1), last, timezone)
@@ -480,27 +480,28 @@ def parse_day(value: Any, what: str) -> dt.date:
     return day
 
 
-def _explicit_range(value: list[Any], timezone: str) -> DateRange:
+def explicit_range(value: list[Any], timezone: str, what: str = "date_range") -> DateRange:
+    """``[start, end]``: two dates (both included) or two datetimes (``end`` excluded)."""
     if len(value) != 2 or not all(isinstance(item, str) for item in value):
-        raise QueryError("date_range must be [start, end] as ISO dates or datetimes")
+        raise QueryError(f"{what} must be [start, end] as ISO dates or datetimes")
     if all(ISO_DAY.fullmatch(item) for item in value):
-        first, last = (parse_day(item, "date_range") for item in value)
-        _check_days(first, last)
+        first, last = (parse_day(item, what) for item in value)
+        _check_days(first, last, what)
         return days_range(first, last, timezone)
     if not all(ISO_MOMENT.match(item) for item in value):
         raise QueryError(
-            "date_range must be two dates (YYYY-MM-DD) or two datetimes "
+            f"{what} must be two dates (YYYY-MM-DD) or two datetimes "
             "(YYYY-MM-DDTHH:MM:SS, with an optional UTC offset)"
         )
     try:
         moments = [dt.datetime.fromisoformat(item) for item in value]
     except ValueError as error:
-        raise QueryError(f"date_range has an invalid datetime: {error}") from None
-    _check_days(*(moment.date() for moment in moments))
+        raise QueryError(f"{what} has an invalid datetime: {error}") from None
+    _check_days(*(moment.date() for moment in moments), what)
     zone = zoneinfo.ZoneInfo(timezone)
     start, end = (_aware(moment, zone) for moment in moments)
     if end <= start:
-        raise QueryError("date_range ends before it starts")
+        raise QueryError(f"{what} ends before it starts")
     return DateRange(
         start.astimezone(dt.UTC),
         end.astimezone(dt.UTC),
