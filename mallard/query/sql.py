@@ -179,13 +179,18 @@ def _zone(query: Query) -> str:
 def time_label(dimension: str, bucket: str) -> str:
     """SQL turning a :func:`time_bucket` value into its label, e.g. ``2026-01-31``."""
     unit, pattern = TIME_FORMATS[dimension]
-    moment = {
-        "hour": f"make_timestamp({bucket} * {MICROS_PER_HOUR})",
-        "day": f"make_timestamp({bucket} * {MICROS_PER_DAY})",
-        "week": f"make_timestamp(({bucket} * 7 + {MONDAY}) * {MICROS_PER_DAY})",
-        "month": bucket,
-    }[unit]
+    if unit == "hour":
+        moment = f"make_timestamp({bucket} * {MICROS_PER_HOUR})"
+    elif unit == "month":
+        moment = bucket
+    else:
+        moment = f"make_timestamp({_first_day(unit, bucket)} * {MICROS_PER_DAY})"
     return f"strftime({moment}, '{pattern}')"
+
+
+def _first_day(unit: str, bucket: str) -> str:
+    """SQL: the day number (since the epoch) a day or week bucket starts on."""
+    return bucket if unit == "day" else f"({bucket} * 7 + {MONDAY})"
 
 
 def bucket_start(dimension: str, query: Query, bucket: str) -> str:
@@ -194,8 +199,7 @@ def bucket_start(dimension: str, query: Query, bucket: str) -> str:
     unit = TIME_FORMATS[dimension][0]
     if unit == "month":
         return f"timezone('{_zone(query)}', {bucket})"
-    day = {"day": bucket, "week": f"({bucket} * 7 + {MONDAY})"}[unit]
-    return f"to_timestamp({day} * 86400)"
+    return f"to_timestamp({_first_day(unit, bucket)} * 86400)"
 
 
 def whole_utc_days(query: Query, dimension: str) -> bool:
