@@ -474,7 +474,7 @@ def _first_seen_ctes(
     and kept.
 
     With ``sums``, every rolled row is added up where it is, and only whether
-    its pair is fresh too is looked up (10 % off a dashboard's ten queries
+    its pair is fresh too is looked up (4-10 % off a dashboard's ten queries
     over 30 days, against carrying every row through a join). Without, only
     the rolled rows where a pair is first take part: one join pairs each fresh
     pair with its first rolled row, if any (10-20 % off a visitors breakdown
