@@ -29,6 +29,7 @@ from mallard.storage.schema import EVENT_SCHEMA, VISIT_SCHEMA, events_to_table
 from tests.factories import DAY_US, make_event, make_events
 
 DAY = dt.date(1970, 1, 1) + dt.timedelta(days=20_000)
+DAY_SPAN = dt.timedelta(days=1)
 
 
 @pytest.fixture
@@ -156,6 +157,38 @@ def test_files_from_other_tools_are_compacted_too(layout: DataLayout) -> None:
     table = pq.read_table(merged)
     assert "/imported" in table["pathname"].to_pylist()
     assert table.num_rows == len([e for e in events if e.site_id == "a.com"]) + 1
+
+
+def _imported(columns: int | None = None) -> pa.Table:
+    """One pageview of visitor 7: of our shape, or as another tool might write it, the
+    first ``columns`` columns of the event schema in reverse order."""
+    event = make_event(site_id="a.com", visitor_id=7, timestamp=20_000 * DAY_US + 5,
+                       browser="Imported")  # fmt: skip
+    table = events_to_table([event])
+    return table if columns is None else table.select(table.column_names[columns - 1 :: -1])
+
+
+def test_files_of_another_shape_are_read_beside_mallards_own(layout: DataLayout) -> None:
+    """Mallard's own files are read without ``union_by_name`` (``FileShapes``); a file
+    with fewer columns, also one that replaced a file of our shape, is still read."""
+    events = fill(layout, files=2)
+    own = len([e for e in events if e.site_id == "a.com"])
+    engine = QueryEngine(layout)
+    start = dt.datetime.combine(DAY, dt.time(), dt.UTC)
+
+    def read() -> list[tuple]:
+        sql = "SELECT count(*), list(browser) FILTER (visitor_id = 7) FROM source"
+        fetch = partial(engine.fetch, sql, site_id="a.com", start=start, end=start + DAY_SPAN)
+        return trio.run(fetch)[1]
+
+    backup = layout.partition("a.com", 20_000) / "backup.parquet"
+    pq.write_table(_imported(), backup)
+    assert read() == [(own + 1, ["Imported"])]
+    pq.write_table(_imported(columns=6), backup)  # in place of a file of our shape
+    assert read() == [(own + 1, [None])]  # no browser column
+    pq.write_table(_imported(columns=14), backup)
+    assert read() == [(own + 1, ["Imported"])]
+    engine.close()
 
 
 def visits(layout: DataLayout, site: str = "a.com") -> int:

@@ -22,6 +22,7 @@ from typing import Any
 import duckdb
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import trio
 
 from mallard.query.sql import Derived, file_list
@@ -42,6 +43,7 @@ from mallard.storage.pairs import (
     rolled_pair_days,
 )
 from mallard.storage.schema import (
+    EVENT_SCHEMA,
     MICROS_PER_DAY,
     PAIR_SCHEMA,
     VISIT_SCHEMA,
@@ -73,6 +75,7 @@ class Snapshot:
     file_days: dict[str, int] = dataclasses.field(default_factory=dict)  # path -> day
     day_names: dict[int, list[str]] = dataclasses.field(default_factory=dict)  # day -> names
     pairs_since: int | None = None  # pairs know no occurrence before this day
+    foreign: set[str] = dataclasses.field(default_factory=set)  # files not of EVENT_SCHEMA
 
     def fingerprint(self) -> tuple[Any, ...]:
         """Changes whenever a file is added, removed or rewritten."""
@@ -84,6 +87,56 @@ class Snapshot:
                 return (object(),)
             stats.append((path, info.st_size, info.st_mtime_ns))
         return tuple(stats), tuple(sorted(self.rolled.items()))
+
+
+EVENT_COLUMNS = [(field.name, field.type) for field in EVENT_SCHEMA]
+
+
+def _has_event_schema(path: str) -> bool:
+    try:
+        schema = pq.read_schema(path)
+    except (OSError, pa.ArrowException):  # DuckDB reports what is wrong with it
+        return False
+    return [(field.name, field.type) for field in schema] == EVENT_COLUMNS
+
+
+class FileShapes:
+    """Which event files have exactly ``EVENT_SCHEMA``'s columns, remembered per file version.
+
+    DuckDB reads a list of such files with the schema of the first. Files of
+    another shape (another tool's, an older Mallard's) need ``union_by_name``,
+    whose bind reads every file's footer, holding the GIL: over 91 files 5 ms
+    per bind, during which the event loop waits (1.4 ms, and no wait, for our
+    own shape). Mallard writes only files of its own shape.
+    """
+
+    LIMIT = 100_000  # versions remembered before starting afresh
+
+    def __init__(self) -> None:
+        self._own: dict[tuple[str, int, int, int], bool] = {}
+        self._lock = threading.Lock()
+
+    def foreign(self, paths: list[str]) -> set[str]:
+        """The ``paths`` whose columns are not exactly ``EVENT_SCHEMA``'s."""
+        found = set()
+        for path in paths:
+            try:
+                info = os.stat(path)
+            except FileNotFoundError:  # DuckDB reports it
+                found.add(path)
+                continue
+            version = (path, info.st_ino, info.st_size, info.st_mtime_ns)
+            with self._lock:
+                own = self._own.get(version)
+            if own is None:
+                own = _has_event_schema(path)
+                with self._lock:
+                    if len(self._own) >= self.LIMIT:
+                        self._own.clear()
+                    self._own[version] = own
+            if not own:
+                found.add(path)
+        return found
 
 
 class ResultCache:
@@ -150,24 +203,35 @@ def _parquet_view(
     cursor.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {' UNION ALL '.join(parts)}")
 
 
-def _read_events(files: list[str]) -> str:
-    """SQL selecting the events of ``files`` (columns a file lacks are nulls)."""
-    return (
-        f"SELECT * EXCLUDE (date) FROM read_parquet({file_list(files)}, "
-        "hive_partitioning = true, union_by_name = true)"
-    )
+def _read_events(files: list[str], foreign: Collection[str]) -> str:
+    """SQL selecting the events of ``files`` (columns a ``foreign`` file lacks are nulls)."""
+    parts = []
+    for selected, options in (
+        ([f for f in files if f not in foreign], ""),
+        ([f for f in files if f in foreign], ", union_by_name = true"),
+    ):
+        if selected:
+            parts.append(
+                f"SELECT * EXCLUDE (date) FROM read_parquet({file_list(selected)}, "
+                f"hive_partitioning = true{options})"
+            )
+    return " UNION ALL BY NAME ".join(parts)
 
 
 def _events_view(
-    cursor: duckdb.DuckDBPyConnection, name: str, files: list[str], touched_in: Sequence[str] = ()
+    cursor: duckdb.DuckDBPyConnection,
+    name: str,
+    files: list[str],
+    foreign: Collection[str],
+    touched_in: Sequence[str] = (),
 ) -> None:
     """View ``name``: the events of ``files``, the registered ``pending_events``, and
     those of ``touched_in`` (compacted files) whose visitor is ``touched`` that day."""
-    parts = [_read_events(files)] if files else []
+    parts = [_read_events(files, foreign)] if files else []
     parts.append("SELECT * FROM pending_events")
     if touched_in:
         parts.append(
-            f"SELECT * FROM ({_read_events(touched_in)}) AS e SEMI JOIN touched AS t "
+            f"SELECT * FROM ({_read_events(touched_in, foreign)}) AS e SEMI JOIN touched AS t "
             f"ON e.visitor_id = t.visitor_id AND {_day('e.timestamp')} = t.day"
         )
     cursor.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {' UNION ALL BY NAME '.join(parts)}")
@@ -222,6 +286,7 @@ class QueryEngine:
         self._threads = QueryThreads(max_concurrent)
         self.cache = ResultCache(cache_entries)
         self._manifests: dict[str, tuple[Any, PairManifest]] = {}
+        self._shapes = FileShapes()
 
     # --- which data a query reads ---
 
@@ -314,6 +379,7 @@ class QueryEngine:
                     if len(names) > 1:
                         snapshot.partial.add(number)
         snapshot.files.sort()
+        snapshot.foreign = self._shapes.foreign(snapshot.files)
         return snapshot
 
     def site_ids(self) -> set[str]:
@@ -386,7 +452,7 @@ class QueryEngine:
         """
         cursor.register("pending_events", pending)
         if derived in (None, "visits"):  # pairs and seen visits read fresh_source only
-            _events_view(cursor, "source", snapshot.files)
+            _events_view(cursor, "source", snapshot.files, snapshot.foreign)
         if not derived:
             return
         rolled = snapshot.rolled
@@ -402,12 +468,14 @@ class QueryEngine:
         ]
         if partial:  # the visitors whose visits of a partial day are built from events
             newer = [f for f in fresh if snapshot.file_days[f] in partial]
-            newer_events = f"{_read_events(newer)} UNION ALL BY NAME " if newer else ""
+            newer_events = (
+                f"{_read_events(newer, snapshot.foreign)} UNION ALL BY NAME " if newer else ""
+            )
             cursor.execute(
                 "CREATE OR REPLACE TEMP VIEW touched AS SELECT DISTINCT visitor_id, "
                 f"{_day('timestamp')} AS day FROM ({newer_events}SELECT * FROM pending_events)"
             )
-        _events_view(cursor, "fresh_source", fresh, compacted)
+        _events_view(cursor, "fresh_source", fresh, snapshot.foreign, compacted)
         if derived == "seen":
             _parquet_view(
                 cursor, "fresh_rollups", aside, UNSEEN_VISIT_COLUMNS, EMPTY_VISITS, partial
