@@ -11,13 +11,17 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import trio
 
-from mallard.query.engine import QueryEngine, QueryTimeout
+from mallard.query import engine as engine_module
+from mallard.query.engine import FileShapes, QueryEngine, QueryTimeout
 from mallard.query.threads import Handoff, QueryThreads
 from mallard.storage.layout import DataLayout
 from mallard.storage.locks import site_lock
+from mallard.storage.schema import events_to_table
+from tests.factories import make_event
 
 DAY = dt.timedelta(days=1)
 
@@ -147,3 +151,23 @@ async def test_a_query_over_its_time_is_interrupted(tmp_path: Path) -> None:
             assert await engine.fetch("SELECT 2") == (["2"], [(2,)])
     finally:
         engine.close()
+
+
+def test_file_shapes_read_each_footer_once_and_forget_beyond_their_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ours = events_to_table([make_event()])
+    paths = []
+    for index in range(5):
+        paths.append(str(tmp_path / f"{index}.parquet"))
+        pq.write_table(ours if index else ours.select(["visitor_id", "site_id"]), paths[-1])
+    read = engine_module._has_event_schema
+    reads: list[str] = []
+    monkeypatch.setattr(engine_module, "_has_event_schema", lambda p: reads.append(p) or read(p))
+    monkeypatch.setattr(FileShapes, "LIMIT", 3)
+    shapes = FileShapes()
+    assert shapes.foreign(paths) == {paths[0]}
+    assert shapes.foreign(paths[:2]) == {paths[0]}  # remembered, then the rest forgotten
+    assert len(reads) == 5
+    assert shapes.foreign(paths) == {paths[0]}
+    assert reads[5:] == paths[2:]

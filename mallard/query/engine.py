@@ -110,10 +110,10 @@ class FileShapes:
     own shape). Mallard writes only files of its own shape.
     """
 
-    LIMIT = 100_000  # versions remembered before starting afresh
+    LIMIT = 10_000  # files remembered; beyond, only those of the latest query are kept
 
     def __init__(self) -> None:
-        self._own: dict[tuple[str, int, int, int], bool] = {}
+        self._known: dict[str, tuple[tuple[int, int, int], bool]] = {}  # path -> version, own
         self._lock = threading.Lock()
 
     def foreign(self, paths: list[str]) -> set[str]:
@@ -125,17 +125,18 @@ class FileShapes:
             except FileNotFoundError:  # DuckDB reports it
                 found.add(path)
                 continue
-            version = (path, info.st_ino, info.st_size, info.st_mtime_ns)
+            version = (info.st_ino, info.st_size, info.st_mtime_ns)
             with self._lock:
-                own = self._own.get(version)
-            if own is None:
-                own = _has_event_schema(path)
+                known = self._known.get(path)
+            if known is None or known[0] != version:
+                known = (version, _has_event_schema(path))
                 with self._lock:
-                    if len(self._own) >= self.LIMIT:
-                        self._own.clear()
-                    self._own[version] = own
-            if not own:
+                    self._known[path] = known
+            if not known[1]:
                 found.add(path)
+        with self._lock:
+            if len(self._known) > self.LIMIT:
+                self._known = {p: self._known[p] for p in paths if p in self._known}
         return found
 
 
