@@ -139,7 +139,9 @@ def _compact(settings: Settings, before: str | None) -> int:
         f"pairs of {report.pair_days} days, in {report.seconds:.1f} s",
         file=sys.stderr,
     )
-    return 0
+    for skipped in report.skipped:
+        print(f"mallard: not compacted: {skipped}", file=sys.stderr)
+    return 1 if report.skipped else 0
 
 
 def _serve(settings: Settings, args: argparse.Namespace, argv: list[str]) -> int:

@@ -231,13 +231,21 @@ async def _bound_shutdown(stop: trio.Event, scope: trio.CancelScope, timeout: fl
 
 
 async def _compact_every(interval: float, layout: DataLayout, metrics: Metrics) -> None:
-    """Merge the small files of each day (today so far too) every ``interval`` s, in a thread."""
+    """Merge the small files of each day (today so far too) every ``interval`` s, in a thread.
+
+    Compaction only makes queries faster: a run that fails (a full disk, or
+    anything unforeseen) is logged and the next one tries again, while
+    ingestion and queries go on.
+    """
     while True:
         try:
             await trio.to_thread.run_sync(compact, layout)
-        except OSError as error:  # a full disk, say: try again next time
+        except Exception as error:  # whatever it is (see above)
             metrics.compactions_failed.inc()
-            log.error("compaction failed: %s", error, extra={"error": str(error)})
+            log.error(
+                "compaction failed: %s", error, exc_info=not isinstance(error, OSError),
+                extra={"error": str(error)},
+            )  # fmt: skip
         else:
             metrics.compactions_done.inc()
         await trio.sleep(interval)

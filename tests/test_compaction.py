@@ -12,12 +12,15 @@ import time
 from collections import Counter
 from functools import partial
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import trio
 
+from mallard import server as server_module
 from mallard.query.engine import QueryEngine
 from mallard.query.model import parse_query
 from mallard.query.sql import reads_rollup
@@ -26,6 +29,7 @@ from mallard.storage.compaction import SETTLE_SECONDS, compact
 from mallard.storage.layout import DataLayout
 from mallard.storage.parquet import write_batch
 from mallard.storage.schema import EVENT_SCHEMA, VISIT_SCHEMA, events_to_table
+from tests.conftest import SEED_EVENT, start_process
 from tests.factories import DAY_US, make_event, make_events
 
 DAY = dt.date(1970, 1, 1) + dt.timedelta(days=20_000)
@@ -191,6 +195,33 @@ def test_files_of_another_shape_are_read_beside_mallards_own(layout: DataLayout)
     engine.close()
 
 
+def test_a_file_that_cannot_be_merged_leaves_its_day_alone(
+    layout: DataLayout, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Not Parquet, or without a column every event needs: that day keeps its files (a
+    warning names the file), the other days are compacted, queries read what they can."""
+    events = fill(layout, files=2)
+    garbage = layout.partition("b.org", 20_000) / "garbage.parquet"
+    garbage.write_bytes(b"not parquet")
+    lacking = layout.partition("a.com", 20_000) / "no-hostname.parquet"
+    pq.write_table(_imported().drop_columns(["hostname"]), lacking)
+    before = {site: sorted(layout.partition(site, 20_000).iterdir()) for site in ("a.com", "b.org")}
+    report = compact(layout, before=DAY + dt.timedelta(days=1))
+    assert len(report.skipped) == 2
+    assert "no-hostname.parquet: no hostname column, which every event needs" in caplog.text
+    assert "garbage.parquet:" in caplog.text
+    for site, files in before.items():
+        assert sorted(layout.partition(site, 20_000).iterdir()) == files
+    assert [f.name[:10] for f in partition_files(layout, "c.net")] == ["compacted-"]
+    engine = QueryEngine(layout)
+    start = dt.datetime.combine(DAY, dt.time(), dt.UTC)
+    fetch = partial(engine.fetch, "SELECT count(*), count(hostname) FROM source",
+                    site_id="a.com", start=start, end=start + DAY_SPAN)  # fmt: skip
+    own = len([e for e in events if e.site_id == "a.com"])
+    assert trio.run(fetch)[1] == [(own + 1, own)]
+    engine.close()
+
+
 def visits(layout: DataLayout, site: str = "a.com") -> int:
     query = parse_query({"site_id": site, "metrics": ["visits"], "date_range": [str(DAY)] * 2})
     assert reads_rollup(query)
@@ -269,18 +300,60 @@ def test_queries_never_see_a_gap_or_a_duplicate(layout: DataLayout) -> None:
     assert len(partition_files(layout)) == 1
 
 
-def test_mallard_compact_command(layout: DataLayout) -> None:
-    fill(layout)
+def mallard_compact(layout: DataLayout) -> subprocess.CompletedProcess[str]:
+    """``mallard compact`` of the days up to ``DAY``, in a process of its own."""
     environment = {k: v for k, v in os.environ.items() if not k.startswith("MALLARD_")}
-    result = subprocess.run(
+    return subprocess.run(
         [sys.executable, "-m", "mallard", "compact", "--data-dir", str(layout.root),
          "--before", (DAY + dt.timedelta(days=1)).isoformat()],
         capture_output=True, text=True, env=environment, timeout=120,
     )  # fmt: skip
+
+
+def test_mallard_compact_command(layout: DataLayout) -> None:
+    fill(layout)
+    result = mallard_compact(layout)
     assert result.returncode == 0, result.stderr
     assert "compacting [" in result.stderr and "3/3" in result.stderr
     assert "compacted 18 files into 3" in result.stderr
     assert len(partition_files(layout)) == 1
+
+
+def test_a_day_that_cannot_be_compacted_is_reported_and_the_server_keeps_serving(
+    layout: DataLayout,
+) -> None:
+    fill(layout)
+    (layout.partition("b.org", 20_000) / "garbage.parquet").write_bytes(b"not parquet")
+    result = mallard_compact(layout)
+    assert result.returncode == 1
+    [skipped] = [line for line in result.stderr.splitlines() if "not compacted" in line]
+    assert "site_id=b.org" in skipped and "garbage.parquet: " in skipped
+    assert len(partition_files(layout)) == 1  # a.com's day was compacted all the same
+    server = start_process(layout.root)  # compacts at start, the same day again
+    deadline = time.monotonic() + 30
+    while "cannot compact" not in server.log and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert "garbage.parquet" in server.log
+    params = {"site_id": "a.com", "period": "custom", "date": f"{DAY},{DAY}"}
+    answer = httpx.get(f"{server.url}/api/stats/main", params=params, timeout=30)
+    assert answer.status_code == 200
+    server.signal()
+    assert server.wait() == 0
+    assert "Traceback" not in server.log
+
+
+async def test_a_failing_compaction_is_logged_and_the_server_goes_on(
+    start_server: Any, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    def unforeseen(layout: DataLayout) -> None:
+        raise RuntimeError("something unforeseen")
+
+    monkeypatch.setattr(server_module, "compact", unforeseen)
+    server = await start_server(compaction_interval=0.05)
+    with trio.fail_after(10):
+        while caplog.text.count("compaction failed: something unforeseen") < 2:
+            await trio.sleep(0.02)  # logged, and tried again
+    assert (await server.post_event(SEED_EVENT)).status_code == 202
 
 
 def test_cached_answers_never_outlive_the_data(layout: DataLayout) -> None:

@@ -22,7 +22,9 @@ never bring back a file that compaction merged; so are today's and
 yesterday's files younger than ``SETTLE_SECONDS``: a query that took the
 writer's unflushed events before their flush still finds their file under
 its own name (it drops them from the unflushed ones) for as long as a query
-may run.
+may run. A day holding a file that cannot become part of a compacted file
+(not Parquet, a column every event needs missing or empty, a column that does
+not convert) is left as it is, with a warning naming the file; the others go on.
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +60,10 @@ MERGED_KEY = b"mallard:merged"  # a compacted file's metadata: the files it hold
 SETTLE_SECONDS = 120.0  # more than a query may wait and run (QueryEngine's timeout: 30 s)
 
 
+class UnmergeableFile(ValueError):
+    """A file that a compacted file cannot hold; the message names it and says why."""
+
+
 @dataclass
 class CompactionReport:
     partitions: int = 0
@@ -66,6 +72,7 @@ class CompactionReport:
     rows: int = 0
     pair_days: int = 0
     seconds: float = 0.0
+    skipped: list[str] = field(default_factory=list)  # partitions left as they are, and why
 
 
 def _in_flight(layout: DataLayout, file: Path) -> bool:
@@ -121,14 +128,27 @@ def _read_events(files: list[Path]) -> pa.Table:
     """The files as one table of EVENT_SCHEMA (columns a file lacks become nulls)."""
     tables = []
     for file in files:
-        table = pq.read_table(file)
-        columns = [
-            table.column(f.name).cast(f.type) if f.name in table.column_names
-            else pa.nulls(table.num_rows, f.type)
-            for f in EVENT_SCHEMA
-        ]  # fmt: skip
-        tables.append(pa.Table.from_arrays(columns, schema=EVENT_SCHEMA))
+        try:
+            tables.append(_as_events(pq.read_table(file)))
+        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
+            raise UnmergeableFile(f"{file.name}: {error}") from error
     return pa.concat_tables(tables)
+
+
+def _as_events(table: pa.Table) -> pa.Table:
+    """``table`` in EVENT_SCHEMA: columns cast, the optional ones it lacks as nulls."""
+    columns = []
+    for column in EVENT_SCHEMA:
+        if column.name in table.column_names:
+            values = table.column(column.name).cast(column.type)
+        elif column.nullable:
+            values = pa.chunked_array([pa.nulls(table.num_rows, column.type)])
+        else:
+            raise pa.ArrowInvalid(f"no {column.name} column, which every event needs")
+        if not column.nullable and values.null_count:
+            raise pa.ArrowInvalid(f"{column.name} is empty in {values.null_count} rows")
+        columns.append(values)
+    return pa.Table.from_arrays(columns, schema=EVENT_SCHEMA)
 
 
 def _identity(file: Path) -> list[Any]:
@@ -234,7 +254,15 @@ def compact(
     for index, (site_id, partition) in enumerate(todo, start=1):
         recent = partition.name in (f"date={today}", f"date={today - dt.timedelta(days=1)}")
         settle = SETTLE_SECONDS if recent else 0.0  # the days the writer may be flushing into
-        merged, rows = compact_partition(layout, site_id, partition, settle=settle)
+        try:
+            merged, rows = compact_partition(layout, site_id, partition, settle=settle)
+        except UnmergeableFile as error:
+            log.warning(
+                "cannot compact %s: %s; its files stay as they are", partition, error,
+                extra={"partition": str(partition), "error": str(error)},
+            )  # fmt: skip
+            report.skipped.append(f"{partition}: {error}")
+            merged, rows = 0, 0
         if merged:
             report.partitions += 1
             report.files_in += merged
