@@ -636,3 +636,25 @@ async def test_all_time_starts_at_the_first_event(stats_server: RunningServer) -
     labels = [row["dimensions"][0] for row in answer["results"]]
     assert labels[0] == "2026-01-10"  # not 2000-01-01
     assert sum(row["metrics"][0] for row in answer["results"]) == 7
+
+
+async def test_an_unreadable_data_file_is_named_in_a_500_without_a_traceback(
+    stats_server: RunningServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    layout = DataLayout(stats_server.data_dir)
+    broken = layout.partition(SITE, (D - dt.date(1970, 1, 1)).days) / "broken.parquet"
+    broken.write_bytes(b"not parquet")
+    name = f"events/site_id={SITE}/date={D}/broken.parquet"
+    params = {"site_id": SITE, "period": "day", "date": D.isoformat()}
+    for route in ("main", "export"):
+        response = await stats_server.client.get(
+            f"{stats_server.url}/api/stats/{route}", params=params
+        )
+        assert response.status_code == 500
+        error = response.json()["error"]
+        assert error.startswith(f"the data file {name} cannot be read (") and "move it" in error
+        assert str(stats_server.data_dir) not in error
+    assert "Traceback" not in caplog.text and f"cannot read {broken}" in caplog.text
+    broken.unlink()
+    main = f"{stats_server.url}/api/stats/main"
+    assert (await stats_server.client.get(main, params=params)).status_code == 200

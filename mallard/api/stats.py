@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import logging
+import os
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -18,12 +20,13 @@ from quart import Blueprint, Response, current_app, jsonify, request
 from mallard.auth import access
 from mallard.ingest import dropped
 from mallard.query import behaviour, export
-from mallard.query.engine import QueryEngine, QueryTimeout
+from mallard.query.engine import QueryEngine, QueryTimeout, UnreadableFile
 from mallard.query.model import Query, QueryError, load_json, parse_query
 from mallard.query.sql import Derived
 from mallard.query.stats import from_first_event, run_query
 
 blueprint = Blueprint("stats", __name__)
+log = logging.getLogger("mallard.query")
 
 BREAKDOWNS = {
     "pages": ("event:page", ("visitors", "pageviews")),
@@ -160,6 +163,14 @@ async def bad_query(error: QueryError) -> Any:
 @blueprint.errorhandler(QueryTimeout)
 async def slow_query(error: QueryTimeout) -> Any:
     return _error(503, str(error))
+
+
+@blueprint.errorhandler(UnreadableFile)
+async def unreadable_file(error: UnreadableFile) -> Any:
+    """A broken file in the data dir: the operator's to remove, named without its full path."""
+    log.error("cannot read %s: %s", error.path, error.reason, extra={"path": error.path})
+    name = os.path.relpath(error.path, _engine().layout.root)
+    return _error(500, f"the data file {name} cannot be read ({error.reason}); move it away")
 
 
 @blueprint.get("/api/stats/main")

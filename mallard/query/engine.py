@@ -92,11 +92,20 @@ class Snapshot:
 EVENT_COLUMNS = [(field.name, field.type) for field in EVENT_SCHEMA]
 
 
+class UnreadableFile(Exception):
+    """An event file that is not Parquet, or not readable: no query over its day can run."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(f"{path}: {reason}")
+        self.path = path
+        self.reason = reason
+
+
 def _has_event_schema(path: str) -> bool:
     try:
         schema = pq.read_schema(path)
-    except (OSError, pa.ArrowException):  # DuckDB reports what is wrong with it
-        return False
+    except (OSError, pa.ArrowException) as error:
+        raise UnreadableFile(path, str(error)) from error
     return [(field.name, field.type) for field in schema] == EVENT_COLUMNS
 
 
@@ -117,7 +126,8 @@ class FileShapes:
         self._lock = threading.Lock()
 
     def foreign(self, paths: list[str]) -> set[str]:
-        """The ``paths`` whose columns are not exactly ``EVENT_SCHEMA``'s."""
+        """The ``paths`` whose columns are not exactly ``EVENT_SCHEMA``'s; raises
+        ``UnreadableFile`` for one that is not Parquet."""
         found = set()
         for path in paths:
             try:
