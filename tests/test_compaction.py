@@ -10,18 +10,20 @@ import sys
 import threading
 import time
 from collections import Counter
+from decimal import Decimal
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 import httpx
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 import trio
 
 from mallard import server as server_module
-from mallard.query.engine import QueryEngine
+from mallard.query.engine import QueryEngine, UnreadableFile
 from mallard.query.model import parse_query
 from mallard.query.sql import reads_rollup
 from mallard.query.stats import run_query
@@ -193,6 +195,77 @@ def test_files_of_another_shape_are_read_beside_mallards_own(layout: DataLayout)
     pq.write_table(_imported(columns=14), backup)
     assert read() == [(own + 1, ["Imported"])]
     engine.close()
+
+
+NOON = dt.datetime.combine(DAY, dt.time(12), dt.UTC)
+NS, MS, US = (pa.timestamp(unit, tz="UTC") for unit in ("ns", "ms", "us"))
+NAIVE, BERLIN = pa.timestamp("us"), pa.timestamp("ms", "Europe/Berlin")
+OTHER_TYPES = {  # another tool's column types that read as the event schema's
+    "timestamp in ns": ("timestamp", pa.array([NOON], NS)),
+    "timestamp without zone": ("timestamp", pa.array([NOON.replace(tzinfo=None)], NAIVE)),
+    "timestamp in ms, Berlin": ("timestamp", pa.array([NOON], MS).cast(BERLIN)),
+    "int32 visitor_id": ("visitor_id", pa.array([7], pa.int32())),
+    "dictionary pathname": ("pathname", pa.array(["/"]).dictionary_encode()),
+    "float revenue": ("revenue_amount", pa.array([12.345], pa.float64())),
+    "a column of its own": ("extra", pa.array(["x"])),
+}  # fmt: skip
+
+
+def _of_other_types(name: str, values: pa.Array) -> pa.Table:
+    """One pageview of visitor 7 at noon, its column ``name`` made of ``values``."""
+    table = pa.table({
+        "site_id": ["a.com"], "visitor_id": pa.array([7], pa.int64()),
+        "timestamp": pa.array([NOON], US), "event_name": ["pageview"], "pathname": ["/"],
+        "hostname": ["a.com"],
+    })  # fmt: skip
+    if name in table.column_names:
+        return table.set_column(table.column_names.index(name), name, values)
+    return table.append_column(name, values)
+
+
+@pytest.mark.parametrize("variant", OTHER_TYPES)
+def test_columns_of_other_types_are_read_and_compacted_as_ours(
+    layout: DataLayout, variant: str
+) -> None:
+    fill(layout, files=2)
+    pq.write_table(
+        _of_other_types(*OTHER_TYPES[variant]), layout.partition("a.com", 20_000) / "other.parquet"
+    )
+    expected = visits_from_events = visits(layout)  # visits are built from events: they read it
+    engine = QueryEngine(layout)
+    start = dt.datetime.combine(DAY, dt.time(), dt.UTC)
+    sql = "SELECT timestamp, pathname, revenue_amount FROM source WHERE visitor_id = 7"
+    fetch = partial(engine.fetch, sql, site_id="a.com", start=start, end=start + DAY_SPAN)
+    read = trio.run(fetch)[1]
+    engine.close()
+    revenue = Decimal("12.35") if variant == "float revenue" else None  # to the cent
+    assert read == [(NOON, "/", revenue)]
+    compact(layout, before=DAY + dt.timedelta(days=1))
+    [merged] = partition_files(layout)
+    imported = pq.read_table(merged).filter(pc.equal(pc.field("visitor_id"), 7)).to_pylist()
+    assert [(e["timestamp"], e["pathname"], e["revenue_amount"]) for e in imported] == read
+    assert visits(layout) == expected == visits_from_events
+
+
+@pytest.mark.parametrize(
+    ("name", "values"),
+    [("timestamp", pa.array([0], pa.int64())), ("visitor_id", pa.array(["7"], pa.string()))],
+)
+def test_a_column_that_does_not_convert_is_named(
+    layout: DataLayout, name: str, values: pa.Array
+) -> None:
+    fill(layout, files=2)
+    pq.write_table(
+        _of_other_types(name, values), layout.partition("a.com", 20_000) / "other.parquet"
+    )
+    engine = QueryEngine(layout)
+    start = dt.datetime.combine(DAY, dt.time(), dt.UTC)
+    fetch = partial(engine.fetch, "SELECT 1", site_id="a.com", start=start, end=start + DAY_SPAN)
+    with pytest.raises(UnreadableFile, match=f"its column {name} is {values.type}, not "):
+        trio.run(fetch)
+    engine.close()
+    [skipped] = compact(layout, before=DAY + dt.timedelta(days=1)).skipped
+    assert f"other.parquet: {name} is {values.type}, not " in skipped
 
 
 def test_a_file_that_cannot_be_merged_leaves_its_day_alone(

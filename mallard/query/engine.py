@@ -47,6 +47,7 @@ from mallard.storage.schema import (
     MICROS_PER_DAY,
     PAIR_SCHEMA,
     VISIT_SCHEMA,
+    converts,
     events_to_table,
     micros,
 )
@@ -59,6 +60,16 @@ EMPTY_EVENTS = events_to_table([])
 EMPTY_VISITS = VISIT_SCHEMA.empty_table()
 EMPTY_PAIRS = PAIR_SCHEMA.empty_table()
 UNSEEN_VISIT_COLUMNS = [n for n in VISIT_SCHEMA.names if not n.startswith("seen_")]
+
+
+def _sql_types(schema: pa.Schema) -> dict[str, str]:
+    """DuckDB's names of the types of the schema's columns."""
+    with duckdb.connect() as connection:
+        types = connection.from_arrow(schema.empty_table()).types
+    return dict(zip(schema.names, map(str, types), strict=True))
+
+
+EVENT_SQL_TYPES = _sql_types(EVENT_SCHEMA)
 
 
 @dataclasses.dataclass
@@ -75,7 +86,7 @@ class Snapshot:
     file_days: dict[str, int] = dataclasses.field(default_factory=dict)  # path -> day
     day_names: dict[int, list[str]] = dataclasses.field(default_factory=dict)  # day -> names
     pairs_since: int | None = None  # pairs know no occurrence before this day
-    foreign: set[str] = dataclasses.field(default_factory=set)  # files not of EVENT_SCHEMA
+    foreign: dict[str, pa.Schema] = dataclasses.field(default_factory=dict)  # other shapes
 
     def fingerprint(self) -> tuple[Any, ...]:
         """Changes whenever a file is added, removed or rewritten."""
@@ -89,11 +100,8 @@ class Snapshot:
         return tuple(stats), tuple(sorted(self.rolled.items()))
 
 
-EVENT_COLUMNS = [(field.name, field.type) for field in EVENT_SCHEMA]
-
-
 class UnreadableFile(Exception):
-    """An event file that is not Parquet, or not readable: no query over its day can run."""
+    """An event file that is not Parquet, or not of events: no query over its day can run."""
 
     def __init__(self, path: str, reason: str) -> None:
         super().__init__(f"{path}: {reason}")
@@ -101,49 +109,59 @@ class UnreadableFile(Exception):
         self.reason = reason
 
 
-def _has_event_schema(path: str) -> bool:
+def _foreign_schema(path: str) -> pa.Schema | None:
+    """The file's schema if it is not exactly ``EVENT_SCHEMA`` (None if it is)."""
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowException) as error:
         raise UnreadableFile(path, str(error)) from error
-    return [(field.name, field.type) for field in schema] == EVENT_COLUMNS
+    if [(f.name, f.type) for f in schema] == [(f.name, f.type) for f in EVENT_SCHEMA]:
+        return None
+    names = set(schema.names)
+    for column in EVENT_SCHEMA:
+        if column.name in names and not converts(schema.field(column.name).type, column.type):
+            kind = schema.field(column.name).type
+            raise UnreadableFile(path, f"its column {column.name} is {kind}, not {column.type}")
+    return schema
 
 
 class FileShapes:
-    """Which event files have exactly ``EVENT_SCHEMA``'s columns, remembered per file version.
+    """Which event files are not exactly of ``EVENT_SCHEMA``, remembered per file version.
 
-    DuckDB reads a list of such files with the schema of the first. Files of
-    another shape (another tool's, an older Mallard's) need ``union_by_name``,
-    whose bind reads every file's footer holding the GIL: 5 ms per bind over
-    91 files, while the event loop waits. Without it the bind takes 1.4 ms and
-    the loop does not wait. Mallard writes only files of its own shape.
+    DuckDB reads a list of files of that schema with the schema of the first.
+    A file of another shape (another tool's, an older Mallard's) is read on
+    its own, each column cast as compaction will write it. (DuckDB's
+    ``union_by_name`` would do without, but its bind reads every file's
+    footer holding the GIL: 5 ms per bind over 91 files, while the event loop
+    waits; 1.4 ms and no wait without it.) Mallard writes only files of its
+    own shape.
     """
 
     LIMIT = 10_000  # files remembered; beyond, only those of the latest query are kept
 
     def __init__(self) -> None:
-        self._known: dict[str, tuple[tuple[int, int, int], bool]] = {}  # path -> version, own
+        self._known: dict[str, tuple[tuple[int, int, int], pa.Schema | None]] = {}
         self._lock = threading.Lock()
 
-    def foreign(self, paths: list[str]) -> set[str]:
-        """The ``paths`` whose columns are not exactly ``EVENT_SCHEMA``'s; raises
-        ``UnreadableFile`` for one that is not Parquet."""
-        found = set()
+    def foreign(self, paths: list[str]) -> dict[str, pa.Schema]:
+        """The schemas of the ``paths`` not exactly of ``EVENT_SCHEMA``; raises
+        ``UnreadableFile`` for one that is not Parquet or has a column that does not
+        convert (see :func:`mallard.storage.schema.converts`)."""
+        found = {}
         for path in paths:
             try:
                 info = os.stat(path)
-            except FileNotFoundError:  # DuckDB reports it
-                found.add(path)
-                continue
+            except FileNotFoundError as error:
+                raise UnreadableFile(path, "it is gone") from error
             version = (info.st_ino, info.st_size, info.st_mtime_ns)
             with self._lock:
                 known = self._known.get(path)
             if known is None or known[0] != version:
-                known = (version, _has_event_schema(path))
+                known = (version, _foreign_schema(path))
                 with self._lock:
                     self._known[path] = known
-            if not known[1]:
-                found.add(path)
+            if known[1] is not None:
+                found[path] = known[1]
         with self._lock:
             if len(self._known) > self.LIMIT:
                 self._known = {p: self._known[p] for p in paths if p in self._known}
@@ -214,26 +232,39 @@ def _parquet_view(
     cursor.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS {' UNION ALL '.join(parts)}")
 
 
-def _read_events(files: list[str], foreign: Collection[str]) -> str:
-    """SQL selecting the events of ``files`` (columns a ``foreign`` file lacks are nulls)."""
+def _read_events(files: list[str], foreign: dict[str, pa.Schema]) -> str:
+    """SQL selecting the events of ``files``: those of ``EVENT_SCHEMA`` together, each
+    ``foreign`` one on its own, cast to it (columns it lacks are nulls)."""
     parts = []
-    for selected, options in (
-        ([f for f in files if f not in foreign], ""),
-        ([f for f in files if f in foreign], ", union_by_name = true"),
-    ):
-        if selected:
-            parts.append(
-                f"SELECT * EXCLUDE (date) FROM read_parquet({file_list(selected)}, "
-                f"hive_partitioning = true{options})"
-            )
+    if own := [f for f in files if f not in foreign]:
+        parts.append(f"SELECT * EXCLUDE (date) FROM {_parquet(own)}")
+    for path in (f for f in files if f in foreign):
+        columns = ", ".join(_read_as(column, foreign[path]) for column in EVENT_SCHEMA)
+        parts.append(f"SELECT {columns} FROM {_parquet([path])}")
     return " UNION ALL BY NAME ".join(parts)
+
+
+def _parquet(paths: list[str]) -> str:
+    return f"read_parquet({file_list(paths)}, hive_partitioning = true)"
+
+
+def _read_as(column: pa.Field, schema: pa.Schema) -> str:
+    """SQL reading ``column`` of ``EVENT_SCHEMA`` from a file of ``schema``."""
+    target = EVENT_SQL_TYPES[column.name]
+    if column.name not in schema.names:  # site_id is always there: the partition's
+        value = column.name if column.name == "site_id" else "NULL"
+    elif pa.types.is_timestamp(kind := schema.field(column.name).type) and kind.tz is None:
+        value = f"timezone('UTC', \"{column.name}\"::TIMESTAMP)"  # wall time in UTC
+    else:
+        value = f'"{column.name}"'
+    return f'CAST({value} AS {target}) AS "{column.name}"'
 
 
 def _events_view(
     cursor: duckdb.DuckDBPyConnection,
     name: str,
     files: list[str],
-    foreign: Collection[str],
+    foreign: dict[str, pa.Schema],
     touched_in: Sequence[str] = (),
 ) -> None:
     """View ``name``: the events of ``files``, the registered ``pending_events``, and

@@ -50,7 +50,7 @@ from mallard.storage.layout import COMPACTED_PREFIX, DataLayout, is_compacted
 from mallard.storage.locks import maintenance_lock, site_lock
 from mallard.storage.pairs import refresh_pairs
 from mallard.storage.parquet import fsync_dir, write_aside
-from mallard.storage.schema import EVENT_SCHEMA, VISIT_SCHEMA
+from mallard.storage.schema import EVENT_SCHEMA, VISIT_SCHEMA, converts
 from mallard.storage.wal import SEGMENT_SUFFIX
 
 log = logging.getLogger("mallard.compaction")
@@ -140,7 +140,13 @@ def _as_events(table: pa.Table) -> pa.Table:
     columns = []
     for column in EVENT_SCHEMA:
         if column.name in table.column_names:
-            values = table.column(column.name).cast(column.type)
+            values = table.column(column.name)
+            if not converts(values.type, column.type):
+                raise pa.ArrowInvalid(f"{column.name} is {values.type}, not {column.type}")
+            if pa.types.is_floating(values.type):  # an amount: to the cent as queries read it
+                values = _duckdb_cast(values, "DECIMAL(12,2)")
+            # timestamps to the microsecond, dropping nanoseconds as DuckDB does
+            values = values.cast(column.type, safe=not pa.types.is_timestamp(column.type))
         elif column.nullable:
             values = pa.chunked_array([pa.nulls(table.num_rows, column.type)])
         else:
@@ -149,6 +155,12 @@ def _as_events(table: pa.Table) -> pa.Table:
             raise pa.ArrowInvalid(f"{column.name} is empty in {values.null_count} rows")
         columns.append(values)
     return pa.Table.from_arrays(columns, schema=EVENT_SCHEMA)
+
+
+def _duckdb_cast(values: pa.ChunkedArray, sql_type: str) -> pa.ChunkedArray:
+    with duckdb.connect() as connection:
+        relation = connection.from_arrow(pa.table({"v": values}))
+        return relation.select(f"CAST(v AS {sql_type}) AS v").to_arrow_table()["v"]
 
 
 def _identity(file: Path) -> list[Any]:

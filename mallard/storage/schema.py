@@ -46,6 +46,26 @@ EVENT_SCHEMA = pa.schema(
     ]
 )
 
+
+def converts(source: pa.DataType, target: pa.DataType) -> bool:
+    """True when another tool's column of type ``source`` reads as a ``target`` column
+    (``EVENT_SCHEMA``'s): text as text, whole numbers as whole numbers, any timestamp as
+    a UTC timestamp (one without a zone is taken as UTC), numbers as amounts."""
+    if pa.types.is_dictionary(source):
+        source = source.value_type
+    if pa.types.is_timestamp(target):
+        return pa.types.is_timestamp(source)
+    if pa.types.is_string(target):
+        return pa.types.is_string(source) or pa.types.is_large_string(source)
+    if pa.types.is_integer(target):
+        return pa.types.is_integer(source)
+    if pa.types.is_decimal(target):
+        return any(is_kind(source) for is_kind in (
+            pa.types.is_decimal, pa.types.is_floating, pa.types.is_integer
+        ))  # fmt: skip
+    return source == target
+
+
 MICROS_PER_DAY = 86_400_000_000
 EPOCH_UTC = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
