@@ -143,8 +143,9 @@ def _as_events(table: pa.Table) -> pa.Table:
             values = table.column(column.name)
             if not converts(values.type, column.type):
                 raise pa.ArrowInvalid(f"{column.name} is {values.type}, not {column.type}")
-            if pa.types.is_floating(values.type):  # an amount: to the cent as queries read it
-                values = _duckdb_cast(values, "DECIMAL(12,2)")
+            if pa.types.is_floating(values.type):  # an amount: rounded as queries read it
+                kind = column.type
+                values = _duckdb_cast(values, f"DECIMAL({kind.precision}, {kind.scale})")
             # timestamps to the microsecond, dropping nanoseconds as DuckDB does
             values = values.cast(column.type, safe=not pa.types.is_timestamp(column.type))
         elif column.nullable:
@@ -158,6 +159,7 @@ def _as_events(table: pa.Table) -> pa.Table:
 
 
 def _duckdb_cast(values: pa.ChunkedArray, sql_type: str) -> pa.ChunkedArray:
+    """``values`` cast by DuckDB, whose rounding the queries' casts share (not pyarrow's)."""
     with duckdb.connect() as connection:
         relation = connection.from_arrow(pa.table({"v": values}))
         return relation.select(f"CAST(v AS {sql_type}) AS v").to_arrow_table()["v"]
