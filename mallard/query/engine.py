@@ -25,7 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import trio
 
-from mallard.query.sql import Derived, file_list
+from mallard.query.sql import Derived, events_select, file_list
 from mallard.query.threads import Handoff, QueryThreads, lower_priority, thread_ids
 from mallard.storage.layout import (
     COMPACTED_PREFIX,
@@ -43,13 +43,13 @@ from mallard.storage.pairs import (
     rolled_pair_days,
 )
 from mallard.storage.schema import (
-    EVENT_SCHEMA,
     MICROS_PER_DAY,
     PAIR_SCHEMA,
     VISIT_SCHEMA,
-    converts,
     events_to_table,
+    is_event_schema,
     micros,
+    unconvertible,
 )
 
 # The writer's unflushed events: (name its batch's files will have, make its table
@@ -60,16 +60,6 @@ EMPTY_EVENTS = events_to_table([])
 EMPTY_VISITS = VISIT_SCHEMA.empty_table()
 EMPTY_PAIRS = PAIR_SCHEMA.empty_table()
 UNSEEN_VISIT_COLUMNS = [n for n in VISIT_SCHEMA.names if not n.startswith("seen_")]
-
-
-def _sql_types(schema: pa.Schema) -> dict[str, str]:
-    """DuckDB's names of the types of the schema's columns."""
-    with duckdb.connect() as connection:
-        types = connection.from_arrow(schema.empty_table()).types
-    return dict(zip(schema.names, map(str, types), strict=True))
-
-
-EVENT_SQL_TYPES = _sql_types(EVENT_SCHEMA)
 
 
 @dataclasses.dataclass
@@ -115,13 +105,10 @@ def _foreign_schema(path: str) -> pa.Schema | None:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowException) as error:
         raise UnreadableFile(path, str(error)) from error
-    if [(f.name, f.type) for f in schema] == [(f.name, f.type) for f in EVENT_SCHEMA]:
+    if is_event_schema(schema):
         return None
-    names = set(schema.names)
-    for column in EVENT_SCHEMA:
-        if column.name in names and not converts(schema.field(column.name).type, column.type):
-            kind = schema.field(column.name).type
-            raise UnreadableFile(path, f"its column {column.name} is {kind}, not {column.type}")
+    if reason := unconvertible(schema):
+        raise UnreadableFile(path, reason)
     return schema
 
 
@@ -146,7 +133,7 @@ class FileShapes:
     def foreign(self, paths: list[str]) -> dict[str, pa.Schema]:
         """The schemas of the ``paths`` not exactly of ``EVENT_SCHEMA``; raises
         ``UnreadableFile`` for one that is not Parquet or has a column that does not
-        convert (see :func:`mallard.storage.schema.converts`)."""
+        convert (see :func:`mallard.storage.schema.unconvertible`)."""
         found = {}
         for path in paths:
             try:
@@ -239,25 +226,12 @@ def _read_events(files: list[str], foreign: dict[str, pa.Schema]) -> str:
     if own := [f for f in files if f not in foreign]:
         parts.append(f"SELECT * EXCLUDE (date) FROM {_parquet(own)}")
     for path in (f for f in files if f in foreign):
-        columns = ", ".join(_read_as(column, foreign[path]) for column in EVENT_SCHEMA)
-        parts.append(f"SELECT {columns} FROM {_parquet([path])}")
+        parts.append(f"SELECT {events_select(foreign[path])} FROM {_parquet([path])}")
     return " UNION ALL BY NAME ".join(parts)
 
 
 def _parquet(paths: list[str]) -> str:
     return f"read_parquet({file_list(paths)}, hive_partitioning = true)"
-
-
-def _read_as(column: pa.Field, schema: pa.Schema) -> str:
-    """SQL reading ``column`` of ``EVENT_SCHEMA`` from a file of ``schema``."""
-    target = EVENT_SQL_TYPES[column.name]
-    if column.name not in schema.names:  # site_id is always there: the partition's
-        value = column.name if column.name == "site_id" else "NULL"
-    elif pa.types.is_timestamp(kind := schema.field(column.name).type) and kind.tz is None:
-        value = f"timezone('UTC', \"{column.name}\"::TIMESTAMP)"  # wall time in UTC
-    else:
-        value = f'"{column.name}"'
-    return f'CAST({value} AS {target}) AS "{column.name}"'
 
 
 def _events_view(

@@ -48,6 +48,8 @@ import zoneinfo
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
+import pyarrow as pa
+
 from mallard.query.model import (
     EVENT_DIMENSIONS,
     PROPS_PREFIX,
@@ -59,7 +61,13 @@ from mallard.query.model import (
     Filter,
     Query,
 )
-from mallard.storage.schema import SEEN_BY, VISIT_ATTRIBUTES, VISIT_SCHEMA, micros
+from mallard.storage.schema import (
+    EVENT_SCHEMA,
+    SEEN_BY,
+    VISIT_ATTRIBUTES,
+    VISIT_SCHEMA,
+    micros,
+)
 
 # Derived data a statement reads beside the events: visit rollups ("visits"), per-day
 # pairs ("pairs"), visit rollups with current ``seen_*`` columns ("seen"), or none.
@@ -220,6 +228,36 @@ def whole_utc_days(query: Query, dimension: str) -> bool:
 def file_list(paths: list[str]) -> str:
     """A DuckDB list literal of file paths, for ``read_parquet``."""
     return "[" + ", ".join("'" + p.replace("'", "''") + "'" for p in paths) + "]"
+
+
+def _sql_type(kind: pa.DataType) -> str:
+    """DuckDB's name of an event column's type."""
+    if pa.types.is_decimal(kind):
+        return f"DECIMAL({kind.precision}, {kind.scale})"
+    if pa.types.is_timestamp(kind):
+        return "TIMESTAMPTZ"
+    return {pa.string(): "VARCHAR", pa.int64(): "BIGINT", pa.int32(): "INTEGER"}[kind]
+
+
+EVENT_SQL_TYPES = {column.name: _sql_type(column.type) for column in EVENT_SCHEMA}
+
+
+def events_select(schema: pa.Schema) -> str:
+    """The select list reading a file of ``schema`` (another tool's) as ``EVENT_SCHEMA``'s
+    columns, each cast (see :func:`mallard.storage.schema.converts`): a timestamp
+    without zone taken as UTC, columns it lacks as nulls, its own columns left out.
+    ``site_id`` comes from the partition when the file has none (``hive_partitioning``)."""
+    columns = []
+    for column in EVENT_SCHEMA:
+        name = f'"{column.name}"'
+        if column.name not in schema.names:
+            value = name if column.name == "site_id" else "NULL"
+        elif pa.types.is_timestamp(kind := schema.field(column.name).type) and kind.tz is None:
+            value = f"timezone('UTC', {name}::TIMESTAMP)"
+        else:
+            value = name
+        columns.append(f"CAST({value} AS {EVENT_SQL_TYPES[column.name]}) AS {name}")
+    return ", ".join(columns)
 
 
 def labelled(expression: str) -> str:

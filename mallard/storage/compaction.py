@@ -45,12 +45,12 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mallard.query.sql import rollup_sql
+from mallard.query.sql import events_select, file_list, rollup_sql
 from mallard.storage.layout import COMPACTED_PREFIX, DataLayout, is_compacted
 from mallard.storage.locks import maintenance_lock, site_lock
 from mallard.storage.pairs import refresh_pairs
 from mallard.storage.parquet import fsync_dir, write_aside
-from mallard.storage.schema import EVENT_SCHEMA, VISIT_SCHEMA, converts
+from mallard.storage.schema import EVENT_SCHEMA, VISIT_SCHEMA, is_event_schema, unconvertible
 from mallard.storage.wal import SEGMENT_SUFFIX
 
 log = logging.getLogger("mallard.compaction")
@@ -58,6 +58,7 @@ log = logging.getLogger("mallard.compaction")
 ROW_GROUP_ROWS = 128 * 1024
 MERGED_KEY = b"mallard:merged"  # a compacted file's metadata: the files it holds (_identity)
 SETTLE_SECONDS = 120.0  # more than a query may wait and run (QueryEngine's timeout: 30 s)
+REQUIRED_COLUMNS = {column.name for column in EVENT_SCHEMA if not column.nullable}
 
 
 class UnmergeableFile(ValueError):
@@ -125,44 +126,34 @@ def _visits_of(events: pa.Table) -> pa.Table:
 
 
 def _read_events(files: list[Path]) -> pa.Table:
-    """The files as one table of EVENT_SCHEMA (columns a file lacks become nulls)."""
+    """The files as one table of EVENT_SCHEMA; another tool's file is read as queries
+    read it (:func:`mallard.query.sql.events_select`)."""
     tables = []
     for file in files:
         try:
-            tables.append(_as_events(pq.read_table(file)))
+            tables.append(_as_events(file))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
             raise UnmergeableFile(f"{file.name}: {error}") from error
     return pa.concat_tables(tables)
 
 
-def _as_events(table: pa.Table) -> pa.Table:
-    """``table`` in EVENT_SCHEMA: columns cast, the optional ones it lacks as nulls."""
-    columns = []
-    for column in EVENT_SCHEMA:
-        if column.name in table.column_names:
-            values = table.column(column.name)
-            if not converts(values.type, column.type):
-                raise pa.ArrowInvalid(f"{column.name} is {values.type}, not {column.type}")
-            if pa.types.is_floating(values.type):  # an amount: rounded as queries read it
-                kind = column.type
-                values = _duckdb_cast(values, f"DECIMAL({kind.precision}, {kind.scale})")
-            # timestamps to the microsecond, dropping nanoseconds as DuckDB does
-            values = values.cast(column.type, safe=not pa.types.is_timestamp(column.type))
-        elif column.nullable:
-            values = pa.chunked_array([pa.nulls(table.num_rows, column.type)])
-        else:
-            raise pa.ArrowInvalid(f"no {column.name} column, which every event needs")
-        if not column.nullable and values.null_count:
-            raise pa.ArrowInvalid(f"{column.name} is empty in {values.null_count} rows")
-        columns.append(values)
-    return pa.Table.from_arrays(columns, schema=EVENT_SCHEMA)
-
-
-def _duckdb_cast(values: pa.ChunkedArray, sql_type: str) -> pa.ChunkedArray:
-    """``values`` cast by DuckDB, whose rounding the queries' casts share (not pyarrow's)."""
-    with duckdb.connect() as connection:
-        relation = connection.from_arrow(pa.table({"v": values}))
-        return relation.select(f"CAST(v AS {sql_type}) AS v").to_arrow_table()["v"]
+def _as_events(file: Path) -> pa.Table:
+    """One file in EVENT_SCHEMA; raises ``ArrowInvalid`` saying what keeps it out."""
+    schema = pq.read_schema(file)
+    if is_event_schema(schema):
+        table = pq.read_table(file)
+    else:
+        if reason := unconvertible(schema):
+            raise pa.ArrowInvalid(reason)
+        if missing := REQUIRED_COLUMNS - {"site_id", *schema.names}:  # site_id: the partition's
+            raise pa.ArrowInvalid(f"no {min(missing)} column, which every event needs")
+        read = f"SELECT {events_select(schema)} FROM read_parquet({file_list([str(file)])}, "
+        with duckdb.connect(config={"threads": 1}) as connection:
+            table = connection.sql(read + "hive_partitioning = true)").to_arrow_table()
+    for name in REQUIRED_COLUMNS:
+        if empty := table.column(name).null_count:
+            raise pa.ArrowInvalid(f"{name} is empty in {empty} rows")
+    return table.cast(EVENT_SCHEMA)
 
 
 def _identity(file: Path) -> list[Any]:

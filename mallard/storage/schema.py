@@ -66,6 +66,23 @@ def converts(source: pa.DataType, target: pa.DataType) -> bool:
     return source == target
 
 
+def is_event_schema(schema: pa.Schema) -> bool:
+    """True when ``schema`` has exactly ``EVENT_SCHEMA``'s columns, in order (a file
+    Mallard wrote): read as it is, with no column to convert."""
+    return [(f.name, f.type) for f in schema] == [(f.name, f.type) for f in EVENT_SCHEMA]
+
+
+def unconvertible(schema: pa.Schema) -> str | None:
+    """Why a file of ``schema`` cannot be read as events (a column of its that does not
+    convert), or None."""
+    for column in EVENT_SCHEMA:
+        if column.name in schema.names:
+            kind = schema.field(column.name).type
+            if not converts(kind, column.type):
+                return f"its column {column.name} is {kind}, not {column.type}"
+    return None
+
+
 MICROS_PER_DAY = 86_400_000_000
 EPOCH_UTC = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
