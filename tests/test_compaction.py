@@ -227,6 +227,17 @@ def _of_other_types(name: str, values: pa.Array | None) -> pa.Table:
     return table.append_column(name, values)
 
 
+def _fetch_day(layout: DataLayout, sql: str) -> list[tuple]:
+    """The rows of ``sql`` over a.com's events of ``DAY``, through a query engine."""
+    engine = QueryEngine(layout)
+    start = dt.datetime.combine(DAY, dt.time(), dt.UTC)
+    fetch = partial(engine.fetch, sql, site_id="a.com", start=start, end=start + DAY_SPAN)
+    try:
+        return trio.run(fetch)[1]
+    finally:
+        engine.close()
+
+
 @pytest.mark.parametrize("variant", OTHER_TYPES)
 def test_columns_of_other_types_are_read_and_compacted_as_ours(
     layout: DataLayout, variant: str
@@ -236,12 +247,8 @@ def test_columns_of_other_types_are_read_and_compacted_as_ours(
         _of_other_types(*OTHER_TYPES[variant]), layout.partition("a.com", 20_000) / "other.parquet"
     )
     expected = visits_from_events = visits(layout)  # visits are built from events: they read it
-    engine = QueryEngine(layout)
-    start = dt.datetime.combine(DAY, dt.time(), dt.UTC)
     sql = "SELECT timestamp, pathname, revenue_amount FROM source WHERE visitor_id = 7"
-    fetch = partial(engine.fetch, sql, site_id="a.com", start=start, end=start + DAY_SPAN)
-    read = trio.run(fetch)[1]
-    engine.close()
+    read = _fetch_day(layout, sql)
     revenue = Decimal("12.35") if variant == "float revenue" else None  # to the cent
     assert read == [(NOON, "/", revenue)]
     compact(layout, before=DAY + dt.timedelta(days=1))
@@ -249,6 +256,29 @@ def test_columns_of_other_types_are_read_and_compacted_as_ours(
     imported = pq.read_table(merged).filter(pc.equal(pc.field("visitor_id"), 7)).to_pylist()
     assert [(e["timestamp"], e["pathname"], e["revenue_amount"]) for e in imported] == read
     assert visits(layout) == expected == visits_from_events
+
+
+def test_integers_beyond_the_event_columns_are_read_and_compacted_alike(
+    layout: DataLayout,
+) -> None:
+    """Unsigned 64-bit visitor ids (a hash of another tool) read bit for bit, so they stay
+    distinct; a screen width beyond 32 bits reads as unknown."""
+    fill(layout, files=2)
+    ids = [7, 2**63, 2**64 - 1]
+    table = pa.table({
+        "site_id": ["a.com"] * 3, "visitor_id": pa.array(ids, pa.uint64()),
+        "timestamp": pa.array([NOON] * 3, US), "event_name": ["pageview"] * 3,
+        "pathname": ["/unsigned"] * 3, "hostname": ["a.com"] * 3,
+        "screen_width": pa.array([1920, 2**40, 390], pa.int64()),
+    })  # fmt: skip
+    pq.write_table(table, layout.partition("a.com", 20_000) / "other.parquet")
+    sql = "SELECT visitor_id, screen_width FROM source WHERE pathname = '/unsigned' ORDER BY 1"
+    read = _fetch_day(layout, sql)
+    assert read == [(-(2**63), None), (-1, 390), (7, 1920)]
+    compact(layout, before=DAY + dt.timedelta(days=1))
+    [merged] = partition_files(layout)
+    rows = pq.read_table(merged).filter(pc.equal(pc.field("pathname"), "/unsigned"))
+    assert sorted((e["visitor_id"], e["screen_width"]) for e in rows.to_pylist()) == read
 
 
 @pytest.mark.parametrize(
@@ -262,12 +292,8 @@ def test_a_column_that_does_not_convert_is_named(
     pq.write_table(
         _of_other_types(name, values), layout.partition("a.com", 20_000) / "other.parquet"
     )
-    engine = QueryEngine(layout)
-    start = dt.datetime.combine(DAY, dt.time(), dt.UTC)
-    fetch = partial(engine.fetch, "SELECT 1", site_id="a.com", start=start, end=start + DAY_SPAN)
     with pytest.raises(UnreadableFile, match=f"its column {name} is {values.type}, not "):
-        trio.run(fetch)
-    engine.close()
+        _fetch_day(layout, "SELECT 1")
     [skipped] = compact(layout, before=DAY + dt.timedelta(days=1)).skipped
     assert f"other.parquet: its column {name} is {values.type}, not " in skipped
 

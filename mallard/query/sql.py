@@ -246,17 +246,23 @@ def events_select(schema: pa.Schema) -> str:
     """The select list reading a file of ``schema`` (another tool's) as ``EVENT_SCHEMA``'s
     columns, each cast (see :func:`mallard.storage.schema.converts`): a timestamp
     without zone taken as UTC, columns it lacks as nulls, its own columns left out.
-    ``site_id`` comes from the partition when the file has none (``hive_partitioning``)."""
+    ``site_id`` comes from the partition when the file has none (``hive_partitioning``).
+    An unsigned 64-bit ``visitor_id`` is read bit for bit (2**64 - 1 as -1), so ids stay
+    distinct; a ``screen_width`` beyond 32 bits reads as unknown (null)."""
     columns = []
     for column in EVENT_SCHEMA:
         name = f'"{column.name}"'
-        if column.name not in schema.names:
+        kind = schema.field(column.name).type if column.name in schema.names else None
+        cast = "TRY_CAST" if column.name == "screen_width" else "CAST"
+        if kind is None:
             value = name if column.name == "site_id" else "NULL"
-        elif pa.types.is_timestamp(kind := schema.field(column.name).type) and kind.tz is None:
+        elif pa.types.is_timestamp(kind) and kind.tz is None:
             value = f"timezone('UTC', {name}::TIMESTAMP)"
+        elif pa.types.is_uint64(kind) and column.name == "visitor_id":
+            value = f"CASE WHEN {name} > {2**63 - 1} THEN {name}::HUGEINT - {2**64} ELSE {name} END"
         else:
             value = name
-        columns.append(f"CAST({value} AS {EVENT_SQL_TYPES[column.name]}) AS {name}")
+        columns.append(f"{cast}({value} AS {EVENT_SQL_TYPES[column.name]}) AS {name}")
     return ", ".join(columns)
 
 
