@@ -107,14 +107,23 @@ def _legacy_query(
     *,
     include: dict[str, Any] | None = None,
     pagination: dict[str, int] | None = None,
+    comparable: bool = False,
+    date_range: list[str] | None = None,
 ) -> Query:
-    """A Query from the dashboard-style GET parameters: period, date, filters, ..."""
+    """A Query from the dashboard-style GET parameters: period, date, filters, ...
+
+    ``compare`` is for ``comparable`` reports only; ``date_range`` replaces period and
+    date."""
     args = request.args
     body: dict[str, Any] = {
         "site_id": args.get("site_id"),
         "metrics": list(metrics),
         "dimensions": dimensions,
-        **_date_fields(args.get("period", "30d"), args.get("date")),
+        **(
+            {"date_range": date_range}
+            if date_range
+            else _date_fields(args.get("period", "30d"), args.get("date"))
+        ),
         "include": include or {},
     }
     if "timezone" in args:
@@ -123,6 +132,8 @@ def _legacy_query(
         body["pagination"] = pagination
     if args.get("filters"):
         body["filters"] = load_json(args["filters"], "filters")
+    if args.get("compare") and not comparable:
+        raise QueryError("compare applies to main, timeseries and breakdowns, not to this report")
     if args.get("compare") in ("previous_period", "year_over_year"):
         body["include"]["comparisons"] = {"mode": args["compare"]}
     elif args.get("compare"):
@@ -145,7 +156,7 @@ def _positive_int(name: str, default: int, maximum: int) -> int:
     raw = request.args.get(name)
     if raw is None:
         return default
-    if not raw.isdigit() or not 1 <= int(raw) <= maximum:
+    if not (raw.isascii() and raw.isdigit()) or not 1 <= int(raw) <= maximum:
         raise QueryError(f"{name} must be a whole number from 1 to {maximum}")
     return int(raw)
 
@@ -175,7 +186,7 @@ async def unreadable_file(error: UnreadableFile) -> Any:
 
 @blueprint.get("/api/stats/main")
 async def main_stats() -> Any:
-    return await _answer(_legacy_query(_metrics_param(MAIN_METRICS), []))
+    return await _answer(_legacy_query(_metrics_param(MAIN_METRICS), [], comparable=True))
 
 
 @blueprint.get("/api/stats/timeseries")
@@ -186,7 +197,10 @@ async def timeseries() -> Any:
     dimension = "time" if interval == "time" else f"time:{interval}"
     return await _answer(
         _legacy_query(
-            _metrics_param(("visitors", "pageviews")), [dimension], include={"time_labels": True}
+            _metrics_param(("visitors", "pageviews")),
+            [dimension],
+            include={"time_labels": True},
+            comparable=True,
         )
     )
 
@@ -207,6 +221,7 @@ async def breakdown(name: str) -> Any:
             [dimension],
             include={"total_rows": True},
             pagination={"limit": limit, "offset": (page - 1) * limit},
+            comparable=True,
         )
     )
 
@@ -215,12 +230,8 @@ async def breakdown(name: str) -> Any:
 async def realtime() -> Any:
     """Visitors seen in the last 5 minutes."""
     now = dt.datetime.now(dt.UTC)
-    body = {
-        "site_id": request.args.get("site_id"),
-        "metrics": ["visitors"],
-        "date_range": [(now - dt.timedelta(minutes=5)).isoformat(), now.isoformat()],
-    }
-    result = await run_query(_engine(), _parse(body))
+    last_minutes = [(now - dt.timedelta(minutes=5)).isoformat(), now.isoformat()]
+    result = await run_query(_engine(), _legacy_query(["visitors"], [], date_range=last_minutes))
     return jsonify({"visitors": result["results"][0]["metrics"][0]})
 
 

@@ -63,13 +63,14 @@ DATE_PRESETS = ("day", "24h", "7d", "28d", "30d", "91d", "month", "6mo", "12mo",
 MAX_LIMIT = 10_000
 MAX_OFFSET = 1_000_000_000
 MAX_FILTER_DEPTH = 8
+MAX_FILTER_CONDITIONS = 200  # in all of a query's filters
 NOT_ZONES = {"localtime", "posixrules", "Factory"}  # in the tz database, but no place's time
 # Ranges lie within these days, so that their comparisons, time zones and
 # buckets stay within what dates can hold.
 FIRST_DAY = dt.date(1970, 1, 1)
 LAST_DAY = dt.date(9998, 12, 31)
-ISO_DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-ISO_MOMENT = re.compile(r"\d{4}-\d{2}-\d{2}[T ]\d{2}:\d{2}")  # then seconds, offset…
+ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+ISO_MOMENT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}")  # then seconds, offset…
 
 
 class QueryError(ValueError):
@@ -142,13 +143,21 @@ def validate_site_id(value: Any) -> str:
 def validate_timezone(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise QueryError("timezone must be an IANA time zone name such as Europe/Berlin")
-    try:
-        zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        raise QueryError(f"timezone {value!r} is not a known IANA time zone") from None
+    if value not in known_zones():
+        raise QueryError(f"timezone {value!r} is not a known IANA time zone")
     if value in NOT_ZONES:
         raise QueryError(f"timezone {value!r} is a file of the zone database, not a time zone")
     return value
+
+
+@functools.cache
+def known_zones() -> frozenset[str]:
+    """Zone names both Python's zone database and DuckDB's (ICU) know: a query's zone is
+    used by both (``posix/…`` and ``right/…`` files are Python's alone)."""
+    with duckdb.connect() as connection:
+        rows = connection.execute("SELECT name FROM pg_timezone_names()").fetchall()
+    icu = {name for (name,) in rows}
+    return frozenset(zoneinfo.available_timezones() & icu)
 
 
 def load_json(data: bytes | str, what: str) -> Any:
@@ -191,7 +200,14 @@ def parse_query(body: Any, *, default_timezone: str = "UTC", today: dt.date | No
     timezone = validate_timezone(body.get("timezone", default_timezone))
     metrics = _metrics(body.get("metrics"))
     dimensions = _dimensions(body.get("dimensions", []))
-    filters = tuple(_filter(item, f"filters[{i}]") for i, item in enumerate(_list(body, "filters")))
+    filters = _top_level(
+        tuple(_filter(item, f"filters[{i}]") for i, item in enumerate(_list(body, "filters")))
+    )
+    if (conditions := _conditions(filters)) > MAX_FILTER_CONDITIONS:
+        raise QueryError(
+            f"filters hold {conditions} conditions, more than {MAX_FILTER_CONDITIONS}: "
+            'give one condition several values instead, like ["is", "event:page", ["/a", "/b"]]'
+        )
     anchor = parse_day(body["date"], "date") if "date" in body else None
     date_range = resolve_date_range(body.get("date_range"), timezone, today=today, anchor=anchor)
     order_by = _order_by(body.get("order_by", []), metrics, dimensions)
@@ -331,17 +347,29 @@ def _check_regex(pattern: str, where: str) -> None:
         raise QueryError(f"{where}: invalid regular expression {pattern!r}: {reason}") from None
 
 
-def _has_goal_filter(filters: tuple[Filter, ...]) -> bool:
+def _top_level(filters: tuple[Filter, ...]) -> tuple[Filter, ...]:
+    """The filters with every ``and`` at the top level spread out (they all hold anyway),
+    so that goal conditions inside one count as the query's goal filter."""
+    spread: list[Filter] = []
     for item in filters:
-        if isinstance(item, Condition) and item.dimension in ("event:goal", "event:name"):
-            return True
-        if (
-            isinstance(item, Combination)
-            and item.operator == "and"
-            and _has_goal_filter(item.children)
-        ):
-            return True
-    return False
+        if isinstance(item, Combination) and item.operator == "and":
+            spread.extend(_top_level(item.children))
+        else:
+            spread.append(item)
+    return tuple(spread)
+
+
+def _conditions(filters: tuple[Filter, ...]) -> int:
+    return sum(
+        _conditions(item.children) if isinstance(item, Combination) else 1 for item in filters
+    )
+
+
+def _has_goal_filter(filters: tuple[Filter, ...]) -> bool:
+    return any(
+        isinstance(item, Condition) and item.dimension in ("event:goal", "event:name")
+        for item in filters
+    )
 
 
 def _order_by(
@@ -383,7 +411,7 @@ def _comparison(value: Any) -> str | None:
     if value is None:
         return None
     mode = value.get("mode") if isinstance(value, dict) else None
-    if mode not in ("previous_period", "year_over_year"):
+    if mode not in ("previous_period", "year_over_year") or set(value) != {"mode"}:
         raise QueryError(
             'include.comparisons must be {"mode": "previous_period"} or {"mode": "year_over_year"}'
         )
@@ -464,8 +492,9 @@ def _month_end(day: dt.date) -> dt.date:
 
 
 def _add_months(day: dt.date, months: int) -> dt.date:
-    index = day.year * 12 + day.month - 1 + months
-    return day.replace(year=index // 12, month=index % 12 + 1)
+    """The same day ``months`` later (earlier if negative), or that month's last day."""
+    year, month = divmod(day.year * 12 + day.month - 1 + months, 12)
+    return dt.date(year, month + 1, min(day.day, calendar.monthrange(year, month + 1)[1]))
 
 
 def parse_day(value: Any, what: str) -> dt.date:
@@ -502,12 +531,7 @@ def explicit_range(value: list[Any], timezone: str, what: str = "date_range") ->
     start, end = (_aware(moment, zone) for moment in moments)
     if end <= start:
         raise QueryError(f"{what} ends before it starts")
-    return DateRange(
-        start.astimezone(dt.UTC),
-        end.astimezone(dt.UTC),
-        start.astimezone(zone).date(),
-        (end - dt.timedelta(microseconds=1)).astimezone(zone).date(),
-    )
+    return _moments_range(start, end, zone)
 
 
 def _check_days(first: dt.date, last: dt.date, what: str = "date_range") -> None:
@@ -522,11 +546,40 @@ def _aware(moment: dt.datetime, zone: zoneinfo.ZoneInfo) -> dt.datetime:
 
 
 def previous_period(date_range: DateRange, mode: str, timezone: str) -> DateRange:
-    """The range a comparison is made against."""
-    if mode == "year_over_year":
-        return days_range(
-            _add_months(date_range.first_day, -12), _add_months(date_range.last_day, -12), timezone
-        )
-    days = (date_range.last_day - date_range.first_day).days + 1
-    last = date_range.first_day - dt.timedelta(days=1)
-    return days_range(last - dt.timedelta(days=days - 1), last, timezone)
+    """The range a comparison is made against: as many days (or, for a range of
+    datetimes such as 24h, as long a time) just before, or the same range a year
+    earlier."""
+    zone = zoneinfo.ZoneInfo(timezone)
+    whole_days = date_range == days_range(date_range.first_day, date_range.last_day, timezone)
+    try:
+        if mode == "year_over_year" and whole_days:
+            first, last = (_add_months(d, -12) for d in (date_range.first_day, date_range.last_day))
+            compared = days_range(first, last, timezone)
+        elif mode == "year_over_year":
+            start, end = (
+                dt.datetime.combine(_add_months(local.date(), -12), local.time(), zone)
+                for local in (date_range.start.astimezone(zone), date_range.end.astimezone(zone))
+            )
+            compared = _moments_range(start, end, zone)
+        elif whole_days:
+            last = date_range.first_day - dt.timedelta(days=1)
+            days = (date_range.last_day - date_range.first_day).days + 1
+            compared = days_range(last - dt.timedelta(days=days - 1), last, timezone)
+        else:
+            length = date_range.end - date_range.start
+            compared = _moments_range(date_range.start - length, date_range.start, zone)
+    except (OverflowError, ValueError):  # before the first day dates can hold
+        compared = None
+    if compared is None or compared.first_day < FIRST_DAY:
+        raise QueryError(f"a comparison's date_range must start on or after {FIRST_DAY}")
+    return compared
+
+
+def _moments_range(start: dt.datetime, end: dt.datetime, zone: zoneinfo.ZoneInfo) -> DateRange:
+    """From ``start`` (included) to ``end`` (excluded), with their local days."""
+    return DateRange(
+        start.astimezone(dt.UTC),
+        end.astimezone(dt.UTC),
+        start.astimezone(zone).date(),
+        (end - dt.timedelta(microseconds=1)).astimezone(zone).date(),
+    )

@@ -45,6 +45,7 @@ import itertools
 import math
 import re
 import zoneinfo
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
 
@@ -289,15 +290,19 @@ def _condition_sql(condition: Condition, params: Parameters, timezone: str) -> s
         tests = [f"regexp_matches({value}, {params.add(v)}{options})" for v in values]
         test = "(" + " OR ".join(tests) + ")"
     else:
-        if not condition.case_sensitive:
+        parameter = params.add
+        if not condition.case_sensitive:  # both sides by DuckDB's lower(), not Python's
             value = f"lower({value})"
-            values = [v.lower() for v in values]
+
+            def parameter(text: str) -> str:
+                return f"lower({params.add(text)})"
+
         if base == "is":
-            test = f"{value} IN ({', '.join(params.add(v) for v in values)})"
+            test = f"{value} IN ({', '.join(parameter(v) for v in values)})"
         elif len(values) == 1:
-            test = f"contains({value}, {params.add(values[0])})"
+            test = f"contains({value}, {parameter(values[0])})"
         else:
-            test = _contains_any(value, values, params)
+            test = _contains_any(value, values, parameter)
     return f"(NOT {test})" if negate else test
 
 
@@ -308,8 +313,8 @@ RE2_METACHARACTERS = re.compile(r"[\\.+*?()|\[\]{}^$]")
 PATTERN_CHARACTERS = 10_000
 
 
-def _contains_any(value: str, texts: list[str], params: Parameters) -> str:
-    """SQL: ``value`` contains one of ``texts``.
+def _contains_any(value: str, texts: list[str], parameter: Callable[[str], str]) -> str:
+    """SQL: ``value`` contains one of ``texts`` (each passed by ``parameter``).
 
     The texts, escaped, become RE2 alternations, which scan a row once for any
     number of them (an OR of ``contains()`` scans it once per text), each small
@@ -321,14 +326,14 @@ def _contains_any(value: str, texts: list[str], params: Parameters) -> str:
     for text in texts:
         literal = RE2_METACHARACTERS.sub(lambda match: "\\" + match[0], text)
         if len(literal) >= PATTERN_CHARACTERS:
-            tests.append(f"contains({value}, {params.add(text)})")
+            tests.append(f"contains({value}, {parameter(text)})")
             continue
         if size + len(literal) >= PATTERN_CHARACTERS:
             groups.append([])
             size = 0
         groups[-1].append(literal)
         size += len(literal) + 1
-    tests += [f"regexp_matches({value}, {params.add('|'.join(group))})" for group in groups]
+    tests += [f"regexp_matches({value}, {parameter('|'.join(group))})" for group in groups]
     return "(" + " OR ".join(tests) + ")"
 
 

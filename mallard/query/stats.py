@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import datetime as dt
 import zoneinfo
+from collections.abc import Callable
+from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
 from mallard.query.engine import QueryEngine
-from mallard.query.model import Query, QueryError, days_range, previous_period
+from mallard.query.model import MAX_LIMIT, Query, QueryError, days_range, previous_period
 from mallard.query.sql import TIME_FORMATS, aggregate_sql, concrete_dimension
 
 Row = dict[str, Any]
@@ -108,9 +110,14 @@ def _next(moment: dt.datetime, unit: str) -> dt.datetime:
     return moment.replace(year=moment.year + (moment.month == 12), month=month)
 
 
+def _gap_filled(query: Query) -> bool:
+    """True when the answer has one row per time bucket: the time dimension alone."""
+    return query.time_dimension is not None and query.dimensions == (query.time_dimension,)
+
+
 def fill_time_gaps(query: Query, rows: list[Row]) -> list[Row]:
     """With the time dimension alone, one row per bucket, zeros where nothing happened."""
-    if query.dimensions != (query.time_dimension,) or query.time_dimension is None:
+    if not _gap_filled(query):
         return rows
     by_label = {row["dimensions"][0]: row for row in rows}
     zeros = [0] * len(query.metrics)
@@ -118,6 +125,25 @@ def fill_time_gaps(query: Query, rows: list[Row]) -> list[Row]:
         by_label.get(label, {"dimensions": [label], "metrics": list(zeros)})
         for label in time_labels(query)
     ]
+
+
+def _ordered_page(query: Query, rows: list[Row]) -> list[Row]:
+    """``rows`` in the query's order (oldest bucket first by default), then its page."""
+    for name, direction in reversed(query.order_by):  # stable sorts, last key first
+        part, index = (
+            ("dimensions", query.dimensions.index(name))
+            if name in query.dimensions
+            else ("metrics", query.metrics.index(name))
+        )
+        rows = sorted(
+            rows,
+            key=lambda row, part=part, index=index: (
+                row[part][index] is not None,
+                row[part][index] or 0,
+            ),
+            reverse=direction == "desc",
+        )
+    return rows[query.offset : query.offset + query.limit]
 
 
 def _change(metric: str, now: Any, before: Any) -> Any:
@@ -145,16 +171,22 @@ async def run_query(engine: QueryEngine, query: Query) -> dict[str, Any]:
     """The whole answer: ``results``, ``meta`` and the normalised ``query``."""
     query = from_first_event(engine, query)
     _check_time_buckets(query)
-    rows, total = await _rows(engine, query)
+    every_bucket = _gap_filled(query)  # ordered and paged here, after the gaps are filled
+    rows, total = await _rows(engine, _whole(query) if every_bucket else query)
     rows = fill_time_gaps(query, rows)
+    if query.total_rows and not rows and query.offset:  # past the last page
+        total = (await _rows(engine, replace(query, limit=1, offset=0)))[1]
     meta: dict[str, Any] = {}
     if query.comparison:
         earlier = query.with_range(
             previous_period(query.date_range, query.comparison, query.timezone)
         )
-        earlier_rows = fill_time_gaps(earlier, (await _rows(engine, earlier))[0])
-        _attach_comparison(query, rows, earlier_rows)
+        earlier_rows = fill_time_gaps(earlier, (await _rows(engine, _whole(earlier)))[0])
+        _attach_comparison(query, rows, earlier, earlier_rows)
         meta["comparison_date_range"] = _range_json(earlier)
+    if every_bucket:
+        total = len(rows)
+        rows = _ordered_page(query, rows)
     if query.time_labels:
         meta["time_labels"] = time_labels(query)
     if query.total_rows:
@@ -162,19 +194,36 @@ async def run_query(engine: QueryEngine, query: Query) -> dict[str, Any]:
     return {"results": rows, "meta": meta, "query": _query_json(query)}
 
 
-def _attach_comparison(query: Query, rows: list[Row], earlier: list[Row]) -> None:
-    time_index = query.dimensions.index(query.time_dimension) if query.time_dimension else None
-    if time_index is not None:  # compare bucket k with bucket k of the earlier period
-        matches = dict(enumerate(earlier))
-        keyed = {i: row for i, row in enumerate(rows)}
-        pairs = [(row, matches.get(i)) for i, row in keyed.items()]
-    else:
-        by_dims = {tuple(row["dimensions"]): row for row in earlier}
-        pairs = [(row, by_dims.get(tuple(row["dimensions"]))) for row in rows]
-    for row, before in pairs:
-        before_metrics = before["metrics"] if before else [0] * len(query.metrics)
+def _whole(query: Query) -> Query:
+    """The query's first rows, as many as a page may hold, from the first."""
+    return replace(query, limit=MAX_LIMIT, offset=0)
+
+
+def _comparison_key(query: Query) -> Callable[[Row], tuple[Any, ...]]:
+    """A row's dimensions, its time bucket counted from the start of the query's range."""
+    position = query.dimensions.index(query.time_dimension) if query.time_dimension else None
+    buckets = {label: k for k, label in enumerate(time_labels(query))}
+
+    def key(row: Row) -> tuple[Any, ...]:
+        labels = list(row["dimensions"])
+        if position is not None:
+            labels[position] = buckets.get(labels[position])
+        return tuple(labels)
+
+    return key
+
+
+def _attach_comparison(query: Query, rows: list[Row], earlier: Query, before: list[Row]) -> None:
+    """Each row's comparison: the earlier period's row with the same dimensions, its time
+    bucket as far into the earlier period as the row's into the query's."""
+    earlier_key = _comparison_key(earlier)
+    by_key = {earlier_key(row): row for row in before}
+    key = _comparison_key(query)
+    for row in rows:
+        before_row = by_key.get(key(row))
+        before_metrics = before_row["metrics"] if before_row else [0] * len(query.metrics)
         row["comparison"] = {
-            "dimensions": before["dimensions"] if before else row["dimensions"],
+            "dimensions": before_row["dimensions"] if before_row else row["dimensions"],
             "metrics": before_metrics,
             "change": [
                 _change(metric, now, then)
