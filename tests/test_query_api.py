@@ -661,6 +661,30 @@ async def test_retention(stats_server: RunningServer) -> None:
         assert all_time == custom
 
 
+async def test_ranges_of_centuries_bucket_by_the_zone_as_short_ones(
+    stats_server: RunningServer,
+) -> None:
+    """Beyond 10,000 days DuckDB converts each time to the zone (instead of a CASE over
+    every DST transition, built on the event loop): the same days and weeks."""
+    zone = {"timezone": "America/New_York"}
+    for interval, first in (("day", "2026-01-10"), ("week", "2026-01-05")):
+        centuries, month = [
+            await get(stats_server, "/api/stats/retention", period="custom", date=dates,
+                      interval=interval, **zone)
+            for dates in ("1970-01-01,9998-12-31", "2026-01-01,2026-01-31")
+        ]  # fmt: skip
+        assert centuries == month
+        assert centuries["cohorts"][0]["cohort"] == first
+    weeks = [
+        await query(
+            stats_server, metrics=["visitors"], dimensions=["time:week"], date_range=dates, **zone
+        )
+        for dates in (["1990-01-01", "2049-12-31"], ["2026-01-01", "2026-01-31"])
+    ]
+    busy = [{week: row for week, row in table(answer).items() if row != [0]} for answer in weeks]
+    assert busy == [{("2026-01-05",): [4]}] * 2
+
+
 async def test_funnel_and_retention_with_a_visit_filter(stats_server: RunningServer) -> None:
     french = json.dumps([["is", "visit:country", ["FR"]]])  # visitor 2, one page: "/"
     funnel = await get(

@@ -158,27 +158,36 @@ def time_bucket(dimension: str, query: Query, at: str) -> str:
     Local time is epoch microseconds plus the zone's offset at that instant
     (a CASE over the range's DST transitions), so hours, days and weeks are
     integer divisions: several times cheaper per row than converting
-    timestamps. Months are calendar-shaped and truncate a timestamp instead.
+    timestamps. Over ranges longer than ``OFFSET_WALK_DAYS`` (thousands of
+    transitions) DuckDB converts each timestamp instead. Months are
+    calendar-shaped and truncate a timestamp.
     """
     unit = TIME_FORMATS[dimension][0]
     if unit == "month":
         return f"date_trunc('month', timezone('{_zone(query)}', {at}))"
-    pieces = utc_offsets(query.timezone, query.date_range.start, query.date_range.end)
-    epoch = f"epoch_us({at})"
-    if len(pieces) == 1:
-        offset = str(pieces[0][1])
+    if query.date_range.end - query.date_range.start > dt.timedelta(days=OFFSET_WALK_DAYS):
+        local = f"epoch_us(timezone('{_zone(query)}', {at}))"
     else:
-        branches = " ".join(
-            f"WHEN {epoch} < {until} THEN {offset}"
-            for (_, offset), (until, _) in itertools.pairwise(pieces)
-        )
-        offset = f"CASE {branches} ELSE {pieces[-1][1]} END"
-    local_day = f"(({epoch} + {offset}) // {MICROS_PER_DAY})"
+        local = f"(epoch_us({at}) + {_utc_offset_sql(query, at)})"
+    local_day = f"({local} // {MICROS_PER_DAY})"
     if unit == "hour":
-        return f"(({epoch} + {offset}) // {MICROS_PER_HOUR})"
+        return f"({local} // {MICROS_PER_HOUR})"
     if unit == "day":
         return local_day
     return f"(({local_day} - {MONDAY}) // 7)"  # weeks start on Monday
+
+
+def _utc_offset_sql(query: Query, at: str) -> str:
+    """SQL: the offset (in microseconds) of the query's zone at ``at``, by the range's DST
+    transitions."""
+    pieces = utc_offsets(query.timezone, query.date_range.start, query.date_range.end)
+    if len(pieces) == 1:
+        return str(pieces[0][1])
+    branches = " ".join(
+        f"WHEN epoch_us({at}) < {until} THEN {offset}"
+        for (_, offset), (until, _) in itertools.pairwise(pieces)
+    )
+    return f"CASE {branches} ELSE {pieces[-1][1]} END"
 
 
 def _zone(query: Query) -> str:
