@@ -59,7 +59,7 @@ async def test_a_query_cancelled_while_queued_never_runs() -> None:
             await threads.run(lambda: ran.append("late"))
         release.set()
     await threads.run(lambda: ran.append("next"))
-    threads.close()
+    assert threads.close(timeout=5)
     assert ran == ["next"]
 
 
@@ -151,6 +151,38 @@ async def test_a_query_over_its_time_is_interrupted(tmp_path: Path) -> None:
             assert await engine.fetch("SELECT 2") == (["2"], [(2,)])
     finally:
         engine.close()
+
+
+async def test_closing_waits_for_an_interrupted_query_to_stop(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Shutdown cancels a running query and closes the engine at once: DuckDB refused
+    to close while the interrupted query had not stopped yet (ResourceInUseException)."""
+    layout = DataLayout(tmp_path)
+    layout.create()
+    engine = QueryEngine(layout)
+    with trio.move_on_after(0.3):
+        await engine.fetch("SELECT count(*) FROM range(1000000000000)")
+    engine.close()
+    assert "DuckDB left open" not in caplog.text
+
+
+def test_closing_threads_says_when_a_call_runs_on() -> None:
+    threads = QueryThreads(1)
+    started, release = threading.Event(), threading.Event()
+
+    def work() -> None:
+        started.set()
+        release.wait()
+
+    runner = threading.Thread(target=trio.run, args=(threads.run, work))
+    runner.start()
+    try:
+        assert started.wait(5)
+        assert not threads.close(timeout=0.1)
+    finally:
+        release.set()
+        runner.join()
 
 
 def test_file_shapes_read_each_footer_once_and_forget_beyond_their_limit(

@@ -13,6 +13,7 @@ import collections
 import contextlib
 import dataclasses
 import datetime as dt
+import logging
 import os
 import threading
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
@@ -56,6 +57,9 @@ from mallard.storage.schema import (
 # given the site a query reads: at least that site's events).
 PendingParts = Sequence[tuple[str, Callable[[str], pa.Table]]]
 PendingEvents = Callable[[], PendingParts]
+log = logging.getLogger(__name__)
+
+CLOSE_WAIT = 5.0  # seconds close() waits for interrupted queries to stop
 EMPTY_EVENTS = events_to_table([])
 EMPTY_VISITS = VISIT_SCHEMA.empty_table()
 EMPTY_PAIRS = PAIR_SCHEMA.empty_table()
@@ -624,5 +628,10 @@ class QueryEngine:
         return rows == [(42,)]
 
     def close(self) -> None:
-        self._threads.close()
-        self._database.close()
+        """Close DuckDB once the queries still running (interrupted when their callers
+        were cancelled) have stopped; one that runs on past ``CLOSE_WAIT`` seconds keeps
+        it open until the process ends."""
+        if self._threads.close(timeout=CLOSE_WAIT):
+            self._database.close()
+        else:
+            log.warning("a query still ran %g s after shutdown began; DuckDB left open", CLOSE_WAIT)

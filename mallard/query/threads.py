@@ -51,6 +51,8 @@ class QueryThreads:
         self._executor = ThreadPoolExecutor(
             workers, thread_name_prefix="mallard-query", initializer=_lower_own_priority
         )
+        self._calls = 0  # running or queued
+        self._finished = threading.Condition()
 
     async def run(self, function: Callable[[], T]) -> T:
         """Run ``function`` in a query thread; cancelling abandons it (the caller stops it
@@ -62,7 +64,10 @@ class QueryThreads:
             with contextlib.suppress(trio.RunFinishedError):
                 token.run_sync_soon(done.set)
 
+        with self._finished:
+            self._calls += 1
         future = self._executor.submit(function)
+        future.add_done_callback(self._count_out)
         future.add_done_callback(wake)
         try:
             await done.wait()
@@ -71,8 +76,17 @@ class QueryThreads:
             raise
         return future.result()
 
-    def close(self) -> None:
+    def _count_out(self, _: Future[T]) -> None:
+        with self._finished:
+            self._calls -= 1
+            self._finished.notify_all()
+
+    def close(self, timeout: float) -> bool:
+        """Run nothing more; True once the calls running have ended, False if some still
+        run after ``timeout`` seconds."""
         self._executor.shutdown(wait=False, cancel_futures=True)
+        with self._finished:
+            return self._finished.wait_for(lambda: self._calls == 0, timeout)
 
 
 class Handoff:
