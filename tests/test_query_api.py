@@ -201,6 +201,7 @@ async def test_goal_conversion_and_revenue(stats_server: RunningServer) -> None:
         filters=[["is", "event:goal", ["signup"]]],
     )
     assert metrics(signup) == [1, 25.0]
+    assert signup["meta"] == {}  # no revenue metric asked
     goals = await query(
         stats_server,
         metrics=["visitors", "events", "total_revenue", "conversion_rate"],
@@ -211,6 +212,22 @@ async def test_goal_conversion_and_revenue(stats_server: RunningServer) -> None:
         ("purchase",): [1, 1, 10.0, 25.0],
         ("signup",): [1, 1, 0.0, 25.0],
     }
+
+
+async def test_revenue_names_its_currencies(server: RunningServer) -> None:
+    for name, amount, currency in [("purchase", 10, "USD"), ("donation", 5, "EUR")]:
+        body = {**SEED_EVENT, "n": name, "ra": amount, "rc": currency}
+        assert (await server.post_event(body)).status_code == 202
+    revenue = {"site_id": "example.com", "date_range": "day", "metrics": ["total_revenue"]}
+    mixed = await query(server, **revenue)
+    assert metrics(mixed) == [15.0]
+    assert mixed["meta"]["revenue_currencies"] == ["EUR", "USD"]
+    warning = mixed["meta"]["metric_warnings"]["total_revenue"]
+    assert warning["code"] == "several_currencies"
+    assert "EUR, USD are added as they are" in warning["warning"]
+    purchases = await query(server, **revenue, filters=[["is", "event:goal", ["purchase"]]])
+    assert metrics(purchases) == [10.0]
+    assert purchases["meta"] == {"revenue_currencies": ["USD"]}
 
 
 async def test_props_breakdown_and_percentage(stats_server: RunningServer) -> None:

@@ -11,7 +11,12 @@ from typing import Any
 
 from mallard.query.engine import QueryEngine
 from mallard.query.model import MAX_LIMIT, Query, QueryError, days_range, previous_period
-from mallard.query.sql import TIME_FORMATS, aggregate_sql, concrete_dimension
+from mallard.query.sql import (
+    TIME_FORMATS,
+    aggregate_sql,
+    concrete_dimension,
+    revenue_currencies_sql,
+)
 
 Row = dict[str, Any]
 
@@ -184,6 +189,8 @@ async def run_query(engine: QueryEngine, query: Query) -> dict[str, Any]:
         earlier_rows = fill_time_gaps(earlier, (await _rows(engine, _whole(earlier)))[0])
         _attach_comparison(query, rows, earlier, earlier_rows)
         meta["comparison_date_range"] = _range_json(earlier)
+    if any(metric in REVENUE_METRICS for metric in query.metrics):
+        _name_currencies(query, await _revenue_currencies(engine, query), meta)
     if every_bucket:
         total = len(rows)
         rows = _ordered_page(query, rows)
@@ -192,6 +199,37 @@ async def run_query(engine: QueryEngine, query: Query) -> dict[str, Any]:
     if query.total_rows:
         meta["total_rows"] = max(total, len(rows))
     return {"results": rows, "meta": meta, "query": _query_json(query)}
+
+
+REVENUE_METRICS = ("total_revenue", "average_revenue")
+
+
+async def _revenue_currencies(engine: QueryEngine, query: Query) -> list[str | None]:
+    statement = revenue_currencies_sql(query)
+    _, records = await engine.fetch(
+        statement.sql,
+        statement.parameters,
+        site_id=query.site_id,
+        start=query.date_range.start,
+        end=query.date_range.end,
+    )
+    return [currency for (currency,) in records]
+
+
+def _name_currencies(query: Query, currencies: list[str | None], meta: dict[str, Any]) -> None:
+    """List the revenue's currencies in ``meta``, with a warning when there are several:
+    their amounts are added as they are (there are no exchange rates)."""
+    meta["revenue_currencies"] = currencies
+    if len(currencies) > 1:
+        named = ", ".join(str(currency) for currency in currencies)
+        meta["metric_warnings"] = {
+            metric: {
+                "code": "several_currencies",
+                "warning": f"amounts in {named} are added as they are, without exchange rates",
+            }
+            for metric in query.metrics
+            if metric in REVENUE_METRICS
+        }
 
 
 def _whole(query: Query) -> Query:
