@@ -225,9 +225,11 @@ async def test_revenue_names_its_currencies(server: RunningServer) -> None:
     warning = mixed["meta"]["metric_warnings"]["total_revenue"]
     assert warning["code"] == "several_currencies"
     assert "EUR, USD are added as they are" in warning["warning"]
-    purchases = await query(server, **revenue, filters=[["is", "event:goal", ["purchase"]]])
-    assert metrics(purchases) == [10.0]
-    assert purchases["meta"] == {"revenue_currencies": ["USD"]}
+    purchase = ["is", "event:goal", ["purchase"]]
+    for filters in ([purchase], [purchase, ["is", "visit:source", ["(none)"]]]):
+        purchases = await query(server, **revenue, filters=filters)
+        assert metrics(purchases) == [10.0]
+        assert purchases["meta"] == {"revenue_currencies": ["USD"]}
 
 
 async def test_props_breakdown_and_percentage(stats_server: RunningServer) -> None:

@@ -9,6 +9,8 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
+import trio
+
 from mallard.query.engine import QueryEngine
 from mallard.query.model import MAX_LIMIT, Query, QueryError, days_range, previous_period
 from mallard.query.sql import (
@@ -177,11 +179,14 @@ async def run_query(engine: QueryEngine, query: Query) -> dict[str, Any]:
     query = from_first_event(engine, query)
     _check_time_buckets(query)
     every_bucket = _gap_filled(query)  # ordered and paged here, after the gaps are filled
-    rows, total = await _rows(engine, _whole(query) if every_bucket else query)
+    meta: dict[str, Any] = {}
+    async with trio.open_nursery() as nursery:  # the currencies beside the rows
+        if any(metric in REVENUE_METRICS for metric in query.metrics):
+            nursery.start_soon(_name_currencies, engine, query, meta)
+        rows, total = await _rows(engine, _whole(query) if every_bucket else query)
     rows = fill_time_gaps(query, rows)
     if query.total_rows and not rows and query.offset:  # past the last page
         total = (await _rows(engine, replace(query, limit=1, offset=0)))[1]
-    meta: dict[str, Any] = {}
     if query.comparison:
         earlier = query.with_range(
             previous_period(query.date_range, query.comparison, query.timezone)
@@ -189,8 +194,6 @@ async def run_query(engine: QueryEngine, query: Query) -> dict[str, Any]:
         earlier_rows = fill_time_gaps(earlier, (await _rows(engine, _whole(earlier)))[0])
         _attach_comparison(query, rows, earlier, earlier_rows)
         meta["comparison_date_range"] = _range_json(earlier)
-    if any(metric in REVENUE_METRICS for metric in query.metrics):
-        _name_currencies(query, await _revenue_currencies(engine, query), meta)
     if every_bucket:
         total = len(rows)
         rows = _ordered_page(query, rows)
@@ -204,7 +207,9 @@ async def run_query(engine: QueryEngine, query: Query) -> dict[str, Any]:
 REVENUE_METRICS = ("total_revenue", "average_revenue")
 
 
-async def _revenue_currencies(engine: QueryEngine, query: Query) -> list[str | None]:
+async def _name_currencies(engine: QueryEngine, query: Query, meta: dict[str, Any]) -> None:
+    """List the revenue's currencies in ``meta``, with a warning when there are several:
+    their amounts are added as they are (there are no exchange rates)."""
     statement = revenue_currencies_sql(query)
     _, records = await engine.fetch(
         statement.sql,
@@ -213,12 +218,7 @@ async def _revenue_currencies(engine: QueryEngine, query: Query) -> list[str | N
         start=query.date_range.start,
         end=query.date_range.end,
     )
-    return [currency for (currency,) in records]
-
-
-def _name_currencies(query: Query, currencies: list[str | None], meta: dict[str, Any]) -> None:
-    """List the revenue's currencies in ``meta``, with a warning when there are several:
-    their amounts are added as they are (there are no exchange rates)."""
+    currencies = [currency for (currency,) in records]
     meta["revenue_currencies"] = currencies
     if len(currencies) > 1:
         named = ", ".join(str(currency) for currency in currencies)
