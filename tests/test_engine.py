@@ -17,6 +17,8 @@ import trio
 
 from mallard.query import engine as engine_module
 from mallard.query.engine import FileShapes, QueryEngine, QueryTimeout
+from mallard.query.model import parse_query
+from mallard.query.stats import run_query
 from mallard.query.threads import Handoff, QueryThreads
 from mallard.storage.layout import DataLayout
 from mallard.storage.locks import site_lock
@@ -165,6 +167,20 @@ async def test_closing_waits_for_an_interrupted_query_to_stop(
         await engine.fetch("SELECT count(*) FROM range(1000000000000)")
     engine.close()
     assert "DuckDB left open" not in caplog.text
+
+
+async def test_a_query_for_revenue_times_out_like_any_other(tmp_path: Path) -> None:
+    """Its currencies are looked up too; the timeout still reaches the caller as itself
+    (an error handler answers it with a 503), not inside an exception group."""
+    layout = DataLayout(tmp_path)
+    layout.create()
+    engine = QueryEngine(layout, timeout=0)
+    query = parse_query({"site_id": "a.com", "metrics": ["total_revenue"], "date_range": "7d"})
+    try:
+        with pytest.raises(QueryTimeout):
+            await run_query(engine, query)
+    finally:
+        engine.close()
 
 
 def test_closing_threads_says_when_a_call_runs_on() -> None:

@@ -9,8 +9,6 @@ from dataclasses import replace
 from decimal import Decimal
 from typing import Any
 
-import trio
-
 from mallard.query.engine import QueryEngine
 from mallard.query.model import MAX_LIMIT, Query, QueryError, days_range, previous_period
 from mallard.query.sql import (
@@ -180,10 +178,9 @@ async def run_query(engine: QueryEngine, query: Query) -> dict[str, Any]:
     _check_time_buckets(query)
     every_bucket = _gap_filled(query)  # ordered and paged here, after the gaps are filled
     meta: dict[str, Any] = {}
-    async with trio.open_nursery() as nursery:  # the currencies beside the rows
-        if any(metric in REVENUE_METRICS for metric in query.metrics):
-            nursery.start_soon(_name_currencies, engine, query, meta)
-        rows, total = await _rows(engine, _whole(query) if every_bucket else query)
+    rows, total = await _rows(engine, _whole(query) if every_bucket else query)
+    if any(metric in REVENUE_METRICS for metric in query.metrics):
+        await _name_currencies(engine, query, meta)
     rows = fill_time_gaps(query, rows)
     if query.total_rows and not rows and query.offset:  # past the last page
         total = (await _rows(engine, replace(query, limit=1, offset=0)))[1]
