@@ -16,6 +16,7 @@ import pytest
 import trio
 
 from mallard.api.app import create_app
+from mallard.api.auth import ROW_ID
 from mallard.config import Settings
 from tests.conftest import RunningServer, start_process
 
@@ -51,22 +52,22 @@ STATS_ROUTES: dict[tuple[str, str], tuple[str, Any]] = {
 ACCOUNT_ROUTES: dict[tuple[str, str], tuple[str, Any]] = {
     ("GET", "/api/keys"): ("/api/keys", None),
     ("POST", "/api/keys"): ("/api/keys", {"name": "ci"}),
-    ("DELETE", "/api/keys/<int:key_id>"): ("/api/keys/1", None),
+    ("DELETE", f"/api/keys/<{ROW_ID}:key_id>"): ("/api/keys/1", None),
     ("DELETE", "/api/gdpr/erase"): (
         f"/api/gdpr/erase?site_id={A}&from=2020-01-01&to=2020-01-02",
         None,
     ),
     ("GET", "/api/users"): ("/api/users", None),
     ("POST", "/api/users"): ("/api/users", {"username": "u", "roles": {A: "viewer"}}),
-    ("PUT", "/api/users/<int:user_id>/roles/<site_id>"): (
+    ("PUT", f"/api/users/<{ROW_ID}:user_id>/roles/<site_id>"): (
         f"/api/users/1/roles/{A}",
         {"role": "viewer"},
     ),
-    ("DELETE", "/api/users/<int:user_id>/roles/<site_id>"): (f"/api/users/1/roles/{A}", None),
-    ("DELETE", "/api/users/<int:user_id>"): ("/api/users/2", None),
+    ("DELETE", f"/api/users/<{ROW_ID}:user_id>/roles/<site_id>"): (f"/api/users/1/roles/{A}", None),
+    ("DELETE", f"/api/users/<{ROW_ID}:user_id>"): ("/api/users/2", None),
     ("GET", "/api/shared-links"): ("/api/shared-links", None),
     ("POST", "/api/shared-links"): ("/api/shared-links", {"site_id": A}),
-    ("DELETE", "/api/shared-links/<int:link_id>"): ("/api/shared-links/1", None),
+    ("DELETE", f"/api/shared-links/<{ROW_ID}:link_id>"): ("/api/shared-links/1", None),
     ("POST", "/api/auth/password"): (
         "/api/auth/password",
         {"current_password": PASSWORD, "new_password": "another password"},
@@ -352,6 +353,28 @@ async def test_api_keys_scopes_listing_and_revocation(
     assert_json_error(await admin.delete(f"/api/keys/{read['id']}"), 404)
 
 
+async def test_bodies_and_ids_that_are_no_text_or_no_row_are_4xx(
+    start_server: Any, clients: MakeClient
+) -> None:
+    """A lone surrogate, bytes that are not UTF-8, nesting too deep: 400; an id beyond
+    SQLite's integers: 404 (each was a 500 with a traceback)."""
+    server = await start_server(admin_password=PASSWORD)
+    admin = await log_in(clients(server))
+    json_type = {"Content-Type": "application/json"}
+    deep = b"[" * 50_000 + b"]" * 50_000
+    for body in (b'{"password": "\\ud800"}', b'{"password": "\xff"}', deep):
+        for path in ("/api/auth/login", "/api/keys", "/api/users"):
+            assert_json_error(await admin.post(path, content=body, headers=json_type), 400, path)
+    huge = 10**23
+    for method, path in [
+        ("DELETE", f"/api/keys/{huge}"),
+        ("DELETE", f"/api/users/{huge}"),
+        ("DELETE", f"/api/shared-links/{huge}"),
+        ("PUT", f"/api/users/{huge}/roles/{A}"),
+    ]:
+        assert_json_error(await send(admin, method, path, {"role": "viewer"}), 404, path)
+
+
 async def test_a_key_reads_only_what_its_user_may(start_server: Any, clients: MakeClient) -> None:
     server = await start_server(admin_password=PASSWORD)
     admin = await log_in(clients(server))
@@ -386,7 +409,7 @@ async def test_a_viewer_reads_the_stats_of_their_sites_and_nothing_else(
     own = {
         ("POST", "/api/auth/password"),
         ("GET", "/api/keys"),
-        ("DELETE", "/api/keys/<int:key_id>"),
+        ("DELETE", f"/api/keys/<{ROW_ID}:key_id>"),
     }
     for route, (path, body) in ACCOUNT_ROUTES.items():
         if route not in own:  # one's own password and keys: below

@@ -29,7 +29,7 @@ from mallard.auth.access import (
 from mallard.auth.policy import Principal, User
 from mallard.auth.service import INVITE_TTL, Denied
 from mallard.auth.store import ApiKey, DuplicateUser, NewSession, SharedLink
-from mallard.query.model import QueryError, validate_site_id
+from mallard.query.model import QueryError, load_json, validate_site_id
 
 blueprint = Blueprint("auth", __name__)
 
@@ -64,11 +64,20 @@ async def not_cached(response: Response) -> Response:
     return response
 
 
+ROW_ID = f"int(max={2**63 - 1})"  # a row id in a URL: SQLite's INTEGER holds no more
+
+
 # --- reading the request ---------------------------------------------------------
 
 
 async def _body() -> dict[str, Any]:
-    body = await request.get_json(silent=True)
+    """The JSON object of the request: UTF-8 without lone surrogates, not too deep."""
+    body = None
+    if request.is_json:
+        try:
+            body = load_json(await request.get_data(), "the body")
+        except QueryError as error:
+            raise Denied(400, str(error)) from None
     if not isinstance(body, dict):
         raise Denied(400, "send a JSON object with Content-Type: application/json")
     return body
@@ -338,7 +347,7 @@ async def _member(principal: Principal, user_id: int, site_id: str) -> tuple[Use
     return user, user.roles.get(site_id)
 
 
-@blueprint.put("/api/users/<int:user_id>/roles/<site_id>")
+@blueprint.put(f"/api/users/<{ROW_ID}:user_id>/roles/<site_id>")
 async def grant_role(user_id: int, site_id: str) -> Any:
     principal = await _administrator()
     site = _site(site_id)
@@ -350,7 +359,7 @@ async def grant_role(user_id: int, site_id: str) -> Any:
     return await _user_answer(principal, user_id)
 
 
-@blueprint.delete("/api/users/<int:user_id>/roles/<site_id>")
+@blueprint.delete(f"/api/users/<{ROW_ID}:user_id>/roles/<site_id>")
 async def revoke_role(user_id: int, site_id: str) -> Any:
     principal = await _administrator()
     site = _site(site_id)
@@ -369,7 +378,7 @@ async def _user_answer(principal: Principal, user_id: int) -> Any:
     return jsonify({"user": user.as_json(policy.managed_sites(principal))})
 
 
-@blueprint.delete("/api/users/<int:user_id>")
+@blueprint.delete(f"/api/users/<{ROW_ID}:user_id>")
 async def delete_user(user_id: int) -> Any:
     """Superusers only; the account's sessions, keys and invites go with it."""
     principal = await account()
@@ -414,7 +423,7 @@ async def create_key() -> Any:
     return jsonify({**_key_json(info), "key": key}), 201
 
 
-@blueprint.delete("/api/keys/<int:key_id>")
+@blueprint.delete(f"/api/keys/<{ROW_ID}:key_id>")
 async def revoke_key(key_id: int) -> Any:
     principal = await account()
     if principal.scope != "admin":
@@ -460,7 +469,7 @@ async def create_link() -> Any:
     return jsonify({**_link_json(link), "token": token}), 201
 
 
-@blueprint.delete("/api/shared-links/<int:link_id>")
+@blueprint.delete(f"/api/shared-links/<{ROW_ID}:link_id>")
 async def revoke_link(link_id: int) -> Any:
     principal = await _administrator()
     auth = service()
