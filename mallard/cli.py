@@ -11,11 +11,15 @@ import socket
 import sys
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import trio
 
 from mallard import __version__
 from mallard.config import ConfigError, Settings, load_settings
+
+if TYPE_CHECKING:
+    from mallard.storage.layout import DataLayout
 
 EXIT_USAGE = 2
 
@@ -54,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--host", help="bind address (default 127.0.0.1)")
     demo.add_argument("--port", help="bind port, 0 for any free port (default 8000)")
     demo.add_argument("--events", type=_count, default=500_000, help="default 500000")
-    demo.add_argument("--days", type=_count, default=56, help="days up to today (default 56)")
+    days_help = f"days up to today, at most {MAX_DEMO_DAYS} (default 56)"
+    demo.add_argument("--days", type=_days, default=56, help=days_help)
     demo.add_argument("--fresh", action="store_true", help="generate again even if data exists")
     return parser
 
@@ -69,21 +74,46 @@ def _count(text: str) -> int:
     return value
 
 
+def _days(text: str) -> int:
+    value = _count(text)
+    if value > MAX_DEMO_DAYS:
+        raise argparse.ArgumentTypeError(f"{text!r} must be at most {MAX_DEMO_DAYS}")
+    return value
+
+
 DEMO_SITES = ["example.com", "shop.example.org", "blog.example.net"]
+MAX_DEMO_DAYS = 3660  # ten years
 
 
 def _demo(settings: Settings, args: argparse.Namespace) -> int:
     """Fill the data dir with synthetic traffic (unless it has some), compact it, serve it."""
     import shutil
 
-    from mallard.progress import progress_bar
-    from mallard.storage.compaction import compact
     from mallard.storage.layout import DataLayout
-    from mallard.synthetic import generate
 
     layout = DataLayout(settings.data_dir)
     if args.fresh:
         shutil.rmtree(layout.root, ignore_errors=True)
+    try:
+        _demo_traffic(layout, args)
+    except OSError as error:
+        if problem := _setting_at_fault(error, settings):
+            print(f"mallard: invalid setting {problem}", file=sys.stderr)
+            return EXIT_USAGE
+        raise
+    print(
+        f"demo: sites {', '.join(DEMO_SITES)}; open the URL of the 'listening on' line below",
+        file=sys.stderr,
+    )
+    return _serve(dataclasses.replace(settings, workers=1), args, [])
+
+
+def _demo_traffic(layout: DataLayout, args: argparse.Namespace) -> None:
+    """Synthetic traffic, compacted, unless the data dir has some."""
+    from mallard.progress import progress_bar
+    from mallard.storage.compaction import compact
+    from mallard.synthetic import generate
+
     if any(layout.events.glob("site_id=*")):
         print(f"demo: reusing the traffic in {layout.root} (--fresh for new)", file=sys.stderr)
     else:
@@ -100,11 +130,6 @@ def _demo(settings: Settings, args: argparse.Namespace) -> int:
             progress=progress_bar("demo: compacting", "days"),
             pairs_progress=progress_bar("demo: pairs", "days"),
         )
-    print(
-        f"demo: sites {', '.join(DEMO_SITES)}; open the URL of the 'listening on' line below",
-        file=sys.stderr,
-    )
-    return _serve(dataclasses.replace(settings, workers=1), args, [])
 
 
 def _settings(args: argparse.Namespace) -> Settings:
@@ -115,6 +140,7 @@ def _settings(args: argparse.Namespace) -> Settings:
 
 def _compact(settings: Settings, before: str | None) -> int:
     from mallard.progress import progress_bar
+    from mallard.query.model import FIRST_DAY, LAST_DAY
     from mallard.storage.compaction import compact
     from mallard.storage.layout import DataLayout
 
@@ -122,6 +148,10 @@ def _compact(settings: Settings, before: str | None) -> int:
         day = dt.date.fromisoformat(before) if before else None
     except ValueError:
         print(f"mallard: invalid setting --before: {before!r} is not YYYY-MM-DD", file=sys.stderr)
+        return EXIT_USAGE
+    if day is not None and not FIRST_DAY <= day <= LAST_DAY:
+        print(f"mallard: invalid setting --before: {before} is not between {FIRST_DAY} and "
+              f"{LAST_DAY}", file=sys.stderr)  # fmt: skip
         return EXIT_USAGE
     layout = DataLayout(settings.data_dir)
     if not layout.events.is_dir():

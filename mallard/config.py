@@ -86,6 +86,8 @@ class Settings:
 def _text(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {value!r}")
+    if "\0" in value:
+        raise ValueError("must not hold a NUL character")
     return value
 
 
@@ -118,7 +120,7 @@ def _number(
             raise ValueError(f"expected a number, got {value!r}")
         try:
             number = float(value) if isinstance(value, int | float) else float(str(value).strip())
-        except ValueError:
+        except (ValueError, OverflowError):
             raise ValueError(f"expected a number, got {value!r}") from None
         if number != number or number in (float("inf"), float("-inf")):
             raise ValueError(f"expected a finite number, got {value!r}")
@@ -214,7 +216,10 @@ def _path(value: Any) -> Path:
     text = _text(value).strip()
     if not text:
         raise ValueError("must not be empty")
-    return Path(text).expanduser()
+    try:
+        return Path(text).expanduser()
+    except RuntimeError as error:  # ~someone who has no home here
+        raise ValueError(f"cannot expand {text!r}: {error}") from None
 
 
 def _existing_file(value: Any) -> Path | None:

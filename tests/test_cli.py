@@ -160,6 +160,27 @@ def test_a_data_dir_that_cannot_be_one_is_one_line(tmp_path: Path, kind: str) ->
     assert line.startswith("mallard: invalid setting data_dir: ")
 
 
+@pytest.mark.parametrize(
+    ("args", "named"),
+    [
+        (["serve", "--data-dir", "~no-such-mallard-user/d"], "invalid setting --data-dir: "),
+        (["demo", "--port", "0", "--data-dir", "/dev/null"], "invalid setting data_dir: "),
+        (["demo", "--days", "1000000"], "--days: '1000000' must be at most"),
+        (["compact", "--before", "0001-01-01"], "--before: 0001-01-01 is not between"),
+    ],
+)
+def test_bad_arguments_of_every_command_are_one_line(
+    tmp_path: Path, args: list[str], named: str
+) -> None:
+    (tmp_path / "events").mkdir()  # for compact, which needs some
+    if "--data-dir" not in args:
+        args = [*args, "--data-dir", str(tmp_path)]
+    result = run_mallard(*args)
+    assert result.returncode == 2, result.stderr
+    assert named in result.stderr.strip().splitlines()[-1]
+    assert "Traceback" not in result.stderr
+
+
 def test_demo_fills_a_data_dir_and_serves_it(tmp_path: Path) -> None:
     data_dir = tmp_path / "demo"
     args = ("--events", "3000", "--days", "10")

@@ -236,6 +236,12 @@ def test_malformed_flag_names_the_flag(flags: dict[str, Any], name: str) -> None
         ('filter_bots = "perhaps"', "filter_bots"),
         ("site_ids = [1, 2]", "site_ids"),
         ("host = 5", "host"),
+        ('host = "127.0.0.1\\u0000"', "host"),
+        ('data_dir = "/tmp/x\\u0000y"', "data_dir"),
+        ('data_dir = "~nosuchuser-mallard/d"', "data_dir"),
+        ('geoip_db = "~nosuchuser-mallard/db.mmdb"', "geoip_db"),
+        (f"flush_interval = {'9' * 400}", "flush_interval"),
+        (f"rate_limit = {'9' * 400}", "rate_limit"),
     ],
 )
 def test_malformed_toml_value_names_the_setting(tmp_path: Path, text: str, setting: str) -> None:
