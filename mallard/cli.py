@@ -177,6 +177,7 @@ def _compact(settings: Settings, before: str | None) -> int:
 def _serve(settings: Settings, args: argparse.Namespace, argv: list[str]) -> int:
     from mallard.logs import configure_logging
     from mallard.server import ShutdownTimeout, serve
+    from mallard.storage.erasure import BrokenErasures
     from mallard.supervisor import supervise
 
     configure_logging(settings.log_format)
@@ -194,6 +195,8 @@ def _serve(settings: Settings, args: argparse.Namespace, argv: list[str]) -> int
         cause = _single_cause(error)
         if isinstance(cause, ShutdownTimeout):
             print(f"mallard: {cause}", file=sys.stderr)
+        elif isinstance(cause, BrokenErasures):
+            print(f"mallard: cannot start: {cause}", file=sys.stderr)
         elif isinstance(cause, OSError) and (problem := _setting_at_fault(cause, settings)):
             print(f"mallard: invalid setting {problem}", file=sys.stderr)
             return EXIT_USAGE

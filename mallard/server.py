@@ -93,6 +93,7 @@ async def serve(
     limiter = RateLimiter(settings.rate_limit / share, settings.effective_rate_burst / share)
     metrics = worker_metrics(layout) if worker is not None else Metrics()
     tombstones = Tombstones(layout)  # erasures: no writer or replay brings those events back
+    tombstones.current()  # readable, or no start: no 202 for events that could not be written
     await _replay_write_ahead_logs(layout, tombstones)
     writer = EventWriter(
         layout,

@@ -52,6 +52,10 @@ class ErasureReport:
     rows_erased: int = 0
 
 
+class BrokenErasures(Exception):
+    """``erasures.json`` is not a list of erasures: nothing may be written until it is."""
+
+
 class Tombstones:
     """The tombstones on disk, re-read only when the file changes."""
 
@@ -66,8 +70,14 @@ class Tombstones:
         except FileNotFoundError:
             return ()
         if (info.st_mtime_ns, info.st_size) != self._seen:
-            entries = json.loads(self._path.read_text())
-            self._tombstones = tuple(Tombstone(**entry) for entry in entries)
+            try:
+                entries = json.loads(self._path.read_text())
+                self._tombstones = tuple(Tombstone(**entry) for entry in entries)
+            except (ValueError, TypeError) as error:  # not JSON, not UTF-8, not erasures
+                raise BrokenErasures(
+                    f"{self._path} is not a list of erasures ({error}); restore it from a "
+                    "backup: events are not written while it cannot be read"
+                ) from None
             self._seen = (info.st_mtime_ns, info.st_size)
         return self._tombstones
 
