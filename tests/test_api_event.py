@@ -191,6 +191,12 @@ async def test_pixel_endpoint(server: RunningServer) -> None:
     assert response.content[:6] == b"GIF89a" and len(response.content) == 43
     missing = await server.client.get(f"{server.url}/api/event", params={"d": "example.com"})
     assert missing.status_code == 422
+    checked = await server.client.head(  # a link checker: the pixel's headers, no pageview
+        f"{server.url}/api/event",
+        params={"d": "example.com", "u": "https://example.com/checked"},
+        headers={"User-Agent": BROWSER_UA},
+    )
+    assert (checked.status_code, checked.headers["content-type"]) == (200, "image/gif")
     await server.stop()
     [stored] = server.events()
     assert (stored["event_name"], stored["pathname"], stored["screen_width"]) == (

@@ -141,7 +141,8 @@ class IngestEndpoint:
                 event = parse_body(await _read_body(receive, headers.get(b"content-length")))
             else:
                 event = parse_query(scope["query_string"])
-            await self._ingestor.ingest(event, _request_facts(scope, headers))
+            if method != "HEAD":  # the pixel's headers only: link checkers are no visitors
+                await self._ingestor.ingest(event, _request_facts(scope, headers))
         except InvalidEvent as error:
             await self._refuse(send, error)
             return
