@@ -175,6 +175,7 @@ def _compact(settings: Settings, before: str | None) -> int:
 
 
 def _serve(settings: Settings, args: argparse.Namespace, argv: list[str]) -> int:
+    from mallard.auth.store import BrokenAuthStore
     from mallard.logs import configure_logging
     from mallard.server import ShutdownTimeout, serve
     from mallard.storage.erasure import BrokenErasures
@@ -195,7 +196,7 @@ def _serve(settings: Settings, args: argparse.Namespace, argv: list[str]) -> int
         cause = _single_cause(error)
         if isinstance(cause, ShutdownTimeout):
             print(f"mallard: {cause}", file=sys.stderr)
-        elif isinstance(cause, BrokenErasures):
+        elif isinstance(cause, BrokenErasures | BrokenAuthStore):
             print(f"mallard: cannot start: {cause}", file=sys.stderr)
         elif isinstance(cause, OSError) and (problem := _setting_at_fault(cause, settings)):
             print(f"mallard: invalid setting {problem}", file=sys.stderr)

@@ -25,6 +25,7 @@ from hypercorn.config import Config as HypercornConfig
 
 from mallard.api.app import create_app
 from mallard.api.ingest import IngestEndpoint
+from mallard.auth.store import AuthStore, database_path
 from mallard.config import Settings
 from mallard.ingest.geo import GeoLookup
 from mallard.ingest.pipeline import Ingestor
@@ -94,6 +95,7 @@ async def serve(
     metrics = worker_metrics(layout) if worker is not None else Metrics()
     tombstones = Tombstones(layout)  # erasures: no writer or replay brings those events back
     tombstones.current()  # readable, or no start: no 202 for events that could not be written
+    AuthStore(database_path(settings.data_dir)).check()  # before serving, not in its start-up
     await _replay_write_ahead_logs(layout, tombstones)
     writer = EventWriter(
         layout,

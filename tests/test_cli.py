@@ -181,13 +181,23 @@ def test_bad_arguments_of_every_command_are_one_line(
     assert "Traceback" not in result.stderr
 
 
-def test_an_unreadable_erasures_file_stops_startup_before_any_202(tmp_path: Path) -> None:
-    """Every flush would fail on it, so no event is accepted while it cannot be read."""
-    (tmp_path / "erasures.json").write_text("{bad")
+@pytest.mark.parametrize(
+    ("name", "problem"),
+    [
+        # every flush would fail on it: no event is accepted while it cannot be read
+        ("erasures.json", "is not a list of erasures"),
+        ("auth/mallard.sqlite3", "is not a usable SQLite database"),
+    ],
+)
+def test_a_state_file_that_cannot_be_read_stops_startup_in_one_line(
+    tmp_path: Path, name: str, problem: str
+) -> None:
+    (tmp_path / name).parent.mkdir(exist_ok=True)
+    (tmp_path / name).write_text("{bad")
     result = run_mallard("serve", "--data-dir", str(tmp_path), "--port", "0")
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
-    assert line.startswith(f"mallard: cannot start: {tmp_path / 'erasures.json'} is not a list")
+    assert line.startswith(f"mallard: cannot start: {tmp_path / name} {problem}")
 
 
 def test_demo_fills_a_data_dir_and_serves_it(tmp_path: Path) -> None:

@@ -128,6 +128,10 @@ def _use_wal_journal(db: sqlite3.Connection) -> None:
         time.sleep(0.05)
 
 
+class BrokenAuthStore(Exception):
+    """The accounts' database cannot be opened as one."""
+
+
 class AuthStore:
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -141,10 +145,18 @@ class AuthStore:
         db = sqlite3.connect(
             self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_SECONDS
         )
-        _use_wal_journal(db)
-        db.execute("PRAGMA foreign_keys = ON")
-        db.execute("PRAGMA secure_delete = ON")
-        db.executescript(SCHEMA)  # idempotent; each statement commits on its own
+        try:
+            _use_wal_journal(db)
+            db.execute("PRAGMA foreign_keys = ON")
+            db.execute("PRAGMA secure_delete = ON")
+            db.executescript(SCHEMA)  # idempotent; each statement commits on its own
+        except sqlite3.DatabaseError as error:
+            if "locked" in str(error):
+                raise
+            raise BrokenAuthStore(
+                f"{self.path} is not a usable SQLite database ({error}); restore it from a "
+                "backup, or move it away to start with no accounts"
+            ) from None
         self._db = db
         with self._transaction() as tx:
             tx.execute(
@@ -152,6 +164,11 @@ class AuthStore:
                 "VALUES (?, 1, 1, ?)",
                 (BUILTIN_ADMIN, time.time()),
             )
+
+    def check(self) -> None:
+        """Open and close: raise ``BrokenAuthStore`` now rather than when serving starts."""
+        self.open()
+        self.close()
 
     def close(self) -> None:
         if self._db is not None:
