@@ -33,6 +33,7 @@ from mallard.ingest.ratelimit import RateLimiter
 from mallard.ingest.visitor import VisitorIds, load_or_create_secret
 from mallard.metrics import Metrics, worker_metrics
 from mallard.query.engine import QueryEngine
+from mallard.query.model import known_zones
 from mallard.storage.compaction import compact
 from mallard.storage.erasure import Tombstones
 from mallard.storage.layout import DataLayout
@@ -96,6 +97,7 @@ async def serve(
     tombstones = Tombstones(layout)  # erasures: no writer or replay brings those events back
     tombstones.current()  # readable, or no start: no 202 for events that could not be written
     AuthStore(database_path(settings.data_dir)).check()  # before serving, not in its start-up
+    known_zones()  # read once here (30 ms), not on the event loop at the first query
     await _replay_write_ahead_logs(layout, tombstones)
     writer = EventWriter(
         layout,

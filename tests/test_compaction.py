@@ -298,6 +298,19 @@ def test_a_column_that_does_not_convert_is_named(
     assert f"other.parquet: its column {name} is {values.type}, not " in skipped
 
 
+def test_a_value_beyond_its_column_leaves_its_day_alone_with_the_reason(
+    layout: DataLayout,
+) -> None:
+    """An amount of 1e20 passes the type check but not DuckDB's cast to DECIMAL(12, 2)."""
+    fill(layout, files=2)
+    amount = pa.array([1e20], pa.float64())
+    other = layout.partition("a.com", 20_000) / "other.parquet"
+    pq.write_table(_of_other_types("revenue_amount", amount), other)
+    [skipped] = compact(layout, before=DAY + dt.timedelta(days=1)).skipped
+    assert "other.parquet: Conversion Error" in skipped
+    assert other.exists()
+
+
 def test_a_file_that_cannot_be_merged_leaves_its_day_alone(
     layout: DataLayout, caplog: pytest.LogCaptureFixture
 ) -> None:

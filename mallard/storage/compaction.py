@@ -149,7 +149,10 @@ def _as_events(file: Path) -> pa.Table:
             raise pa.ArrowInvalid(f"no {min(missing)} column, which every event needs")
         read = f"SELECT {events_select(schema)} FROM read_parquet({file_list([str(file)])}, "
         with duckdb.connect(config={"threads": 1}) as connection:
-            table = connection.sql(read + "hive_partitioning = true)").to_arrow_table()
+            try:
+                table = connection.sql(read + "hive_partitioning = true)").to_arrow_table()
+            except duckdb.Error as error:  # a value beyond its column, e.g. an amount of 1e20
+                raise pa.ArrowInvalid(str(error).splitlines()[0]) from None
     for name in REQUIRED_COLUMNS:
         if empty := table.column(name).null_count:
             raise pa.ArrowInvalid(f"{name} is empty in {empty} rows")
