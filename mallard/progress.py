@@ -16,10 +16,12 @@ def progress_bar(label: str, unit: str) -> Callable[[int, int], None]:
     def show(done: int, total: int) -> None:
         share = done / total if total else 1.0
         filled = round(share * BAR_WIDTH)
-        rate = done / max(time.perf_counter() - started, 1e-9)
+        elapsed = max(time.perf_counter() - started, 1e-9)
+        rate = done / elapsed
+        left = f", {(total - done) / rate:,.0f} s left" if 0 < done < total else ""
         sys.stderr.write(
             f"\r{label} [{'#' * filled}{'.' * (BAR_WIDTH - filled)}] {share:4.0%} "
-            f"{done:,}/{total:,} {unit}, {rate:,.0f}/s"
+            f"{done:,}/{total:,} {unit}, {rate:,.{0 if rate >= 10 else 1}f}/s{left}"
         )
         if done >= total:
             sys.stderr.write("\n")

@@ -615,6 +615,9 @@ async def test_dashboard_endpoints(stats_server: RunningServer) -> None:
         ("/api/stats/main", {"period": "day", "date": "20260110"}, "YYYY-MM-DD"),
         ("/api/stats/main", {"period": "custom", "date": "20260101,20260110"}, "YYYY-MM-DD"),
         ("/api/stats/main", {"period": "24h", "date": "2026-01-10"}, "date does not"),
+        ("/api/stats/main", {"period": "realtime"}, "period must be one of day, 24h"),
+        ("/api/stats/main", {"period": "custom", "date": "foo,bar"}, "date must be two dates"),
+        ("/api/stats/main", {"period": "custom", "date": "2026-01-05,2026-01-01"}, "date ends"),
         (
             "/api/stats/timeseries",
             {"period": "custom", "date": "1970-01-01,9998-12-31", "interval": "hour"},

@@ -12,6 +12,7 @@ import duckdb
 import pyarrow.parquet as pq
 import pytest
 
+from mallard import progress
 from mallard.storage.layout import DataLayout
 from mallard.storage.schema import EVENT_SCHEMA
 from mallard.synthetic import GenerationReport, generate
@@ -220,3 +221,16 @@ def test_rejects_nonsense(tmp_path: Path) -> None:
         generate(tmp_path, events=10, days=0, sites=["example.com"])
     with pytest.raises(ValueError):
         generate(tmp_path, events=10, days=1, sites=[])
+
+
+def test_progress_line_shows_slow_rates_and_time_left(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    clock = iter([100.0, 104.0, 110.0])  # started, then each call
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    show = progress.progress_bar("pairs", "days")
+    show(2, 10)
+    show(10, 10)
+    first, last = capsys.readouterr().err.split("\r")[1:]
+    assert first.endswith("2/10 days, 0.5/s, 16 s left")
+    assert last == f"pairs [{'#' * progress.BAR_WIDTH}] 100% 10/10 days, 1.0/s\n"

@@ -21,7 +21,14 @@ from mallard.auth import access
 from mallard.ingest import dropped
 from mallard.query import behaviour, export
 from mallard.query.engine import QueryEngine, QueryTimeout, UnreadableFile
-from mallard.query.model import Query, QueryError, load_json, parse_query
+from mallard.query.model import (
+    DATE_PRESETS,
+    Query,
+    QueryError,
+    explicit_range,
+    load_json,
+    parse_query,
+)
 from mallard.query.sql import Derived
 from mallard.query.stats import from_first_event, run_query
 
@@ -148,7 +155,10 @@ def _date_fields(period: str, date: str | None) -> dict[str, Any]:
         parts = (date or "").split(",")
         if len(parts) != 2:
             raise QueryError("period=custom needs date=START,END")
+        explicit_range(parts, "UTC", "date")  # errors name the parameter the client sent
         return {"date_range": parts}
+    if period not in DATE_PRESETS:
+        raise QueryError(f"period must be one of {', '.join(DATE_PRESETS)} or custom")
     return {"date_range": period, **({"date": date} if date else {})}
 
 
