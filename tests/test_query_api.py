@@ -6,6 +6,7 @@ import datetime as dt
 import json
 import random
 import string
+import urllib.parse
 from decimal import Decimal
 from typing import Any
 
@@ -549,6 +550,39 @@ async def test_read_your_writes(server: RunningServer) -> None:
         f"{server.url}/api/stats/realtime", params={"site_id": "example.com", "filters": elsewhere}
     )
     assert realtime.json() == {"visitors": 0}
+
+
+PROP_KEYS = ["a/b", "größe", 'q"k', "t~x", "$.x", "emoji 😀"]
+
+
+async def test_every_property_key_ingestion_keeps_can_be_broken_down(
+    server: RunningServer,
+) -> None:
+    props = {key: f"value of {key}" for key in PROP_KEYS}
+    assert (await server.post_event({**SEED_EVENT, "p": json.dumps(props)})).status_code == 202
+    params = {"site_id": "example.com", "period": "day"}
+    for key in PROP_KEYS:
+        response = await server.client.get(
+            f"{server.url}/api/stats/breakdown/props/{urllib.parse.quote(key, safe='')}",
+            params=params,
+        )
+        assert response.status_code == 200, response.text
+        assert [row["dimensions"] for row in response.json()["results"]] == [[props[key]]]
+        filtered = await server.client.get(
+            f"{server.url}/api/stats/main",
+            params={**params, "filters": json.dumps([["is", f"event:props:{key}", [props[key]]]])},
+        )
+        assert filtered.json()["results"][0]["metrics"][0] == 1
+    control = await server.client.post(
+        f"{server.url}/api/v2/query",
+        json={
+            "site_id": "example.com",
+            "metrics": ["visitors"],
+            "dimensions": ["event:props:a\nb"],
+        },
+    )
+    assert control.status_code == 400
+    assert control.json()["error"] == "unknown dimension 'event:props:a\\nb'"
 
 
 @pytest.mark.parametrize("page", ["/İstanbul", "/ΣΊΣΥΦΟΣ"])

@@ -56,7 +56,7 @@ VISIT_DIMENSIONS = {
 }
 TIME_DIMENSIONS = ("time", "time:hour", "time:day", "time:week", "time:month")
 PROPS_PREFIX = "event:props:"
-PROP_KEY = re.compile(r"[A-Za-z0-9_.\-:$ ]{1,128}")
+PROP_KEY = re.compile(r"[^\x00-\x1f\x7f]{1,256}")  # any key ingestion keeps, but not controls
 
 FILTER_OPERATORS = ("is", "is_not", "contains", "contains_not", "matches", "matches_not")
 DATE_PRESETS = ("day", "24h", "7d", "28d", "30d", "91d", "month", "6mo", "12mo", "year", "all")

@@ -118,9 +118,9 @@ def column_for(dimension: str, params: Parameters, *, timezone: str) -> str:
         return EVENT_DIMENSIONS[dimension]
     if dimension in VISIT_DIMENSIONS:
         return visit_column(VISIT_DIMENSIONS[dimension])
-    key = dimension[len(PROPS_PREFIX) :].replace('"', "")
-    path = params.add('$."' + key + '"')
-    return f"json_extract_string(props, {path})"
+    key = dimension[len(PROPS_PREFIX) :]
+    pointer = "/" + key.replace("~", "~0").replace("/", "~1")  # RFC 6901: any key at all
+    return f"json_extract_string(props, {params.add(pointer)})"
 
 
 def visit_column(name: str) -> str:
