@@ -110,6 +110,7 @@ async def serve(
     engine = QueryEngine(
         layout,
         pending=writer.unflushed,
+        pending_sites=writer.unflushed_sites,
         cache_entries=settings.query_cache_entries,
         memory_mb=settings.query_memory_mb,
     )

@@ -90,3 +90,28 @@ async def test_a_viewer_lists_only_their_sites(start_server: Any, clients: Any) 
         {"site_id": "c.example", "timezone": "UTC", "has_data": False}
     ]
     assert (await clients(server).get("/api/sites")).status_code == 401
+
+
+async def test_a_site_has_data_from_its_first_accepted_event(start_server: Any) -> None:
+    """Read-your-writes for the site list too: no "waiting for the first event" until a flush."""
+    server = await start_server(sites=BERLIN, flush_interval=3600, flush_count=10_000)
+
+    async def listed() -> list[tuple[str, bool]]:
+        answer = (await server.client.get(f"{server.url}/api/sites")).json()
+        return [(site["site_id"], site["has_data"]) for site in answer["sites"]]
+
+    assert await listed() == [("b.example", False), ("c.example", False)]
+    for site in ("c.example", "new.example"):
+        event = {"d": site, "n": "pageview", "u": f"https://{site}/"}
+        assert (await server.post_event(event)).status_code == 202
+    bulk = [{"d": "bulk.example", "n": "pageview", "u": "https://bulk.example/"}] * 1000
+    for _ in range(2):  # past the events held as tuples: some are in an Arrow table
+        answer = await server.client.post(f"{server.url}/api/events", json=bulk)
+        assert answer.status_code == 202, answer.text
+    assert not any(DataLayout(server.data_dir).events.rglob("*.parquet"))  # not flushed yet
+    assert await listed() == [
+        ("b.example", False),
+        ("c.example", True),
+        ("bulk.example", True),
+        ("new.example", True),
+    ]

@@ -281,6 +281,7 @@ class QueryEngine:
         layout: DataLayout,
         *,
         pending: PendingEvents = tuple,
+        pending_sites: Callable[[], set[str]] = set,
         max_concurrent: int = max(os.cpu_count() or 1, 1),
         timeout: float = 30.0,
         memory_mb: int = 400,
@@ -288,6 +289,7 @@ class QueryEngine:
     ) -> None:
         self.layout = layout
         self._pending = pending
+        self._pending_sites = pending_sites
         self._timeout = timeout
         remove_dead_process_folders(layout.tmp, "duckdb-")  # spills of finished runs
         threads_before = thread_ids()
@@ -403,12 +405,13 @@ class QueryEngine:
         return snapshot
 
     def site_ids(self) -> set[str]:
-        """Every site with a partition folder of events."""
+        """Every site with a partition folder of events or with unflushed events."""
+        sites = self._pending_sites()
         with contextlib.suppress(FileNotFoundError), os.scandir(self.layout.events) as entries:
-            return {
+            sites |= {
                 e.name.removeprefix("site_id=") for e in entries if e.name.startswith("site_id=")
             }
-        return set()
+        return sites
 
     def first_day(self, site_id: str) -> dt.date | None:
         """The UTC date of the site's oldest partition (None without data)."""

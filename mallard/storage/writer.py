@@ -25,6 +25,7 @@ on the flush schedule, and reports what it does to :class:`~mallard.metrics.Metr
 from __future__ import annotations
 
 import functools
+import itertools
 import logging
 import math
 import time
@@ -34,6 +35,7 @@ from pathlib import Path
 from typing import Literal
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import trio
 
 from mallard.ingest.dropped import DropLog
@@ -136,6 +138,13 @@ class EventWriter:
 
             parts.append((collecting, convert))
         return parts
+
+    def unflushed_sites(self) -> set[str]:
+        """The sites of the accepted events not yet in Parquet: they have data already."""
+        sites = {event.site_id for event in self._staged}
+        for table in itertools.chain(self._batch, *(batch for _, batch in self._cut)):
+            sites.update(pc.unique(table["site_id"]).to_pylist())
+        return sites
 
     async def wait_durable(self, sequence: int) -> bool:
         """Wait until event number ``sequence`` is in the WAL (True) or refused (False)."""
