@@ -725,3 +725,60 @@ async def test_setup_can_wait_on_this_machine(
     assert await dashboard.evaluate(CARDS) == expected_cards(main)
     await dashboard.reload()  # still skipped in this tab
     assert dashboard.errors == []
+
+
+async def test_odd_values_and_hand_made_urls_leave_every_view_usable(
+    start_server: Any, tmp_path: Path, open_dashboard: OpenDashboard
+) -> None:
+    """Values that reorder text, paths too long for a line, and URLs no form would make."""
+    server = await start_server(data_dir=tmp_path / "odd", admin_password=PASSWORD, sites=SITES)
+    disguised, long_path = "/\u202e/gnp.exe", "/" + "x" * 1500
+    for page in (disguised, long_path):
+        event = {"d": SITE, "n": "pageview", "u": f"https://{SITE}{page}"}
+        assert (await server.post_event(event)).status_code == 202
+    today = day_in_zone()
+    dashboard = await open_dashboard(server, f"?site={SITE}&period=today&interval=month")
+
+    pages = await dashboard.evaluate(
+        "[...document.querySelectorAll('#panel-pages .row-button')].map((b) => b.textContent)"
+    )
+    assert "/[U+202E]/gnp.exe" in pages  # as it is, not as "/exe.png/"
+    y_labels = "[...document.querySelectorAll('#chart .y-label')].map((t) => t.textContent)"
+    assert await dashboard.evaluate(y_labels) == ["0", "1"]  # whole visitors: not 0, 0, 1, 1, 1
+    first_of_month = dt.date.fromisoformat(today).replace(day=1)
+    period = "[...document.querySelectorAll('#chart-table tbody th')].map((t) => t.textContent)"
+    assert await dashboard.evaluate(period) == [first_of_month.strftime("%b %Y")]  # not a day
+
+    def show_flow_of(path: str) -> Callable[[Page], None]:
+        def show(page: Page) -> None:
+            page.locator("#flow-page").fill(path)
+            page.get_by_role("button", name="Show its flow").click()
+
+        return show
+
+    widths = "[document.documentElement.scrollWidth, document.documentElement.clientWidth]"
+    await dashboard.settle(lambda page: page.click(f'#panel-pages [data-value="{long_path}"]'))
+    await dashboard.settle(lambda page: page.get_by_role("tab", name="Page flow").click())
+    await dashboard.settle(show_flow_of(long_path))
+    assert await dashboard.evaluate(widths) == [1280, 1280]  # the chip and the flow wrap
+
+    await dashboard.settle(show_flow_of("p01"))  # no leading slash: the API says so
+    assert "starting with /" in await dashboard.evaluate(
+        "document.querySelector('#behaviour [role=alert], #behaviour .error').textContent"
+    )
+    await dashboard.settle(show_flow_of("/pricing"))  # the form is still there to fix it
+    assert (await dashboard.query())["flow"] == "/pricing"
+
+    hand_made = json.dumps([None, 1, ["is", "constructor", ["x"]]])
+    await dashboard.do(lambda page: page.goto(f"{server.url}/?site={SITE}&filters={hand_made}"))
+    await dashboard.do(lambda page: wait_for_screen(page, DASHBOARD))
+    chips = "[...document.querySelectorAll('#filters .chip')].map((c) => c.textContent)"
+    assert await dashboard.evaluate(chips) == ["constructor is x ✕"]
+
+    week_ago = day_in_zone(-7)
+    backwards = f"?site={SITE}&period=custom&from={today}&to={week_ago}"
+    await dashboard.do(lambda page: page.goto(f"{server.url}/{backwards}"))
+    await dashboard.do(lambda page: wait_for_screen(page, DASHBOARD))
+    assert (await dashboard.evaluate(CARDS))["visitors"][0] == "1"
+    refused = "Failed to load resource: the server responded with a status of 400"
+    assert [error for error in dashboard.errors if not error.startswith(refused)] == []

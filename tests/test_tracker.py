@@ -233,13 +233,15 @@ class Stage:
         head: str = "",
         body: str = "",
         connect_src: str | None = None,
+        loading: str = "defer",
     ) -> str:
-        """Put an HTML page embedding the tracker on the site, under a strict CSP."""
+        """Put an HTML page embedding the tracker on the site, under a strict CSP;
+        ``loading`` is how the tag loads the script (``defer``, ``type="module"``)."""
         connect_src = connect_src or f"{self.script_origin} http://ingest.test:{self.mallard_port}"
         html = f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Shop</title><link rel="icon" href="data:,">
 {head}
-<script defer src="{self.script_origin}/mallard.js" data-domain="{SITE}" {attributes}></script>
+<script {loading} src="{self.script_origin}/mallard.js" data-domain="{SITE}" {attributes}></script>
 </head><body><h1>Shop: {path}</h1>{body}</body></html>"""
         csp = (
             f"default-src 'none'; script-src 'nonce-{NONCE}' {self.script_origin}; "
@@ -477,7 +479,11 @@ def download(page: Page, selector: str) -> str:
 
 @pytest.mark.parametrize(
     ("attribute", "recorded"),
-    [("data-file-downloads", "report.pdf"), ('data-file-downloads="md,txt"', "notes.md")],
+    [
+        ("data-file-downloads", "report.pdf"),
+        ('data-file-downloads="md,txt"', "notes.md"),
+        ('data-file-downloads="TXT, MD"', "notes.md"),  # spaces and capitals
+    ],
 )
 async def test_file_download_clicks_are_events_when_opted_in(
     stage: Stage, attribute: str, recorded: str
@@ -548,6 +554,47 @@ async def test_allow_local_records_on_localhost(stage: Stage, tmp_path: Path) ->
         [event] = await stage.stored(1)
     assert (event["hostname"], event["pathname"]) == ("localhost", "/local")
     assert tab.warnings == []
+    clean(tab)
+
+
+async def test_allow_local_records_a_file_page_as_localhost(
+    start_server: Any,
+    site: Site,
+    chromium: Chromium,
+    tmp_path: Path,
+    request: pytest.FixtureRequest,
+) -> None:
+    # No allowlist: a file page's Origin is "null", which no site id matches.
+    stage = Stage(await start_server(), site, chromium, request.node.name)
+    url = local_page(stage, tmp_path, "file", attributes="data-allow-local")
+    async with stage.visit(url) as tab:
+        [event] = await stage.stored(1)
+    assert (event["hostname"], event["pathname"]) == ("localhost", url.removeprefix("file://"))
+    assert tab.warnings == []
+    assert tab.errors == []
+
+
+async def test_sends_with_fetch_where_there_is_no_beacon(stage: Stage) -> None:
+    no_beacon = f'<script nonce="{NONCE}">delete Navigator.prototype.sendBeacon;</script>'
+    url = stage.page("/old", attributes=f'data-api="{stage.api}"', head=no_beacon)
+    async with stage.visit(url) as tab:
+        [event] = await stage.stored(1)
+    assert names_and_paths([event]) == [("pageview", "/old")]
+    assert [sent.resource_type for sent in tab.sent] == ["fetch"]
+    clean(tab)
+
+
+async def test_works_as_a_module_script(stage: Stage) -> None:
+    """A module has no ``document.currentScript``: the tag is found by its ``src``."""
+    url = stage.page("/modern", attributes=f'data-api="{stage.api}"', loading='type="module"')
+    async with stage.visit(url) as tab:
+        [event] = await stage.stored(1)
+        answer = await tab.evaluate(
+            'new Promise((resolve) => mallard("signup", {callback: resolve}))'
+        )
+    assert answer == {"status": 202}
+    assert names_and_paths([event]) == [("pageview", "/modern")]
+    assert {sent.url for sent in tab.sent} == {stage.api}  # data-api was read
     clean(tab)
 
 

@@ -12,17 +12,19 @@
 (function () {
   "use strict";
 
-  var script = document.currentScript;
+  // A module script has no currentScript: then the first script loaded from mallard.js.
+  var script = document.currentScript || document.querySelector('script[src*="mallard.js"]');
   var loc = location;
   function option(name) {
-    return script.getAttribute("data-" + name);
+    return script && script.getAttribute("data-" + name);
   }
 
-  var endpoint = option("api") || new URL("api/event", script.src).href;
-  var domain = option("domain") || loc.hostname.replace(/^www\./, "");
+  var endpoint = option("api") || new URL("api/event", script ? script.src : loc.href).href;
+  // A file:// page's host is empty, which RFC 8089 reads as localhost.
+  var host = loc.hostname || "localhost";
+  var domain = option("domain") || host.replace(/^www\./, "");
   var hashMode = option("hash") !== null;
-  var local =
-    /^(localhost|127(\.\d+){3}|\[::1\])$/.test(loc.hostname) || loc.protocol === "file:";
+  var local = /^(localhost|127(\.\d+){3}|\[::1\])$/.test(host) || loc.protocol === "file:";
   var enabled = !local || option("allow-local") !== null;
   var lastPage;
 
@@ -43,7 +45,7 @@
     // A string body goes out as text/plain, which needs no CORS preflight.
     var body = JSON.stringify({
       n: name,
-      u: loc.href,
+      u: loc.protocol === "file:" ? "file://" + host + loc.pathname + loc.search + loc.hash : loc.href,
       d: domain,
       r: document.referrer || null,
       w: innerWidth,
@@ -55,13 +57,13 @@
           : { amount: revenue, currency: options.currency },
     });
     // Both survive the page being unloaded; fetch is used when the answer is wanted.
-    if (callback) {
+    if (callback || !navigator.sendBeacon) {
       fetch(endpoint, { method: "POST", body: body, keepalive: true }).then(
         function (response) {
-          callback({ status: response.status });
+          callback && callback({ status: response.status });
         },
         function (error) {
-          callback({ error: error });
+          callback && callback({ error: error });
         }
       );
     } else {
@@ -97,7 +99,11 @@
   var extensions = (
     downloads ||
     "pdf,xlsx,docx,txt,rtf,csv,exe,key,pps,ppt,pptx,7z,pkg,rar,gz,zip,avi,mov,mp4,mpeg,wmv,midi,mp3,wav,wma,dmg,iso,msi"
-  ).split(",");
+  )
+    .split(",")
+    .map(function (extension) {
+      return extension.trim().toLowerCase();
+    });
 
   // Left and middle clicks on links; the keepalive request outlives the page.
   function onClick(event) {

@@ -351,6 +351,7 @@ async function loadChart(params, signal) {
     const compared = Boolean(answer.query.include.comparisons);
     view.chart.show({
       metric: state.metric,
+      interval: answer.query.dimensions[0].split(":")[1] ?? "",
       labels: rows.map((row) => row.dimensions[0]),
       values: rows.map((row) => row.metrics[0]),
       previousLabels: compared ? rows.map((row) => row.comparison?.dimensions[0] ?? "") : null,

@@ -6,7 +6,7 @@
 
 import { getJSON } from "./api.js";
 import { aborted, bar, errorNote, h } from "./dom.js";
-import { formatMetric } from "./format.js";
+import { formatMetric, plainText } from "./format.js";
 import { makeTabs } from "./tabs.js";
 
 const VIEWS = [
@@ -55,6 +55,7 @@ export class Behaviour {
     this.controller = new AbortController();
     const { signal } = this.controller;
     this.tabs.select(state.behaviour);
+    this.controls = []; // what a view has built before asking: kept above an error
     const panel = this.tabs.panel;
     panel.setAttribute("aria-busy", "true");
     try {
@@ -63,7 +64,7 @@ export class Behaviour {
       ];
       panel.replaceChildren(...(await view.call(this, state, params, signal)));
     } catch (error) {
-      if (!aborted(error)) panel.replaceChildren(errorNote(error));
+      if (!aborted(error)) panel.replaceChildren(...this.controls, errorNote(error));
     } finally {
       if (!signal.aborted) panel.removeAttribute("aria-busy");
     }
@@ -84,6 +85,7 @@ export class Behaviour {
         ),
       ];
     }
+    this.controls = [form];
     const answer = await getJSON(
       "/api/stats/funnel",
       { ...params, steps: state.funnel, window: state.window },
@@ -181,7 +183,7 @@ export class Behaviour {
       { class: "funnel", "aria-label": "Funnel" },
       steps.map((step, i) => {
         const [kind, ...rest] = step.name.split(":");
-        const name = `${kind === "page" ? "Page" : "Event"} ${rest.join(":")}`;
+        const name = `${kind === "page" ? "Page" : "Event"} ${plainText(rest.join(":"))}`;
         return h(
           "li",
           { class: "funnel-step", "data-step": step.step },
@@ -235,6 +237,7 @@ export class Behaviour {
       h("label", { for: "retention-interval" }, "Cohorts by"),
       interval,
     );
+    this.controls = [controls];
     const answer = await getJSON(
       "/api/stats/retention",
       { ...params, interval: state.retention },
@@ -335,15 +338,16 @@ export class Behaviour {
       if (input.value.trim()) this.actions.navigate({ flow: input.value.trim() }, ["behaviour"]);
     });
     if (!page) return [form, h("p", { class: "muted" }, "No page views in this period.")];
+    this.controls = [form];
     const answer = await getJSON("/api/stats/flow", { ...params, page }, signal);
     return [
       form,
       h(
         "div",
         { class: "flow" },
-        this.flowColumn("previous", `Before ${page}`, answer.previous),
-        h("p", { class: "flow-page", "aria-hidden": "true" }, page),
-        this.flowColumn("next", `After ${page}`, answer.next),
+        this.flowColumn("previous", `Before ${plainText(page)}`, answer.previous),
+        h("p", { class: "flow-page", "aria-hidden": "true" }, plainText(page)),
+        this.flowColumn("next", `After ${plainText(page)}`, answer.next),
       ),
     ];
   }
@@ -371,10 +375,10 @@ export class Behaviour {
                     {
                       type: "button",
                       class: "row-button flow-label",
-                      title: `Show the flow of ${row.page}`,
+                      title: `Show the flow of ${plainText(row.page)}`,
                       onclick: () => this.actions.navigate({ flow: row.page }, ["behaviour"]),
                     },
-                    row.page,
+                    plainText(row.page),
                   );
               return h(
                 "li",

@@ -10,12 +10,14 @@ import { formatMetric, METRICS } from "./format.js";
 const MARGIN = { top: 12, right: 16, bottom: 28, left: 64 };
 const X_TICKS = 6;
 
-/** A round upper bound for the y axis and the step between its grid lines. */
-function niceScale(max, ticks = 4) {
+/** A round upper bound for the y axis and the step between its grid lines; counts
+ * (``whole``) step by 1 at least, or a top of 1 would read 0, 0, 1, 1, 1. */
+function niceScale(max, whole, ticks = 4) {
   const highest = max > 0 ? max : 1;
   const raw = highest / ticks;
   const magnitude = 10 ** Math.floor(Math.log10(raw));
-  const step = [1, 2, 2.5, 5, 10].map((factor) => factor * magnitude).find((s) => s >= raw);
+  const nice = [1, 2, 2.5, 5, 10].map((factor) => factor * magnitude).find((s) => s >= raw);
+  const step = whole ? Math.max(1, nice) : nice;
   return { step, top: Math.ceil(highest / step - 1e-9) * step };
 }
 
@@ -35,8 +37,9 @@ function asDate(label) {
   return new Date(`${label.replace(" ", "T")}Z`);
 }
 
-/** Axis and tooltip texts for the API's bucket labels (``2026-11-21``, ``… 14:00:00``). */
-function labelFormats(labels) {
+/** Axis and tooltip texts for the API's bucket labels (``2026-11-21``, ``… 14:00:00``);
+ * ``interval`` (week, month) when the query named one, else the labels' spacing tells. */
+function labelFormats(labels, interval) {
   if (labels[0]?.includes(" ")) {
     const oneDay = labels[0].slice(0, 10) === labels.at(-1).slice(0, 10);
     const time = (label) => label.slice(11, 16);
@@ -45,7 +48,8 @@ function labelFormats(labels) {
       full: (label) => `${fullDay.format(asDate(label))} ${time(label)}`,
     };
   }
-  const gap = labels.length > 1 ? (asDate(labels[1]) - asDate(labels[0])) / 86_400_000 : 1;
+  const spacing = labels.length > 1 ? (asDate(labels[1]) - asDate(labels[0])) / 86_400_000 : 1;
+  const gap = { week: 7, month: 28 }[interval] ?? spacing;
   if (gap >= 28) {
     const month = (label) => monthYear.format(asDate(label));
     return { axis: month, full: month };
@@ -70,7 +74,8 @@ export class Chart {
     }).observe(box);
   }
 
-  /** ``{metric, labels, values, previousLabels, previous}``; ``previous`` may be null. */
+  /** ``{metric, interval, labels, values, previousLabels, previous}``; ``previous`` may be
+   * null, ``interval`` empty (the API chose). */
   show(data) {
     this.data = data;
     this.index = null;
@@ -80,7 +85,7 @@ export class Chart {
 
   draw() {
     if (!this.data) return;
-    const { metric, labels, values, previous } = this.data;
+    const { metric, labels, values, previous, interval } = this.data;
     this.width = this.box.clientWidth;
     const width = Math.max(280, this.width);
     const height = width < 600 ? 200 : 260;
@@ -90,14 +95,14 @@ export class Chart {
     let max = 0;
     for (const value of values) max = Math.max(max, value);
     for (const value of previous ?? []) max = Math.max(max, value);
-    const { step, top } = niceScale(max);
+    const { step, top } = niceScale(max, METRICS[metric].whole);
     const x = (i) => MARGIN.left + (count === 1 ? plotWidth / 2 : (i * plotWidth) / (count - 1));
     const y = (value) => MARGIN.top + plotHeight * (1 - value / top);
     const path = (series) =>
       series
         .map((value, i) => `${i ? "L" : "M"}${x(i).toFixed(1)},${y(value).toFixed(1)}`)
         .join("");
-    const formats = labelFormats(labels);
+    const formats = labelFormats(labels, interval);
     const format = (value) => formatMetric(metric, value);
 
     const grid = [];
@@ -206,8 +211,8 @@ export class Chart {
   }
 
   drawTable() {
-    const { metric, labels, values, previousLabels, previous } = this.data;
-    const { full } = labelFormats(labels);
+    const { metric, labels, values, previousLabels, previous, interval } = this.data;
+    const { full } = labelFormats(labels, interval);
     const name = METRICS[metric].label;
     this.tableBox.replaceChildren(
       h(

@@ -24,17 +24,17 @@ function duration(seconds) {
 }
 
 export const METRICS = {
-  visitors: { label: "Unique visitors", column: "Visitors", format: integer.format },
-  visits: { label: "Total visits", column: "Visits", format: integer.format },
-  pageviews: { label: "Total pageviews", column: "Pageviews", format: integer.format },
+  visitors: { label: "Unique visitors", column: "Visitors", format: integer.format, whole: true },
+  visits: { label: "Total visits", column: "Visits", format: integer.format, whole: true },
+  pageviews: { label: "Total pageviews", column: "Pageviews", format: integer.format, whole: true },
   views_per_visit: { label: "Views per visit", column: "Views/visit", format: decimal.format },
   bounce_rate: { label: "Bounce rate", column: "Bounce", format: percent, lowerIsBetter: true },
   visit_duration: { label: "Visit duration", column: "Duration", format: duration },
   total_revenue: { label: "Revenue", column: "Revenue", format: money.format },
-  events: { label: "Total events", column: "Events", format: integer.format },
+  events: { label: "Total events", column: "Events", format: integer.format, whole: true },
   conversion_rate: { label: "Conversion rate", column: "CR", format: percent },
   percentage: { label: "Share of visitors", column: "%", format: percent },
-  views: { label: "Views", column: "Views", format: integer.format },
+  views: { label: "Views", column: "Views", format: integer.format, whole: true },
 };
 
 export function formatMetric(metric, value) {
@@ -100,17 +100,34 @@ const DIMENSIONS = {
   "visit:hostname": { label: "Host name" },
 };
 
+// Only the table's own entries: a dimension named "constructor" is not one.
+function knownDimension(dimension) {
+  return Object.hasOwn(DIMENSIONS, dimension) ? DIMENSIONS[dimension] : undefined;
+}
+
 /** What a dimension is called, ``event:props:plan`` included. */
 export function dimensionLabel(dimension) {
   if (dimension.startsWith("event:props:")) return `Property ${dimension.slice(12)}`;
-  return DIMENSIONS[dimension]?.label ?? dimension;
+  return knownDimension(dimension)?.label ?? dimension;
+}
+
+// Characters that reorder the text around them without being seen: "/\u202e/gnp.exe"
+// would read "/exe.png/".
+const BIDI_CONTROLS = /[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]/g;
+
+/** ``text`` with its bidirectional controls written out (``[U+202E]``), so it reads as it is. */
+export function plainText(text) {
+  return String(text).replace(
+    BIDI_CONTROLS,
+    (control) => `[U+${control.codePointAt(0).toString(16).toUpperCase().padStart(4, "0")}]`,
+  );
 }
 
 /** A value of a dimension as people read it: country names, "Direct / None". */
 export function dimensionValue(dimension, value) {
-  const known = DIMENSIONS[dimension];
+  const known = knownDimension(dimension);
   if (value === "(none)") return known?.none ?? "(none)";
-  return known?.name ? known.name(value) : String(value);
+  return plainText(known?.name ? known.name(value) : value);
 }
 
 const OPERATORS = {
@@ -127,5 +144,6 @@ export function describeFilter(filter) {
   const [operator, dimension, values] = filter;
   if (typeof dimension !== "string" || !Array.isArray(values)) return JSON.stringify(filter);
   const shown = (values ?? []).map((value) => dimensionValue(dimension, value)).join(" or ");
-  return `${dimensionLabel(dimension)} ${OPERATORS[operator] ?? operator} ${shown}`;
+  const verb = Object.hasOwn(OPERATORS, operator) ? OPERATORS[operator] : operator;
+  return `${dimensionLabel(dimension)} ${verb} ${shown}`;
 }

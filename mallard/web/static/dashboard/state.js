@@ -43,11 +43,12 @@ const DEFAULTS = {
 
 const DATE = /^\d{4}-\d{2}-\d{2}$/;
 
+/** The URL's filters: a list of lists (the API checks the rest and says what is wrong). */
 function parseFilters(text) {
   if (!text) return [];
   try {
     const filters = JSON.parse(text);
-    return Array.isArray(filters) ? filters : [];
+    return Array.isArray(filters) ? filters.filter((filter) => Array.isArray(filter)) : [];
   } catch {
     return [];
   }
@@ -64,6 +65,7 @@ export function parseState(search) {
     state.period = DEFAULTS.period;
   }
   if (state.period !== "custom") state.from = state.to = "";
+  else if (state.from > state.to) [state.from, state.to] = [state.to, state.from];
   return state;
 }
 
