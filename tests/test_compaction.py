@@ -109,7 +109,8 @@ def test_today_is_compacted_as_far_as_it_has_come(layout: DataLayout) -> None:
 def test_a_swap_cut_short_by_a_crash_is_finished_not_merged_again(
     layout: DataLayout, tmp_path: Path
 ) -> None:
-    """A crash after the merged file's rename leaves the files it replaced: they go."""
+    """A crash after the merged file's rename leaves the files it replaced: queries do
+    not read them, and the next compaction deletes them."""
     fill(layout, files=3)
     partition = layout.partition("a.com", 20_000)
     sources = partition_files(layout)
@@ -127,6 +128,11 @@ def test_a_swap_cut_short_by_a_crash_is_finished_not_merged_again(
     replaced = kept / sources[2].name  # a new file under an old name is new data
     shutil.copy2(replaced, partition / replaced.name)
     os.utime(partition / replaced.name)
+    start = dt.datetime.combine(DAY, dt.time(), dt.UTC)
+    engine = QueryEngine(layout, cache_entries=0)
+    range_ = {"site_id": "a.com", "start": start, "end": start + dt.timedelta(days=1)}
+    _, [(events,)] = trio.run(partial(engine.fetch, "SELECT count(*) FROM source", **range_))
+    assert events == rows + pq.read_table(replaced).num_rows  # read once, before compaction
     assert compact(layout, before=DAY + dt.timedelta(days=1)).files_in == 2
     [merged] = partition_files(layout)
     assert pq.read_table(merged).num_rows == rows + pq.read_table(replaced).num_rows

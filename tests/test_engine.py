@@ -209,9 +209,9 @@ def test_file_shapes_read_each_footer_once_and_forget_beyond_their_limit(
     for index in range(5):
         paths.append(str(tmp_path / f"{index}.parquet"))
         pq.write_table(ours if index else ours.select(["visitor_id", "site_id"]), paths[-1])
-    read = engine_module._foreign_schema
+    read = engine_module._shape
     reads: list[str] = []
-    monkeypatch.setattr(engine_module, "_foreign_schema", lambda p: reads.append(p) or read(p))
+    monkeypatch.setattr(engine_module, "_shape", lambda p: reads.append(p) or read(p))
     monkeypatch.setattr(FileShapes, "LIMIT", 3)
     shapes = FileShapes()
     assert shapes.foreign(paths).keys() == {paths[0]}

@@ -18,6 +18,7 @@ import os
 import threading
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
 import duckdb
@@ -28,6 +29,7 @@ import trio
 
 from mallard.query.sql import Derived, events_select, file_list
 from mallard.query.threads import Handoff, QueryThreads, lower_priority, thread_ids
+from mallard.storage.compaction import held_by_compacted, merged_files
 from mallard.storage.layout import (
     COMPACTED_PREFIX,
     DataLayout,
@@ -103,17 +105,18 @@ class UnreadableFile(Exception):
         self.reason = reason
 
 
-def _foreign_schema(path: str) -> pa.Schema | None:
-    """The file's schema if it is not exactly ``EVENT_SCHEMA`` (None if it is)."""
+def _shape(path: str) -> tuple[pa.Schema | None, list[list[Any]]]:
+    """The file's schema if it is not exactly ``EVENT_SCHEMA`` (else None), and the
+    files it holds if it is a compacted file."""
     try:
         schema = pq.read_schema(path)
     except (OSError, pa.ArrowException) as error:
         raise UnreadableFile(path, str(error)) from error
     if is_event_schema(schema):
-        return None
+        return None, merged_files(schema)
     if reason := unconvertible(schema):
         raise UnreadableFile(path, reason)
-    return schema
+    return schema, merged_files(schema)
 
 
 class FileShapes:
@@ -131,8 +134,26 @@ class FileShapes:
     LIMIT = 10_000  # files remembered; beyond, only those of the latest query are kept
 
     def __init__(self) -> None:
-        self._known: dict[str, tuple[tuple[int, int, int], pa.Schema | None]] = {}
+        self._known: dict[str, tuple[tuple[int, int, int], pa.Schema | None, list[Any]]] = {}
         self._lock = threading.Lock()
+
+    def _shape(self, path: str) -> tuple[pa.Schema | None, list[list[Any]]]:
+        try:
+            info = os.stat(path)
+        except FileNotFoundError as error:
+            raise UnreadableFile(path, "it is gone") from error
+        version = (info.st_ino, info.st_size, info.st_mtime_ns)
+        with self._lock:
+            known = self._known.get(path)
+        if known is None or known[0] != version:
+            known = (version, *_shape(path))
+            with self._lock:
+                self._known[path] = known
+        return known[1], known[2]
+
+    def merged(self, path: os.PathLike[str]) -> list[list[Any]]:
+        """The files the compacted file ``path`` holds (see ``merged_files``)."""
+        return self._shape(os.fspath(path))[1]
 
     def foreign(self, paths: list[str]) -> dict[str, pa.Schema]:
         """The schemas of the ``paths`` not exactly of ``EVENT_SCHEMA``; raises
@@ -140,19 +161,9 @@ class FileShapes:
         convert (see :func:`mallard.storage.schema.unconvertible`)."""
         found = {}
         for path in paths:
-            try:
-                info = os.stat(path)
-            except FileNotFoundError as error:
-                raise UnreadableFile(path, "it is gone") from error
-            version = (info.st_ino, info.st_size, info.st_mtime_ns)
-            with self._lock:
-                known = self._known.get(path)
-            if known is None or known[0] != version:
-                known = (version, _foreign_schema(path))
-                with self._lock:
-                    self._known[path] = known
-            if known[1] is not None:
-                found[path] = known[1]
+            schema = self._shape(path)[0]
+            if schema is not None:
+                found[path] = schema
         with self._lock:
             if len(self._known) > self.LIMIT:
                 self._known = {p: self._known[p] for p in paths if p in self._known}
@@ -383,6 +394,8 @@ class QueryEngine:
             if not first <= day <= last:
                 continue
             names = [n for n in os.listdir(folder) if n.endswith(".parquet")]
+            if held := held_by_compacted(Path(folder), names, self._shapes.merged):
+                names = [n for n in names if n not in held]  # until compaction deletes them
             number = day_number(day)
             for name in names:
                 path = os.path.join(folder, name)

@@ -36,7 +36,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -165,19 +165,36 @@ def _identity(file: Path) -> list[Any]:
     return [file.name, info.st_size, info.st_mtime_ns]
 
 
+def merged_files(schema: pa.Schema) -> list[list[Any]]:
+    """The identities of the files a compacted file holds, from its schema's metadata."""
+    return json.loads((schema.metadata or {}).get(MERGED_KEY, b"[]"))
+
+
+def held_by_compacted(
+    partition: Path, names: Collection[str], merged: Callable[[Path], list[list[Any]]]
+) -> set[str]:
+    """The ``names`` (the partition's files) that a compacted file among them already
+    holds: what a crash between the swap's rename and its deletions leaves. Read or
+    merged again, their events would count twice. ``merged`` gives a compacted
+    file's :func:`merged_files`."""
+    held: set[str] = set()
+    if len(names) < 2:
+        return held
+    for name in names:
+        if name.startswith(COMPACTED_PREFIX):
+            for old in merged(partition / name):
+                with contextlib.suppress(FileNotFoundError):
+                    if old[0] in names and old[0] != name and _identity(partition / old[0]) == old:
+                        held.add(old[0])
+    return held
+
+
 def _drop_merged_leftovers(layout: DataLayout, site_id: str, partition: Path) -> None:
-    """Delete the files a compacted file of the partition already holds (its metadata
-    lists them), and rollups of no file: what a crash between the swap's rename and
-    its deletions leaves. Merged again, their events would count twice."""
+    """Delete the files a compacted file of the partition already holds, and rollups of
+    no file: what a crash between the swap's rename and its deletions leaves."""
     files = {f.name: f for f in partition.glob("*.parquet")}
-    leftovers = []
-    for name, file in files.items():
-        if len(files) > 1 and name.startswith(COMPACTED_PREFIX):
-            merged = json.loads((pq.read_schema(file).metadata or {}).get(MERGED_KEY, b"[]"))
-            leftovers += [
-                files[old[0]] for old in merged
-                if old[0] in files and old[0] != name and _identity(files[old[0]]) == old
-            ]  # fmt: skip
+    held = held_by_compacted(partition, files, lambda file: merged_files(pq.read_schema(file)))
+    leftovers = [files[name] for name in sorted(held)]
     rollups = layout.visits / f"site_id={site_id}" / partition.name
     leftovers += [r for r in rollups.glob("*.parquet") if r.name not in files]
     if leftovers:
