@@ -230,6 +230,8 @@ async def test_full_disk_gets_503_and_recovers_by_itself(start_server: Any) -> N
         signal.signal(signal.SIGXFSZ, previous_handler)
     assert statuses == [503] * 5
     assert ready.status_code == 503
+    ready = await server.client.get(f"{server.url}/health/ready")
+    assert ready.status_code == 200, ready.text  # space is back: ready before any event
     after = [(await server.post_event(SEED_EVENT)).status_code for _ in range(5)]
     assert after == [202] * 5  # space is back: no restart needed
     await server.stop()

@@ -63,6 +63,7 @@ def create_app(
     @app.get("/health/ready")
     async def ready() -> Any:
         problems = []
+        await writer.recheck()
         if writer.failing or not os.access(writer.layout.events, os.W_OK):
             problems.append("storage is not writable")
         if not await engine.ping():

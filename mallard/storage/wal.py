@@ -102,6 +102,10 @@ def read_segment(path: Path) -> SegmentContents:
     return contents
 
 
+PROBE_NAME = "probe.tmp"  # not a segment: replay reads only *SEGMENT_SUFFIX
+PROBE_BYTES = 4096
+
+
 class WriteAheadLog:
     """One writer's log: its locked folder and its current segment."""
 
@@ -124,6 +128,19 @@ class WriteAheadLog:
 
     def segment_path(self, number: int) -> Path:
         return self.folder / f"{number:08d}{SEGMENT_SUFFIX}"
+
+    def probe(self) -> None:
+        """Write, fsync and delete a page in the log's folder (blocking): raises the
+        ``OSError`` an append would meet, such as a full disk."""
+        path = self.folder / PROBE_NAME
+        try:
+            with open(path, "wb") as file:
+                file.write(bytes(PROBE_BYTES))
+                file.flush()
+                os.fsync(file.fileno())
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
 
     def append(self, number: int, events: Sequence[Event]) -> float:
         """Append one record to segment ``number`` and fsync it (blocking: run in a thread).

@@ -139,6 +139,18 @@ class EventWriter:
             parts.append((collecting, convert))
         return parts
 
+    async def recheck(self) -> None:
+        """After the write-ahead log failed, see whether its folder takes a write again
+        (a probe page, in a thread), so that readiness does not wait for an event."""
+        if self._wal is None or not self.wal_failing:
+            return
+        try:
+            await trio.to_thread.run_sync(self._wal.probe)
+        except OSError:
+            return
+        log.warning("write-ahead log works again")
+        self.wal_failing = False
+
     def unflushed_sites(self) -> set[str]:
         """The sites of the accepted events not yet in Parquet: they have data already."""
         sites = {event.site_id for event in self._staged}
