@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 import random
 import string
@@ -10,6 +11,7 @@ import urllib.parse
 from decimal import Decimal
 from typing import Any
 
+import pyarrow.parquet as pq
 import pytest
 
 from mallard.storage.layout import DataLayout
@@ -833,8 +835,40 @@ async def test_export_aggregates_and_empty_ranges(stats_server: RunningServer) -
     assert "Google,1,2" in sources
     empty = await export(stats_server, format="parquet", period="day", date="2020-01-01")
     assert pq.read_table(io.BytesIO(empty)).num_rows == 0
+    schema = pq.read_schema(
+        io.BytesIO(
+            await export(
+                stats_server,
+                format="parquet",
+                period="day",
+                date="2020-01-01",
+                dimension="event:page",
+                metrics="visitors,bounce_rate",
+            )
+        )
+    )
+    assert [(field.name, str(field.type)) for field in schema] == [
+        ("event:page", "string"),
+        ("visitors", "int64"),
+        ("bounce_rate", "double"),
+    ]  # as typed as when there are rows
     empty_csv = (await export(stats_server, period="day", date="2020-01-01")).decode()
     assert empty_csv.splitlines()[0].startswith("site_id,visitor_id,timestamp")
+
+
+async def test_an_aggregate_export_has_every_row(start_server: Any, tmp_path: Any) -> None:
+    """More rows than a Stats API page (10,000): the export asks page after page."""
+    layout = DataLayout(tmp_path / "pages")
+    layout.create()
+    pages = [event(i, at(D, 12, 0), f"/p{i:05d}") for i in range(10_050)]
+    write_batch(events_to_table(pages), layout, "pages")
+    server = await start_server(data_dir=layout.root, compaction_interval=0)
+    params = {"dimension": "event:page", "metrics": "visitors"}
+    lines = (await export(server, **params)).decode().splitlines()
+    assert len(lines) == 1 + 10_050
+    assert sorted(lines[1:]) == [f"/p{i:05d},1" for i in range(10_050)]
+    table = pq.read_table(io.BytesIO(await export(server, **params, format="parquet")))
+    assert table.num_rows == 10_050
 
 
 async def test_export_csv_defuses_formulas(server: RunningServer) -> None:

@@ -8,6 +8,7 @@ translate parameters.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import os
@@ -23,6 +24,7 @@ from mallard.query import behaviour, export
 from mallard.query.engine import QueryEngine, QueryTimeout, UnreadableFile
 from mallard.query.model import (
     DATE_PRESETS,
+    MAX_LIMIT,
     Query,
     QueryError,
     explicit_range,
@@ -315,12 +317,7 @@ async def export_data() -> Any:
     query = _legacy_query(_metrics_param(("visitors", "pageviews")), dimensions)
     encoder = export.ENCODERS[fmt]()
     if dimension:
-        answer = await run_query(_engine(), query)
-        names = [dimension, *query.metrics]
-        rows = [
-            dict(zip(names, r["dimensions"] + r["metrics"], strict=True)) for r in answer["results"]
-        ]
-        batches: Any = _single(pa.RecordBatch.from_pylist(rows) if rows else _empty(names))
+        batches: Any = _aggregate_pages(_engine(), query, dimension)
     else:
         sql, parameters = export.events_sql(query)
         batches = _engine().stream(
@@ -352,12 +349,19 @@ async def export_data() -> Any:
     )
 
 
-async def _single(batch: pa.RecordBatch) -> AsyncIterator[pa.RecordBatch]:
-    yield batch
-
-
-def _empty(names: list[str]) -> pa.RecordBatch:
-    return pa.RecordBatch.from_pydict({name: pa.array([], pa.string()) for name in names})
+async def _aggregate_pages(
+    engine: QueryEngine, query: Query, dimension: str
+) -> AsyncIterator[pa.RecordBatch]:
+    """Every row of an aggregate export (at least one batch, maybe empty), asked for a
+    page of ``MAX_LIMIT`` rows at a time as the Stats API answers them."""
+    offset = 0
+    while True:
+        page = dataclasses.replace(query, limit=MAX_LIMIT, offset=offset)
+        results = (await run_query(engine, page))["results"]
+        yield export.aggregate_batch(dimension, list(query.metrics), results)
+        if len(results) < MAX_LIMIT:
+            return
+        offset += MAX_LIMIT
 
 
 @blueprint.get("/api/stats/dropped")

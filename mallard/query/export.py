@@ -44,6 +44,25 @@ def events_sql(query: Query) -> tuple[str, dict[str, Any]]:
     return sql, params.values
 
 
+COUNT_METRICS = frozenset({"visitors", "visits", "pageviews", "events"})
+
+
+def aggregate_batch(dimension: str, metrics: list[str], results: list[dict]) -> pa.RecordBatch:
+    """Rows of a Stats API answer as a batch: the dimension as text, counts as integers
+    and every other metric as a float, however many rows (none too) and whatever values."""
+    schema = pa.schema(
+        [pa.field(dimension, pa.string())]
+        + [pa.field(m, pa.int64() if m in COUNT_METRICS else pa.float64()) for m in metrics]
+    )
+    columns = list(zip(*(row["dimensions"] + row["metrics"] for row in results), strict=True))
+    return pa.RecordBatch.from_arrays(
+        [pa.array(column, field.type) for column, field in zip(columns, schema, strict=True)]
+        if columns
+        else [pa.array([], field.type) for field in schema],
+        schema=schema,
+    )
+
+
 def safe_cell(value: Any) -> Any:
     if isinstance(value, str) and value.startswith(FORMULA_STARTS):
         return "'" + value
