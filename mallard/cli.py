@@ -177,7 +177,7 @@ def _compact(settings: Settings, before: str | None) -> int:
 def _serve(settings: Settings, args: argparse.Namespace, argv: list[str]) -> int:
     from mallard.auth.store import BrokenAuthStore
     from mallard.logs import configure_logging
-    from mallard.server import ShutdownTimeout, serve
+    from mallard.server import ReplayFailed, ShutdownTimeout, serve
     from mallard.storage.erasure import BrokenErasures
     from mallard.supervisor import supervise
 
@@ -196,7 +196,7 @@ def _serve(settings: Settings, args: argparse.Namespace, argv: list[str]) -> int
         cause = _single_cause(error)
         if isinstance(cause, ShutdownTimeout):
             print(f"mallard: {cause}", file=sys.stderr)
-        elif isinstance(cause, BrokenErasures | BrokenAuthStore):
+        elif isinstance(cause, BrokenErasures | BrokenAuthStore | ReplayFailed):
             print(f"mallard: cannot start: {cause}", file=sys.stderr)
         elif isinstance(cause, OSError) and (problem := _setting_at_fault(cause, settings)):
             print(f"mallard: invalid setting {problem}", file=sys.stderr)

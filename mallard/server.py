@@ -55,6 +55,10 @@ class ShutdownTimeout(Exception):
     """Graceful shutdown took longer than ``shutdown_timeout``."""
 
 
+class ReplayFailed(Exception):
+    """The write-ahead logs left by a stopped server could not be written to Parquet."""
+
+
 def hypercorn_config(settings: Settings, listen_fd: int | None = None) -> HypercornConfig:
     config = HypercornConfig()
     host = f"[{settings.host}]" if ":" in settings.host else settings.host
@@ -171,7 +175,10 @@ async def serve(
 
 async def _replay_write_ahead_logs(layout: DataLayout, tombstones: Tombstones) -> None:
     """Before serving: what stopped or crashed writers left in their WAL goes to Parquet."""
-    report = await trio.to_thread.run_sync(recover, layout, tombstones)
+    try:
+        report = await trio.to_thread.run_sync(recover, layout, tombstones)
+    except OSError as error:  # the events stay in the log for the next start
+        raise ReplayFailed(f"cannot replay the write-ahead log: {error}") from error
     if report.segments:
         log.info(
             "replayed %d events from %d WAL segments of %d writers into %d files in %.1f ms",

@@ -15,7 +15,10 @@ import httpx
 import pytest
 
 from mallard.config import SETTINGS, load_settings
+from mallard.storage.layout import DataLayout
 from tests.conftest import BROWSER_UA, SEED_EVENT, read_events, start_process
+from tests.factories import make_events
+from tests.test_wal import write_segment
 
 REPO = Path(__file__).resolve().parent.parent
 SETTING_LINE = re.compile(r"^(# )?[a-z_]+ = ")
@@ -198,6 +201,25 @@ def test_a_state_file_that_cannot_be_read_stops_startup_in_one_line(
     assert result.returncode == 1
     [line] = result.stderr.splitlines()
     assert line.startswith(f"mallard: cannot start: {tmp_path / name} {problem}")
+
+
+def test_a_log_that_cannot_be_replayed_stops_startup_without_blaming_a_setting(
+    tmp_path: Path,
+) -> None:
+    layout = DataLayout(tmp_path)
+    layout.create()
+    write_segment(layout, [make_events(3)])  # a writer died with these in its log
+    site = layout.events / f"site_id={make_events(1)[0].site_id}"
+    site.write_text("not a folder")  # where replay must write them
+    result = run_mallard("serve", "--data-dir", str(tmp_path), "--port", "0")
+    assert result.returncode == 1
+    [line] = result.stderr.splitlines()
+    assert line.startswith("mallard: cannot start: cannot replay the write-ahead log: ")
+    site.unlink()
+    server = start_process(tmp_path)  # replays, once it can: nothing was lost
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    assert len(read_events(tmp_path)) == 3
 
 
 def test_demo_fills_a_data_dir_and_serves_it(tmp_path: Path) -> None:
