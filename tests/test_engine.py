@@ -8,6 +8,7 @@ import fcntl
 import os
 import threading
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import pyarrow as pa
@@ -20,7 +21,8 @@ from mallard.query.engine import FileShapes, QueryEngine, QueryTimeout
 from mallard.query.model import parse_query
 from mallard.query.stats import run_query
 from mallard.query.threads import Handoff, QueryThreads
-from mallard.storage.layout import DataLayout
+from mallard.storage.compaction import compact
+from mallard.storage.layout import DataLayout, day_number
 from mallard.storage.locks import site_lock
 from mallard.storage.schema import events_to_table
 from tests.factories import make_event
@@ -140,6 +142,36 @@ async def test_an_export_that_cannot_start_in_time_times_out_and_keeps_no_lock(
         assert _site_lock_is_free(layout, "example.com")
     finally:
         engine.close()
+
+
+async def test_an_export_read_slowly_leaves_the_site_to_compaction(tmp_path: Path) -> None:
+    """Its rows are sorted before the first batch: the lock goes, the rest still comes."""
+    layout = DataLayout(tmp_path)
+    layout.create()
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    stamps = [int(start.timestamp() * 1e6) + i for i in range(50)]
+    folder = layout.partition("example.com", day_number(start.date()))
+    folder.mkdir(parents=True)
+    for part in range(5):
+        events = [make_event(site_id="example.com", timestamp=t) for t in stamps[part::5]]
+        pq.write_table(events_to_table(events), folder / f"part-{part}.parquet")
+    engine = QueryEngine(layout)
+    sql = "SELECT timestamp FROM source ORDER BY timestamp"
+    batches = engine.stream(
+        sql, {}, site_id="example.com", start=start, end=start + DAY, batch_rows=7
+    )
+    try:
+        first = await anext(batches)
+        assert _site_lock_is_free(layout, "example.com")  # while the client reads slowly
+        with trio.fail_after(10):  # a swap, which needs the lock alone
+            await trio.to_thread.run_sync(partial(compact, layout, before=start.date() + DAY))
+        assert len(list(folder.glob("*.parquet"))) == 1
+        rest = [batch async for batch in batches]
+    finally:
+        await batches.aclose()
+        engine.close()
+    read = [t for batch in [first, *rest] for t in batch.column(0).to_pylist()]
+    assert [int(t.timestamp() * 1e6) for t in read] == stamps
 
 
 async def test_a_query_over_its_time_is_interrupted(tmp_path: Path) -> None:

@@ -602,15 +602,20 @@ class QueryEngine:
         Each batch is fetched in a worker thread; closing the iterator early (a
         client that went away) interrupts the query. Starting it (the first
         batch) may raise ``QueryTimeout``; once started, it reads to the end.
+        ``sql`` ends in an ORDER BY: DuckDB sorts every row (spilling to disk
+        beyond its memory) before the first batch, so the files are read by then
+        and the site lock goes: a client that reads slowly, or stops, never
+        holds compaction, retention or erasure up.
         """
         cursor = self._cursor()
         parts = self._pending()
         handoff = Handoff()  # a call may still run when this generator is closed
         handoff.resources.callback(cursor.close)
+        reading = handoff.resources.enter_context(contextlib.ExitStack())
 
         def open_reader() -> pa.RecordBatchReader:
             # held while the files are read: no compaction swap
-            handoff.resources.enter_context(site_lock(self.layout, site_id))
+            reading.enter_context(site_lock(self.layout, site_id))
             self._prepare_source(cursor, *self._view(site_id, start, end, parts))
             return cursor.sql(sql, params=parameters).to_arrow_reader(batch_rows)
 
@@ -619,17 +624,19 @@ class QueryEngine:
                 return reader.read_next_batch()
             except StopIteration:
                 return None
+            finally:
+                reading.close()  # sorted: every file is read
 
         try:
-            with self._time_limit():  # once open, the site lock keeps compaction away
+            with self._time_limit():  # the first batch too: the lock is held until then
                 reader = await self._threads.run(handoff.call(open_reader))
-            empty = True
-            read = handoff.call(partial(next_batch, reader))
-            while (batch := await self._threads.run(read)) is not None:
-                empty = False
-                yield batch
-            if empty:  # still one (empty) batch, so encoders know the columns
+                read = handoff.call(partial(next_batch, reader))
+                batch = await self._threads.run(read)
+            if batch is None:  # still one (empty) batch, so encoders know the columns
                 yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+            while batch is not None:
+                yield batch
+                batch = await self._threads.run(read)
         finally:
             with contextlib.suppress(duckdb.Error):
                 cursor.interrupt()
