@@ -14,10 +14,12 @@ import gc
 import logging
 import os
 import signal
+import socket
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
+from urllib.parse import urlsplit
 
 import hypercorn.trio
 import trio
@@ -49,6 +51,7 @@ RETENTION_INTERVAL = 86_400.0
 # How long a thread may hold the GIL while another waits: short, so that query
 # threads doing Python work cannot hold up the event loop for long.
 GIL_SWITCH_INTERVAL = 0.001
+STALLED_GRACE = 0.5  # seconds past hypercorn's graceful timeout before cutting stalled clients
 
 
 class ShutdownTimeout(Exception):
@@ -208,13 +211,68 @@ async def _serve_http(
 
     Closing the channel tells the writer that no more events will come.
     """
-    async with events:
-        await hypercorn.trio.serve(
-            app,  # type: ignore[arg-type]
-            config,
-            shutdown_trigger=stop.wait,
-            task_status=task_status,
-        )
+    async with events, trio.open_nursery() as nursery:
+        binds = await nursery.start(_hypercorn, app, config, stop, nursery.cancel_scope)
+        ports = {urlsplit(bind).port for bind in binds}
+        nursery.start_soon(_cut_stalled_connections, stop, config.graceful_timeout, ports)
+        task_status.started(binds)
+
+
+async def _hypercorn(
+    app: IngestEndpoint,
+    config: HypercornConfig,
+    stop: trio.Event,
+    done: trio.CancelScope,
+    task_status: trio.TaskStatus[list[str]] = trio.TASK_STATUS_IGNORED,
+) -> None:
+    """Hypercorn until ``stop`` and its requests are done; then ``done`` is cancelled."""
+    await hypercorn.trio.serve(
+        app,  # type: ignore[arg-type]
+        config,
+        shutdown_trigger=stop.wait,
+        task_status=task_status,
+    )
+    done.cancel()
+
+
+async def _cut_stalled_connections(
+    stop: trio.Event, graceful_timeout: float, ports: set[int | None]
+) -> None:
+    """Once hypercorn has had its graceful timeout, cut the connections it still holds.
+
+    Hypercorn writes a response under a shield, so a client that stops reading
+    (a half-read export) keeps its write waiting after every request was
+    cancelled, and the process with it, and the final flush after it.
+    """
+    await stop.wait()
+    await trio.sleep(graceful_timeout + STALLED_GRACE)
+    if cut := shut_down_client_connections(ports):
+        log.warning("cut %d connections whose clients stopped reading", cut)
+
+
+def shut_down_client_connections(ports: Collection[int | None]) -> int:
+    """Shut down this process's TCP connections on the local ``ports`` (found in
+    ``/proc/self/fd``; none elsewhere): a write waiting on one fails at once. Only
+    shut down, not closed: their owners close their descriptors."""
+    sockets = []
+    with contextlib.suppress(FileNotFoundError):
+        for name in os.listdir("/proc/self/fd"):
+            with contextlib.suppress(OSError):  # closed meanwhile, or not a socket
+                duplicate = os.dup(int(name))
+                try:
+                    sockets.append(socket.socket(fileno=duplicate))
+                except OSError:
+                    os.close(duplicate)
+    cut = 0
+    for sock in sockets:
+        with sock, contextlib.suppress(OSError):  # not connected: a listener
+            if sock.family not in (socket.AF_INET, socket.AF_INET6):
+                continue
+            if sock.type == socket.SOCK_STREAM and sock.getsockname()[1] in ports:
+                sock.getpeername()
+                sock.shutdown(socket.SHUT_RDWR)
+                cut += 1
+    return cut
 
 
 async def _stop_on_signals(stop: trio.Event) -> None:

@@ -6,8 +6,10 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
+import time
 import tomllib
 from pathlib import Path
 
@@ -15,7 +17,9 @@ import httpx
 import pytest
 
 from mallard.config import SETTINGS, load_settings
+from mallard.server import shut_down_client_connections
 from mallard.storage.layout import DataLayout
+from mallard.synthetic import generate
 from tests.conftest import BROWSER_UA, SEED_EVENT, read_events, start_process
 from tests.factories import make_events
 from tests.test_wal import write_segment
@@ -220,6 +224,49 @@ def test_a_log_that_cannot_be_replayed_stops_startup_without_blaming_a_setting(
     server.signal(signal.SIGTERM)
     assert server.wait() == 0
     assert len(read_events(tmp_path)) == 3
+
+
+def test_a_client_that_stops_reading_does_not_hold_up_the_shutdown(tmp_path: Path) -> None:
+    """hypercorn writes under a shield: a stalled export would wait for its reader."""
+    data_dir = tmp_path / "data"
+    generate(data_dir, events=60_000, days=2, sites=["example.com"], seed=3)  # ~15 MB of CSV
+    env = {"MALLARD_SHUTDOWN_TIMEOUT": "6", "MALLARD_FLUSH_INTERVAL": "3600"}
+    server = start_process(data_dir, env=env)
+    assert httpx.post(f"{server.url}/api/event", json=SEED_EVENT).status_code == 202
+    stalled = socket.create_connection(("127.0.0.1", int(server.url.rsplit(":", 1)[1])))
+    stalled.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    stalled.sendall(
+        b"GET /api/stats/export?site_id=example.com&period=7d HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    with stalled:
+        assert stalled.recv(100).startswith(b"HTTP/1.1 200")  # then it reads no more
+        time.sleep(1)  # the server's buffers fill up
+        started = time.monotonic()
+        server.signal(signal.SIGTERM)
+        assert server.wait(timeout=30) == 0
+        assert time.monotonic() - started < 6
+    assert "cut 1 connections whose clients stopped reading" in server.log
+    assert "stopped; all accepted events are flushed" in server.log
+    assert len(read_events(data_dir)) == 60_001
+
+
+def test_only_the_served_ports_connections_are_cut() -> None:
+    """Connections accepted on the given ports are shut down; other sockets are left."""
+    served, other = socket.create_server(("127.0.0.1", 0)), socket.create_server(("127.0.0.1", 0))
+    client = socket.create_connection(served.getsockname())
+    bystander = socket.create_connection(other.getsockname())
+    (accepted, _), (kept, _) = served.accept(), other.accept()
+    pair = socket.socketpair()
+    try:
+        assert shut_down_client_connections({served.getsockname()[1]}) == 1
+        assert client.recv(1) == b""  # the server's end was shut down
+        bystander.sendall(b"x")
+        assert kept.recv(1) == b"x"
+        pair[0].sendall(b"y")
+        assert pair[1].recv(1) == b"y"
+    finally:
+        for sock in (served, other, client, bystander, accepted, kept, *pair):
+            sock.close()
 
 
 def test_demo_fills_a_data_dir_and_serves_it(tmp_path: Path) -> None:
