@@ -118,6 +118,7 @@ async def serve(
         layout,
         pending=writer.unflushed,
         pending_sites=writer.unflushed_sites,
+        logged_elsewhere=writer.logged_elsewhere,
         cache_entries=settings.query_cache_entries,
         memory_mb=settings.query_memory_mb,
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import time
@@ -97,3 +98,26 @@ def test_workers_setting_is_validated(tmp_path: Path) -> None:
     )
     assert result.returncode == 2
     assert "--workers" in result.stderr
+
+
+def test_every_process_answers_with_the_events_the_others_accepted(tmp_path: Path) -> None:
+    """Read-your-writes across processes (workers, or servers sharing a data dir): each
+    reads the others' write-ahead logs. Two servers on their own ports tell which is which."""
+    data_dir = tmp_path / "data"
+    env = {"MALLARD_FLUSH_INTERVAL": "3600", "MALLARD_COMPACTION_INTERVAL": "0"}
+    taker, asked = start_process(data_dir, env=env), start_process(data_dir, env=env)
+    params = {"site_id": "example.com", "period": "day", "format": "json"}
+    try:
+        pages = send(taker.url, 3, "page")
+        with httpx.Client() as client:
+            exported = client.get(f"{asked.url}/api/stats/export", params=params).text
+            assert sorted(json.loads(line)["pathname"] for line in exported.splitlines()) == pages
+            sites = client.get(f"{asked.url}/api/sites").json()["sites"]
+            assert [(s["site_id"], s["has_data"]) for s in sites] == [("example.com", True)]
+            taker.signal(signal.SIGTERM)  # flushed: now in Parquet, and in no log
+            assert taker.wait() == 0
+            exported = client.get(f"{asked.url}/api/stats/export", params=params).text
+            assert len(exported.splitlines()) == 3  # not counted twice
+    finally:
+        asked.signal(signal.SIGTERM)
+    assert asked.wait() == 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import trio
 from quart import Blueprint, current_app, jsonify
 
 from mallard.auth import access
@@ -29,5 +30,9 @@ async def list_sites() -> Any:
     principal = await access.reader(None)
     settings: Settings = current_app.config["MALLARD_SETTINGS"]
     engine: QueryEngine = current_app.config["MALLARD_ENGINE"]
-    sites = site_list(settings, engine.site_ids())
+    writer = current_app.config["MALLARD_WRITER"]
+    with_data = engine.site_ids()
+    if writer is not None:  # other workers' first events, not flushed yet
+        with_data |= await trio.to_thread.run_sync(writer.sites_logged_elsewhere)
+    sites = site_list(settings, with_data)
     return jsonify({"sites": [site for site in sites if can_read(principal, site["site_id"])]})

@@ -293,6 +293,7 @@ class QueryEngine:
         *,
         pending: PendingEvents = tuple,
         pending_sites: Callable[[], set[str]] = set,
+        logged_elsewhere: PendingEvents = tuple,
         max_concurrent: int = max(os.cpu_count() or 1, 1),
         timeout: float = 30.0,
         memory_mb: int = 400,
@@ -301,6 +302,7 @@ class QueryEngine:
         self.layout = layout
         self._pending = pending
         self._pending_sites = pending_sites
+        self._logged_elsewhere = logged_elsewhere
         self._timeout = timeout
         remove_dead_process_folders(layout.tmp, "duckdb-")  # spills of finished runs
         threads_before = thread_ids()
@@ -335,14 +337,16 @@ class QueryEngine:
         """What a query reads: the files, and the unflushed events not written meanwhile.
 
         The writer's tables were taken before the files are listed (under the
-        site lock), so a batch flushed in between is in both: its rows are
-        dropped from the unflushed ones for every day whose file is listed.
+        site lock), and so are the events other processes' writers logged, so a
+        batch flushed in between is in both: its rows are dropped from the
+        unflushed ones for every day whose file is listed.
         A day with unflushed events has no current pairs, and its visit rollup
         is partial (see :meth:`_snapshot`). ``derived`` names the derived files
         listed in ``rolled``: every visit rollup; the pairs of the days where
         they are current; or the visit rollups of those days (their ``seen_*``
         columns are current with the pairs), up to the first day without one.
         """
+        parts = [*parts, *self._logged_elsewhere()]
         snapshot = self._snapshot(site_id, start, end)
         pending = self._pending_rows(parts, snapshot, site_id, start, end)
         busy: set[int] = set()

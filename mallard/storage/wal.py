@@ -224,6 +224,23 @@ class RecoveryReport:
     seconds: float = 0.0
 
 
+def logged_by_others(layout: DataLayout, writer_id: str) -> list[tuple[str, list[Event]]]:
+    """The events in every other writer's log (other worker processes of the data dir),
+    each segment's under the name its batch's files will have: accepted, and maybe
+    not in Parquet yet. A segment flushed and retired meanwhile is skipped (its files
+    are there); a record being appended is not read yet. Blocking."""
+    logged = []
+    with contextlib.suppress(FileNotFoundError), os.scandir(layout.wal) as folders:
+        for folder in folders:
+            if not folder.is_dir() or folder.name.startswith(".") or folder.name == writer_id:
+                continue
+            for segment in sorted(Path(folder.path).glob(f"*{SEGMENT_SUFFIX}")):
+                with contextlib.suppress(FileNotFoundError):
+                    events = read_segment(segment).events
+                    logged.append((batch_name(folder.name, int(segment.stem)), events))
+    return logged
+
+
 def _orphaned_writers(layout: DataLayout) -> Iterator[tuple[Path, int]]:
     """WAL folders whose writer is gone, each with its lock now held by us."""
     if not layout.wal.exists():

@@ -44,7 +44,7 @@ from mallard.storage.erasure import Tombstones
 from mallard.storage.layout import DataLayout, batch_name, new_writer_id
 from mallard.storage.parquet import write_batch
 from mallard.storage.schema import Event, events_to_table
-from mallard.storage.wal import WriteAheadLog
+from mallard.storage.wal import WriteAheadLog, logged_by_others
 
 log = logging.getLogger("mallard.writer")
 
@@ -53,6 +53,13 @@ HANDOFF_RETRY = 0.05  # seconds between tries to hand a batch to a busy flusher
 REFUSALS_REMEMBERED = 1024  # long enough for every waiting handler to look
 STAGED_ROWS = 1024  # events kept as tuples before they become one Arrow table
 INLINE_FSYNC_SECONDS = 0.002  # after an fsync this fast, the next append is on the event loop
+
+
+def _site_table(
+    events: list[Event], keep: Callable[[pa.Table], pa.Table], site_id: str
+) -> pa.Table:
+    """The events of one site as a table, erased ones left out."""
+    return keep(events_to_table([e for e in events if e.site_id == site_id]))
 
 
 class EventWriter:
@@ -131,13 +138,28 @@ class EventWriter:
         collecting = batch_name(self.writer_id, self._batch_number)
         parts += [(collecting, functools.partial(whole, table)) for table in self._batch]
         if self._staged:
-            staged = list(self._staged)
-
-            def convert(site_id: str) -> pa.Table:
-                return keep(events_to_table([e for e in staged if e.site_id == site_id]))
-
-            parts.append((collecting, convert))
+            parts.append((collecting, functools.partial(_site_table, list(self._staged), keep)))
         return parts
+
+    def logged_elsewhere(self) -> list[tuple[str, Callable[[str], pa.Table]]]:
+        """What :meth:`unflushed` is for the other processes writing to the data dir
+        (``--workers``), read from their write-ahead logs: blocking, for the thread
+        of a query, before it lists the files."""
+        if self._wal is None:  # memory mode: nobody logs
+            return []
+        keep = self.tombstones.keep
+        return [
+            (name, functools.partial(_site_table, events, keep))
+            for name, events in logged_by_others(self.layout, self.writer_id)
+        ]
+
+    def sites_logged_elsewhere(self) -> set[str]:
+        """The sites of :meth:`logged_elsewhere`'s events (blocking)."""
+        if self._wal is None:
+            return set()
+        return {
+            e.site_id for _, events in logged_by_others(self.layout, self.writer_id) for e in events
+        }
 
     async def recheck(self) -> None:
         """After the write-ahead log failed, see whether its folder takes a write again
