@@ -132,7 +132,9 @@ async def serve(
         geo=GeoLookup(settings.geoip_db),
     )
     app = IngestEndpoint(
-        ingestor, create_app(settings=settings, writer=writer, engine=engine, metrics=metrics)
+        ingestor,
+        create_app(settings=settings, writer=writer, engine=engine, metrics=metrics),
+        stopping=stop,
     )
 
     gc.freeze()  # start-up objects (parsers, caches, tables) are never garbage: skip them

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, cast
 
 import pytest
 import trio
 
+from mallard.api.ingest import IngestEndpoint
+from mallard.ingest.pipeline import Ingestor
 from tests.conftest import BROWSER_UA, SEED_EVENT, RunningServer
 from tests.factories import SEED_EXAMPLE
 
@@ -429,3 +431,32 @@ async def test_a_full_batch_of_1000(server: RunningServer) -> None:
     assert response.json()["accepted"] == 1000
     await server.stop()
     assert len(server.events()) == 1000
+
+
+async def test_events_that_arrive_once_stopping_are_refused_not_stored() -> None:
+    """Hypercorn closes idle connections when it stops, maybe one a request just came
+    in on: stored, its 202 would be lost and a retry would count it twice."""
+    stopping = trio.Event()
+    elsewhere: list[str] = []
+
+    async def fallback(scope: Any, receive: Any, send: Any) -> None:
+        elsewhere.append(scope["path"])
+
+    endpoint = IngestEndpoint(cast(Ingestor, None), fallback, stopping=stopping)  # never asked
+    stopping.set()
+    for method, path in [("POST", "/api/event"), ("GET", "/api/event"), ("POST", "/api/events")]:
+        sent: list[dict[str, Any]] = []
+
+        async def send(message: dict[str, Any], sent: list[dict[str, Any]] = sent) -> None:
+            sent.append(message)
+
+        scope = {"type": "http", "method": method, "path": path, "headers": []}
+        await endpoint(scope, None, send)  # type: ignore[arg-type]
+        start, body = sent
+        assert start["status"] == 503
+        assert (b"retry-after", b"1") in start["headers"]
+        assert json.loads(body["body"]) == {
+            "error": "the server is stopping; send it again shortly"
+        }
+    await endpoint({"type": "http", "method": "GET", "path": "/health"}, None, None)  # type: ignore[arg-type]
+    assert elsewhere == ["/health"]  # the rest of the app finishes its requests as before

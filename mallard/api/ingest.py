@@ -14,8 +14,9 @@ from collections.abc import Awaitable, Callable, MutableMapping
 from typing import Any
 
 import msgspec
+import trio
 
-from mallard.ingest.pipeline import Ingestor, Refused, RequestFacts
+from mallard.ingest.pipeline import RETRY_AFTER, Ingestor, Refused, RequestFacts
 from mallard.ingest.validation import (
     MAX_BATCH_BYTES,
     MAX_BODY_BYTES,
@@ -36,6 +37,7 @@ log = logging.getLogger("mallard.ingest")
 
 EVENT_PATH = "/api/event"
 BATCH_PATH = "/api/events"
+STOPPING = Refused(503, "the server is stopping; send it again shortly", RETRY_AFTER)
 # The smallest transparent GIF: 1x1, one transparent colour, 43 bytes.
 PIXEL_GIF = base64.b64decode("R0lGODlhAQABAIAAAP///wAAACH5BAEAAAAALAAAAAABAAEAAAICRAEAOw==")
 assert len(PIXEL_GIF) == 43
@@ -115,13 +117,22 @@ async def _read_body(
 class IngestEndpoint:
     """ASGI app: ``/api/event`` here, every other path to ``fallback`` (the Quart app)."""
 
-    def __init__(self, ingestor: Ingestor, fallback: ASGIApp) -> None:
+    def __init__(
+        self, ingestor: Ingestor, fallback: ASGIApp, stopping: trio.Event | None = None
+    ) -> None:
         self._ingestor = ingestor
         self._fallback = fallback
+        self._stopping = trio.Event() if stopping is None else stopping
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http" or scope["path"] not in (EVENT_PATH, BATCH_PATH):
             await self._fallback(scope, receive, send)
+            return
+        if self._stopping.is_set() and scope["method"] != "OPTIONS":
+            # Stopping: hypercorn closes idle connections now, and may close the one
+            # this request just arrived on before its answer. Not stored, it can be
+            # sent again without being counted twice.
+            await self._refuse(send, STOPPING)
             return
         if scope["path"] == BATCH_PATH:
             await self._batch(scope, receive, send)
