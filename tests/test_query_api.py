@@ -16,7 +16,7 @@ import pytest
 
 from mallard.storage.layout import DataLayout
 from mallard.storage.parquet import write_batch
-from mallard.storage.schema import Event, events_to_table
+from mallard.storage.schema import EVENT_SCHEMA, Event, events_to_table
 from tests.conftest import SEED_EVENT, RunningServer
 from tests.factories import make_event
 
@@ -820,6 +820,7 @@ async def test_export_events_in_every_format(stats_server: RunningServer) -> Non
     assert [json.loads(line)["event_name"] for line in lines].count("purchase") == 1
     table = pq.read_table(io.BytesIO(await export(stats_server, format="parquet")))
     assert table.num_rows == len(EVENTS)
+    assert [(f.name, f.type) for f in table.schema] == [(f.name, f.type) for f in EVENT_SCHEMA]
     assert str(table.schema.field("revenue_amount").type) == "decimal128(12, 2)"
     filtered = await export(stats_server, filters='[["is","visit:country",["FR"]]]')
     assert len(list(csv.DictReader(io.StringIO(filtered.decode())))) == 1

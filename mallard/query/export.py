@@ -124,6 +124,11 @@ class _Sink(io.RawIOBase):
         return data
 
 
+# Raw events in the types Mallard stores (DuckDB names the zone Etc/UTC), every column
+# nullable: another tool's file in the range may lack one.
+EXPORT_SCHEMA = pa.schema([field.with_nullable(True) for field in EVENT_SCHEMA])
+
+
 class ParquetEncoder:
     """One row group per batch, ZSTD; the footer comes with :meth:`finish`."""
 
@@ -132,6 +137,8 @@ class ParquetEncoder:
         self._writer: pq.ParquetWriter | None = None
 
     def __call__(self, batch: pa.RecordBatch) -> bytes:
+        if batch.schema.names == EXPORT_SCHEMA.names:
+            batch = batch.cast(EXPORT_SCHEMA)
         if self._writer is None:
             self._writer = pq.ParquetWriter(self._sink, batch.schema, compression="zstd")
         self._writer.write_batch(batch)
