@@ -89,8 +89,38 @@ def test_erase_is_refused_without_the_right_to(tmp_path: Path) -> None:
         query = {k: v for k, v in {**params, **bad}.items() if v is not None}
         refused = admin.delete("/api/gdpr/erase", params=query)
         assert refused.status_code == 400 and named in refused.json()["error"]
+    twice = admin.delete("/api/gdpr/erase", params=[*params.items(), ("site_id", "b.example")])
+    assert twice.status_code == 400
+    assert twice.json()["error"] == "parameter site_id is given more than once"
     server.signal(signal.SIGTERM)
     assert server.wait() == 0
+
+
+def test_with_rounded_times_the_current_hour_waits_and_later_events_are_kept(
+    tmp_path: Path,
+) -> None:
+    """Stored as HH:00, an event accepted after the erasure looks like one before it."""
+    data_dir = tmp_path / "data"
+    env = {
+        "MALLARD_ADMIN_PASSWORD": PASSWORD,
+        "MALLARD_ROUND_TIMESTAMPS": "true",
+        "MALLARD_FLUSH_INTERVAL": "3600",
+    }
+    server = start_process(data_dir, env=env)
+    post_events(server.url, "a.example", 2)
+    admin = log_in(server.url)
+    today = {"site_id": "a.example", "from": str(TODAY), "to": str(TODAY), "timezone": "UTC"}
+    refused = admin.delete("/api/gdpr/erase", params=today)
+    hour = dt.datetime.now(dt.UTC).replace(minute=0, second=0, microsecond=0)
+    assert refused.status_code == 409, refused.text
+    assert f"erase up to to={hour.isoformat()} now" in refused.json()["error"]
+    earlier = hour - dt.timedelta(hours=1)
+    until_the_hour = {**today, "from": earlier.isoformat(), "to": hour.isoformat()}
+    assert admin.delete("/api/gdpr/erase", params=until_the_hour).status_code == 200
+    post_events(server.url, "a.example", 3)
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    assert len(read_events(data_dir)) == 5  # none of this hour's events was dropped
 
 
 async def test_retention_deletes_old_days_at_start(start_server: Any, tmp_path: Path) -> None:

@@ -7,14 +7,18 @@ administers the site. See :mod:`mallard.storage.erasure` for what happens.
 
 from __future__ import annotations
 
+import datetime as dt
+import time
 from typing import Any
 
 import trio
 from quart import Blueprint, current_app, jsonify, request
 
+from mallard.api.stats import refuse_repeated
 from mallard.auth import access
 from mallard.auth.policy import can_manage_site
 from mallard.auth.service import Denied
+from mallard.ingest.privacy import floor_to_hour
 from mallard.query.model import QueryError, explicit_range, validate_site_id, validate_timezone
 from mallard.storage.erasure import erase
 from mallard.storage.writer import EventWriter
@@ -26,15 +30,26 @@ blueprint = Blueprint("gdpr", __name__)
 async def erase_range() -> Any:
     principal = await access.account()
     args = request.args
+    settings = current_app.config["MALLARD_SETTINGS"]
     try:
+        refuse_repeated(args)
         site_id = validate_site_id(args.get("site_id"))
         if not args.get("from") or not args.get("to"):
             raise QueryError("from and to are required: dates (YYYY-MM-DD) or ISO datetimes")
-        settings = current_app.config["MALLARD_SETTINGS"]
         timezone = validate_timezone(args.get("timezone", settings.site_timezone(site_id)))
         dates = explicit_range([args["from"], args["to"]], timezone, "from/to")
     except QueryError as error:
         return jsonify({"error": str(error)}), 400
+    hour = dt.datetime.fromtimestamp(floor_to_hour(time.time_ns() // 1000) / 1e6, dt.UTC)
+    if settings.round_timestamps and dates.end > hour:
+        # Stored as HH:00, the events of this hour accepted before the erasure and
+        # those accepted after it look the same: a tombstone over them would drop both.
+        error = (
+            f"with round_timestamps, events from {hour.isoformat()} on cannot be told apart "
+            f"from later ones until the hour is over: erase up to to={hour.isoformat()} now "
+            "(from and to as datetimes), and the rest after the hour"
+        )
+        return jsonify({"error": error}), 409
     if not can_manage_site(principal, site_id):
         raise Denied(403, f"erasing needs an admin or owner of {site_id!r}")
     writer: EventWriter = current_app.config["MALLARD_WRITER"]

@@ -88,9 +88,13 @@ async def require_access() -> None:
 
 @blueprint.before_request
 async def refuse_repeated_parameters() -> None:
+    refuse_repeated(request.args)
+
+
+def refuse_repeated(args: Any) -> None:
     """``period=day&period=7d`` is ambiguous: say so rather than pick one."""
-    for name in request.args:
-        if len(request.args.getlist(name)) > 1:
+    for name in args:
+        if len(args.getlist(name)) > 1:
             raise QueryError(f"parameter {name} is given more than once")
 
 
