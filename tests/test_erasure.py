@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import shutil
 from pathlib import Path
 
 import duckdb
@@ -75,6 +76,25 @@ def test_erasing_a_whole_day_leaves_no_file(layout: DataLayout) -> None:
     assert hours(layout, "a.com") == list(range(48))
 
 
+def test_erasure_drops_what_a_crashed_compaction_left_and_counts_it_once(
+    layout: DataLayout, tmp_path: Path
+) -> None:
+    """A file a compacted file already holds is a duplicate: erasure deletes it too."""
+    partition = layout.partition("a.com", FIRST + 2)  # today in the fixture: 2 files
+    originals = sorted(partition.glob("*.parquet"))
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    for file in originals:
+        shutil.copy2(file, kept / file.name)  # the same name, size and modification time
+    compact(layout, before=DAYS[2] + dt.timedelta(days=1))
+    shutil.copy2(kept / originals[0].name, originals[0])  # not yet deleted when it crashed
+    erase(layout, Tombstones(layout), "a.com", at(2, 0), at(2, 6))
+    assert hours(layout, "a.com") == [h for h in range(72) if not 48 <= h < 54]  # once each
+    assert not originals[0].exists()
+    assert compact(layout, before=DAYS[2] + dt.timedelta(days=1)).files_in == 1
+    assert hours(layout, "a.com") == [h for h in range(72) if not 48 <= h < 54]
+
+
 def test_tombstones_filter_what_is_not_in_parquet_yet(layout: DataLayout) -> None:
     tombstones = Tombstones(layout)
     erase(layout, tombstones, "a.com", at(0, 0), at(2, 12))
@@ -106,8 +126,14 @@ def test_events_accepted_after_the_erasure_stay(layout: DataLayout) -> None:
 
 
 def test_retention_deletes_whole_old_days_everywhere(layout: DataLayout) -> None:
+    bots_only = layout.dropped / "site_id=bots.example"  # drop counts, and no event ever
+    for day in DAYS[:2]:
+        (bots_only / f"date={day}").mkdir(parents=True)
+    (layout.dropped / "site_id=a.com" / f"date={DAYS[0] - dt.timedelta(days=9)}").mkdir()
     report = expire(layout, keep_days=2, today=DAYS[2])
-    assert report.days == 2  # the first day of both sites
+    assert report.days == 4  # the first day of both sites, of the bots' site and a.com's older
+    assert [day.name for day in bots_only.iterdir()] == [f"date={DAYS[1]}"]
+    assert [day.name for day in (layout.dropped / "site_id=a.com").iterdir()] == []
     assert hours(layout, "a.com") == list(range(24, 72))
     assert hours(layout, "b.org") == list(range(24, 72))
     assert not (layout.dropped / "site_id=a.com" / f"date={DAYS[0]}").exists()

@@ -29,7 +29,6 @@ import trio
 
 from mallard.query.sql import Derived, events_select, file_list
 from mallard.query.threads import Handoff, QueryThreads, lower_priority, thread_ids
-from mallard.storage.compaction import held_by_compacted, merged_files
 from mallard.storage.layout import (
     COMPACTED_PREFIX,
     DataLayout,
@@ -38,6 +37,7 @@ from mallard.storage.layout import (
     remove_dead_process_folders,
 )
 from mallard.storage.locks import site_lock
+from mallard.storage.merged import held_by_compacted, merged_files
 from mallard.storage.pairs import (
     PairManifest,
     manifest_path,

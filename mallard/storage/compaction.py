@@ -31,15 +31,13 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import duckdb
 import pyarrow as pa
@@ -48,6 +46,7 @@ import pyarrow.parquet as pq
 from mallard.query.sql import events_select, file_list, rollup_sql
 from mallard.storage.layout import COMPACTED_PREFIX, DataLayout, is_compacted
 from mallard.storage.locks import maintenance_lock, site_lock
+from mallard.storage.merged import held_by_compacted, merged_files, merged_metadata
 from mallard.storage.pairs import refresh_pairs
 from mallard.storage.parquet import fsync_dir, write_aside
 from mallard.storage.schema import EVENT_SCHEMA, VISIT_SCHEMA, is_event_schema, unconvertible
@@ -56,7 +55,6 @@ from mallard.storage.wal import SEGMENT_SUFFIX
 log = logging.getLogger("mallard.compaction")
 
 ROW_GROUP_ROWS = 128 * 1024
-MERGED_KEY = b"mallard:merged"  # a compacted file's metadata: the files it holds (_identity)
 SETTLE_SECONDS = 120.0  # more than a query may wait and run (QueryEngine's timeout: 30 s)
 REQUIRED_COLUMNS = {column.name for column in EVENT_SCHEMA if not column.nullable}
 
@@ -159,36 +157,6 @@ def _as_events(file: Path) -> pa.Table:
     return table.cast(EVENT_SCHEMA)
 
 
-def _identity(file: Path) -> list[Any]:
-    """What tells a file from another of the same name: name, size, modification time."""
-    info = file.stat()
-    return [file.name, info.st_size, info.st_mtime_ns]
-
-
-def merged_files(schema: pa.Schema) -> list[list[Any]]:
-    """The identities of the files a compacted file holds, from its schema's metadata."""
-    return json.loads((schema.metadata or {}).get(MERGED_KEY, b"[]"))
-
-
-def held_by_compacted(
-    partition: Path, names: Collection[str], merged: Callable[[Path], list[list[Any]]]
-) -> set[str]:
-    """The ``names`` (the partition's files) that a compacted file among them already
-    holds: what a crash between the swap's rename and its deletions leaves. Read or
-    merged again, their events would count twice. ``merged`` gives a compacted
-    file's :func:`merged_files`."""
-    held: set[str] = set()
-    if len(names) < 2:
-        return held
-    for name in names:
-        if name.startswith(COMPACTED_PREFIX):
-            for old in merged(partition / name):
-                with contextlib.suppress(FileNotFoundError):
-                    if old[0] in names and old[0] != name and _identity(partition / old[0]) == old:
-                        held.add(old[0])
-    return held
-
-
 def _drop_merged_leftovers(layout: DataLayout, site_id: str, partition: Path) -> None:
     """Delete the files a compacted file of the partition already holds, and rollups of
     no file: what a crash between the swap's rename and its deletions leaves."""
@@ -227,7 +195,7 @@ def _merge(layout: DataLayout, site_id: str, partition: Path, settle: float) -> 
     if not files or _rolled_up(layout, site_id, partition, files):
         return 0, 0
     table = _read_events(files).sort_by([("visitor_id", "ascending"), ("timestamp", "ascending")])
-    table = table.replace_schema_metadata({MERGED_KEY: json.dumps([_identity(f) for f in files])})
+    table = table.replace_schema_metadata(merged_metadata(files))
     name = f"{COMPACTED_PREFIX}{dt.datetime.now(dt.UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
     events_file = partition / f"{name}.parquet"
     rollup_file = _rollup_of(layout, site_id, partition, events_file)

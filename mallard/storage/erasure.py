@@ -26,8 +26,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mallard.storage.layout import DataLayout
+from mallard.storage.layout import DataLayout, dated_partitions, day_number
 from mallard.storage.locks import maintenance_lock, site_lock
+from mallard.storage.merged import held_by_compacted, merged_files
 from mallard.storage.pairs import forget_pairs_from
 from mallard.storage.parquet import fsync_dir, write_aside
 from mallard.storage.schema import MICROS_PER_DAY, micros
@@ -152,12 +153,15 @@ def _rewrite_days(
     removed: list[Path] = []
     site_dir = layout.events / f"site_id={tombstone.site_id}"
     first, last = tombstone.start_us // MICROS_PER_DAY, (tombstone.end_us - 1) // MICROS_PER_DAY
-    for day in range(first, last + 1):
-        partition = layout.partition(tombstone.site_id, day)
-        if not partition.is_dir():
+    for date, folder in dated_partitions(site_dir):  # the days there are, not every day
+        if not first <= day_number(date) <= last:
             continue
+        partition = Path(folder)
+        files = {file.name: file for file in partition.glob("*.parquet")}
+        held = held_by_compacted(partition, files, lambda f: merged_files(pq.read_schema(f)))
+        removed += [files[name] for name in held]  # a crashed compaction's: counted already
         touched = False
-        for file in sorted(set(partition.glob("*.parquet")) - seen):
+        for file in sorted(set(files.values()) - seen - set(removed)):
             seen.add(file)
             table = pq.read_table(file, partitioning=None)
             erased = erased_mask(table, (tombstone,))

@@ -1,9 +1,10 @@
 """Retention: whole days older than ``retention_days`` are deleted, everywhere.
 
 A day is one partition folder per site under ``events/``, its visit rollup
-under ``visits/`` and its drop counts under ``dropped/``; all three go together,
-the events last, under the site's maintenance and exclusive locks so that a
-query sees the day entirely or not at all.
+under ``visits/``, its pairs under ``pairs/`` and its drop counts under
+``dropped/``; all go together, the events last, under the site's maintenance
+and exclusive locks so that a query sees the day entirely or not at all. A day
+that has only drop counts (a site that only bots visited) goes too.
 """
 
 from __future__ import annotations
@@ -32,16 +33,24 @@ def expire(layout: DataLayout, keep_days: int, today: dt.date | None = None) -> 
     today = today or dt.datetime.now(dt.UTC).date()
     oldest_kept = today - dt.timedelta(days=keep_days - 1)
     report = RetentionReport()
-    for site_dir in sorted(layout.events.glob("site_id=*")):
-        site_id = site_dir.name.removeprefix("site_id=")
-        old = [p for p in site_dir.glob("date=*") if _day(p.name) and _day(p.name) < oldest_kept]
+    areas = (layout.visits, layout.pairs, layout.dropped, layout.events)  # events last
+    sites = sorted({site.name for area in areas for site in area.glob("site_id=*")})
+    for site_folder in sites:  # a site may have drop counts (bots only) but no events
+        site_id = site_folder.removeprefix("site_id=")
+        old = sorted(
+            {
+                day.name
+                for area in areas
+                for day in (area / site_folder).glob("date=*")
+                if (date := _day(day.name)) and date < oldest_kept
+            }
+        )
         if not old:
             continue
         with maintenance_lock(layout, site_id), site_lock(layout, site_id, exclusive=True):
-            for partition in old:
-                for area in (layout.visits, layout.pairs, layout.dropped):
-                    shutil.rmtree(area / site_dir.name / partition.name, ignore_errors=True)
-                shutil.rmtree(partition)
+            for day_folder in old:
+                for area in areas:
+                    shutil.rmtree(area / site_folder / day_folder, ignore_errors=True)
                 report.days += 1
     report.seconds = time.perf_counter() - started
     if report.days:
