@@ -37,7 +37,7 @@ from mallard.metrics import Metrics, worker_metrics
 from mallard.query.engine import QueryEngine
 from mallard.query.model import known_zones
 from mallard.storage.compaction import compact
-from mallard.storage.erasure import Tombstones
+from mallard.storage.erasure import Tombstones, finish_erasures
 from mallard.storage.layout import DataLayout
 from mallard.storage.retention import expire
 from mallard.storage.schema import Event
@@ -106,6 +106,8 @@ async def serve(
     AuthStore(database_path(settings.data_dir)).check()  # before serving, not in its start-up
     known_zones()  # read once here (30 ms), not on the event loop at the first query
     await _replay_write_ahead_logs(layout, tombstones)
+    if unfinished := await trio.to_thread.run_sync(finish_erasures, layout, tombstones):
+        log.warning("finished %d erasures a crash had cut short", unfinished)
     writer = EventWriter(
         layout,
         flush_count=settings.flush_count,

@@ -11,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 
 from mallard.storage.compaction import compact
-from mallard.storage.erasure import Tombstone, Tombstones, erase
+from mallard.storage.erasure import Tombstone, Tombstones, erase, finish_erasures
 from mallard.storage.layout import DataLayout
 from mallard.storage.parquet import write_batch
 from mallard.storage.retention import expire
@@ -93,6 +93,24 @@ def test_erasure_drops_what_a_crashed_compaction_left_and_counts_it_once(
     assert not originals[0].exists()
     assert compact(layout, before=DAYS[2] + dt.timedelta(days=1)).files_in == 1
     assert hours(layout, "a.com") == [h for h in range(72) if not 48 <= h < 54]
+
+
+def test_an_erasure_cut_short_by_a_crash_is_finished_at_the_next_start(
+    layout: DataLayout,
+) -> None:
+    """kill -9 after the tombstone, before the files: its rows are in Parquet still."""
+    tombstones = Tombstones(layout)
+    now_us = (FIRST + 9) * DAY_US
+    tombstones.add(
+        Tombstone("a.com", FIRST * DAY_US, (FIRST + 1) * DAY_US, now_us), layout.tmp / "t"
+    )
+    assert hours(layout, "a.com") == list(range(72))
+    assert finish_erasures(layout, Tombstones(layout)) == 1  # what a start does
+    assert hours(layout, "a.com") == list(range(24, 72))
+    assert [t.done for t in Tombstones(layout).current()] == [True]
+    assert finish_erasures(layout, Tombstones(layout)) == 0
+    erase(layout, tombstones, "b.org", at(0, 0), at(0, 1))  # one that ran to its end
+    assert [t.done for t in Tombstones(layout).current()] == [True, True]
 
 
 def test_tombstones_filter_what_is_not_in_parquet_yet(layout: DataLayout) -> None:

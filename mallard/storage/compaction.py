@@ -216,8 +216,9 @@ def _merge(layout: DataLayout, site_id: str, partition: Path, settle: float) -> 
 
 
 def _remove_abandoned_staging(layout: DataLayout, older_than: float = 3600.0) -> None:
-    """Merged files a crashed compaction left in tmp/ (never renamed, so never read)."""
-    for leftover in layout.tmp.glob(f"{COMPACTED_PREFIX}*.tmp"):
+    """Files a crashed compaction or erasure left in tmp/ (never renamed, never read)."""
+    leftovers = [*layout.tmp.glob(f"{COMPACTED_PREFIX}*.tmp"), *layout.tmp.glob("erase*.tmp")]
+    for leftover in leftovers:
         with contextlib.suppress(FileNotFoundError):
             if time.time() - leftover.stat().st_mtime > older_than:
                 leftover.unlink()

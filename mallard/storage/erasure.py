@@ -15,11 +15,13 @@ may say when an erased pageview happened); compaction builds them again.
 from __future__ import annotations
 
 import datetime as dt
+import fcntl
 import json
 import os
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import pyarrow as pa
@@ -44,6 +46,7 @@ class Tombstone:
     start_us: int
     end_us: int
     erased_us: int
+    done: bool = False  # its files are rewritten; until then, each start finishes the job
 
 
 @dataclass
@@ -83,13 +86,31 @@ class Tombstones:
         return self._tombstones
 
     def add(self, tombstone: Tombstone, staging: Path) -> None:
-        """Append durably: written aside, then renamed over the old list."""
-        entries = [asdict(t) for t in self.current()] + [asdict(tombstone)]
-        staging.write_text(json.dumps(entries, indent=1) + "\n")
-        with open(staging, "rb") as file:
-            os.fsync(file.fileno())
-        os.replace(staging, self._path)
-        fsync_dir(self._path.parent)
+        """Append durably."""
+        self._update(lambda tombstones: [*tombstones, tombstone], staging)
+
+    def finished(self, tombstone: Tombstone, staging: Path) -> None:
+        """Record durably that ``tombstone``'s files are rewritten."""
+        done = replace(tombstone, done=True)
+        self._update(lambda current: [done if t == tombstone else t for t in current], staging)
+
+    def _update(
+        self, change: Callable[[tuple[Tombstone, ...]], list[Tombstone]], staging: Path
+    ) -> None:
+        """Change the list as it is on disk (one process at a time: workers share it),
+        written aside, then renamed over the old one."""
+        fd = os.open(self._path.with_suffix(".lock"), os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            self._seen = None  # what another process wrote meanwhile
+            entries = [asdict(t) for t in change(self.current())]
+            staging.write_text(json.dumps(entries, indent=1) + "\n")
+            with open(staging, "rb") as file:
+                os.fsync(file.fileno())
+            os.replace(staging, self._path)
+            fsync_dir(self._path.parent)
+        finally:
+            os.close(fd)
 
     def keep(self, table: pa.Table) -> pa.Table:
         """``table`` without the rows any tombstone erases."""
@@ -121,7 +142,30 @@ def erase(
     """Record the tombstone, then remove the rows from the site's Parquet files. Blocking."""
     now_us = time.time_ns() // 1000
     tombstone = Tombstone(site_id, micros(start), micros(end), now_us)
-    tombstones.add(tombstone, layout.tmp / f"erasures-{uuid.uuid4().hex}.tmp")
+    tombstones.add(tombstone, _staging(layout))
+    report = _rewrite(layout, tombstone)
+    tombstones.finished(tombstone, _staging(layout))
+    return report
+
+
+def finish_erasures(layout: DataLayout, tombstones: Tombstones) -> int:
+    """Rewrite the files of the erasures a crash cut short (recorded, never marked
+    done): their tombstones kept erased events from coming back, but the rows
+    already in Parquet stayed. Returns how many there were. Blocking."""
+    unfinished = [t for t in tombstones.current() if not t.done]
+    for tombstone in unfinished:
+        _rewrite(layout, tombstone)
+        tombstones.finished(tombstone, _staging(layout))
+    return len(unfinished)
+
+
+def _staging(layout: DataLayout) -> Path:
+    return layout.tmp / f"erasures-{uuid.uuid4().hex}.tmp"
+
+
+def _rewrite(layout: DataLayout, tombstone: Tombstone) -> ErasureReport:
+    """Remove the tombstone's rows from the site's Parquet files, all swapped at once."""
+    site_id = tombstone.site_id
     report = ErasureReport()
     with maintenance_lock(layout, site_id):
         seen: set[Path] = set()
