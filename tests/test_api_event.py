@@ -364,6 +364,40 @@ async def test_an_error_before_the_body_arrives_ends_the_connection(
         assert (await server.client.get(f"{server.url}/health")).status_code == 200
 
 
+@pytest.mark.parametrize("path", ["/api/event", "/api/events", "/api/v2/query"])
+async def test_clients_hanging_up_on_an_oversized_body_log_no_traceback(
+    server: RunningServer, path: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Refused before it is read, the client hangs up: hypercorn's teardown races the
+    answer's last write (trio.BusyResourceError), which must not become a traceback."""
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    declared = 20 * 1024 * 1024
+    head = (
+        f"POST {path} HTTP/1.1\r\nHost: {host}\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {declared}\r\n\r\n"
+    ).encode()
+
+    async def hang_up_after_the_answer(sent: int, answers: list[bytes]) -> None:
+        stream = await trio.open_tcp_stream(host, int(port))
+        try:
+            await stream.send_all(head + b"x" * sent)
+            answers.append(await stream.receive_some(200))
+        except trio.BrokenResourceError:  # the server closed first: as good
+            answers.append(b"HTTP/1.1 413")
+        finally:
+            await stream.aclose()
+
+    answers: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        for attempt in range(60):
+            nursery.start_soon(hang_up_after_the_answer, attempt * 7919 % 300_000, answers)
+    assert len(answers) == 60
+    assert all(answer.startswith(b"HTTP/1.1 413") for answer in answers), answers[:3]
+    await trio.sleep(0.2)  # teardowns still under way
+    assert "Traceback" not in caplog.text and "Error in ASGI" not in caplog.text
+    assert (await server.post_event(SEED_EVENT)).status_code == 202
+
+
 async def post_batch(server: RunningServer, content: bytes, **headers: str) -> Any:
     return await server.client.post(
         f"{server.url}/api/events", content=content, headers={"User-Agent": BROWSER_UA, **headers}

@@ -8,6 +8,7 @@ response objects. Every answer carries ``Access-Control-Allow-Origin: *``.
 from __future__ import annotations
 
 import base64
+import contextlib
 import json
 import logging
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -114,6 +115,23 @@ async def _read_body(
             return b"".join(chunks)
 
 
+def _quiet_if_closing(send: Send) -> Send:
+    """``send`` that lets go when hypercorn closes the connection under it.
+
+    A client that hangs up while its answer is written (one whose oversized body
+    was refused before it was read, say) makes hypercorn shut the socket down
+    while the answer's last write is under way; that write raises
+    ``trio.BusyResourceError``, which hypercorn does not catch as it does the
+    client's other ways of leaving. The client is gone either way: no traceback.
+    """
+
+    async def guarded(message: Message) -> None:
+        with contextlib.suppress(trio.BusyResourceError):
+            await send(message)
+
+    return guarded
+
+
 class IngestEndpoint:
     """ASGI app: ``/api/event`` here, every other path to ``fallback`` (the Quart app)."""
 
@@ -125,6 +143,7 @@ class IngestEndpoint:
         self._stopping = trio.Event() if stopping is None else stopping
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        send = _quiet_if_closing(send)
         if scope["type"] != "http" or scope["path"] not in (EVENT_PATH, BATCH_PATH):
             await self._fallback(scope, receive, send)
             return
