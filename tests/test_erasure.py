@@ -5,6 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import pyarrow.parquet as pq
@@ -93,6 +94,39 @@ def test_erasure_drops_what_a_crashed_compaction_left_and_counts_it_once(
     assert not originals[0].exists()
     assert compact(layout, before=DAYS[2] + dt.timedelta(days=1)).files_in == 1
     assert hours(layout, "a.com") == [h for h in range(72) if not 48 <= h < 54]
+
+
+def test_later_visits_forget_when_erased_visits_started(tmp_path: Path) -> None:
+    """``seen_visitor`` and ``seen_gap_*`` say when a visitor's earlier visits started:
+    an erased visit's time is cleared from the later days' rollups at once."""
+    layout = DataLayout(tmp_path / "data")
+    layout.create()
+    visits = [  # (visitor, day, hour, source)
+        (1, 0, 2, "Google"), (1, 1, 3, "Google"),  # came before, inside the erased range
+        (2, 0, 20, "Google"), (2, 1, 4, "Google"),  # before, after the range: kept
+        (4, 0, 1, "Google"), (4, 0, 21, "Bing"), (4, 1, 5, "Google"),  # last Google erased
+    ]  # fmt: skip
+    events = [
+        make_event(site_id="a.com", visitor_id=visitor, referrer_source=source,
+                   timestamp=(FIRST + day) * DAY_US + hour * HOUR_US)  # fmt: skip
+        for visitor, day, hour, source in visits
+    ]
+    write_batch(events_to_table(events), layout, "w-00000000")
+    compact(layout, before=DAYS[2])
+
+    def seen(visitor: int) -> tuple[Any, Any]:
+        rows = pq.read_table(layout.visits / "site_id=a.com" / f"date={DAYS[1]}").to_pylist()
+        [row] = [r for r in rows if r["visitor_id"] == visitor]
+        return row["seen_visitor"], row["seen_gap_referrer_source"]
+
+    assert seen(1) == (at(0, 2), 0) and seen(2) == (at(0, 20), 0)
+    assert seen(4) == (at(0, 21), 20 * HOUR_US)  # its Google visit at 1:00
+    erase(layout, Tombstones(layout), "a.com", at(0, 0), at(0, 10))
+    assert seen(1) == (None, None) and seen(4) == (None, None)
+    assert seen(2) == (at(0, 20), 0)
+    compact(layout, before=DAYS[2])  # built again from what is left
+    assert seen(1) == (None, None) and seen(2) == (at(0, 20), 0)
+    assert seen(4) == (at(0, 21), None)
 
 
 def test_an_erasure_cut_short_by_a_crash_is_finished_at_the_next_start(

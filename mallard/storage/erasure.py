@@ -9,13 +9,16 @@ the erasure can come back. Then the Parquet files of the days in range are
 rewritten without the erased rows and all swapped in under the site's
 exclusive lock: a query sees the whole erasure or none of it. The pairs of
 the first erased day and every later one are dropped too (a later day's pair
-may say when an erased pageview happened); compaction builds them again.
+may say when an erased pageview happened), and so are the ``seen_*`` values
+of later visits that say when an erased visit started; compaction builds
+them again.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import fcntl
+import functools
 import json
 import os
 import time
@@ -125,15 +128,17 @@ def erased_mask(table: pa.Table, tombstones: tuple[Tombstone, ...]) -> pa.Chunke
     stamps = table["timestamp"].cast(pa.int64())
     mask = pa.chunked_array([pa.array([False] * table.num_rows)])
     for tombstone in tombstones:
-        hit = pc.and_(
-            pc.equal(table["site_id"], tombstone.site_id),
-            pc.and_(
-                pc.greater_equal(stamps, tombstone.start_us),
-                pc.less(stamps, min(tombstone.end_us, tombstone.erased_us)),
-            ),
-        )
+        hit = pc.and_(pc.equal(table["site_id"], tombstone.site_id), _erases(tombstone, stamps))
         mask = pc.or_(mask, hit)
     return mask
+
+
+def _erases(tombstone: Tombstone, micros_since_epoch: pa.ChunkedArray) -> pa.ChunkedArray:
+    """True where the time is in the tombstone's range (and before the erasure)."""
+    return pc.and_(
+        pc.greater_equal(micros_since_epoch, tombstone.start_us),
+        pc.less(micros_since_epoch, min(tombstone.end_us, tombstone.erased_us)),
+    )
 
 
 def erase(
@@ -170,6 +175,7 @@ def _rewrite(layout: DataLayout, tombstone: Tombstone) -> ErasureReport:
     with maintenance_lock(layout, site_id):
         seen: set[Path] = set()
         replaced, removed = _rewrite_days(layout, tombstone, report, seen)
+        replaced += _clear_seen_of_erased(layout, tombstone, set(removed))
         with site_lock(layout, site_id, exclusive=True):
             # a flush that was under way when the tombstone was written may have landed
             late_replaced, late_removed = _rewrite_days(layout, tombstone, report, seen)
@@ -184,6 +190,48 @@ def _rewrite(layout: DataLayout, tombstone: Tombstone) -> ErasureReport:
             if report.rows_erased:
                 forget_pairs_from(layout, site_id, tombstone.start_us // MICROS_PER_DAY)
     return report
+
+
+def _clear_seen_of_erased(
+    layout: DataLayout, tombstone: Tombstone, removed: set[Path]
+) -> list[tuple[Path, Path]]:
+    """Stage, cleared, the ``seen_*`` values of visits that point into the erased range.
+
+    A visit's ``seen_visitor`` is when the visitor's previous visit started,
+    and each ``seen_gap_*`` leads to an earlier one: when that visit was
+    erased, its time goes too. Nothing reads the cleared values meanwhile:
+    seen columns count only where the pairs are current, and the pairs from the
+    first erased day on are dropped. Returns (staged file -> destination).
+    """
+    replaced: list[tuple[Path, Path]] = []
+    first = tombstone.start_us // MICROS_PER_DAY
+    for date, folder in dated_partitions(layout.visits / f"site_id={tombstone.site_id}"):
+        if day_number(date) < first:  # its visits and their previous ones are older
+            continue
+        for file in sorted(Path(folder).glob("*.parquet")):
+            if file in removed or "seen_visitor" not in pq.read_schema(file).names:
+                continue
+            visits = pq.read_table(file, partitioning=None)
+            previous = visits["seen_visitor"].cast(pa.int64())
+            times = [previous] + [
+                pc.subtract(previous, visits[name])
+                for name in visits.column_names
+                if name.startswith("seen_gap_")
+            ]
+            erased = functools.reduce(
+                pc.or_, (pc.fill_null(_erases(tombstone, t), False) for t in times)
+            )
+            if not pc.any(erased).as_py():
+                continue
+            for index, name in enumerate(visits.column_names):
+                if name.startswith("seen_"):
+                    column = visits[name]
+                    cleared = pc.if_else(erased, pa.scalar(None, column.type), column)
+                    visits = visits.set_column(index, visits.field(index), cleared)
+            staging = layout.tmp / f"{ERASED_PREFIX}{uuid.uuid4().hex}.visits.tmp"
+            write_aside(visits, staging)
+            replaced.append((staging, file))
+    return replaced
 
 
 def _rewrite_days(
