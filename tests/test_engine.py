@@ -7,6 +7,7 @@ import datetime as dt
 import fcntl
 import os
 import threading
+import time
 from collections.abc import AsyncIterator
 from functools import partial
 from pathlib import Path
@@ -17,10 +18,10 @@ import pytest
 import trio
 
 from mallard.query import engine as engine_module
-from mallard.query.engine import FileShapes, QueryEngine, QueryTimeout
+from mallard.query.engine import FileShapes, QueryEngine, QueryTimeout, QueryTooLarge
 from mallard.query.model import parse_query
 from mallard.query.stats import run_query
-from mallard.query.threads import Handoff, QueryThreads
+from mallard.query.threads import Handoff, MemoryGate, QueryThreads
 from mallard.storage.compaction import compact
 from mallard.storage.layout import DataLayout, day_number
 from mallard.storage.locks import site_lock
@@ -50,6 +51,68 @@ def test_a_query_bigger_than_its_memory_spills_to_the_data_dir(tmp_path: Path) -
         assert rows == [(20_000_000,)]
     finally:
         engine.close()
+
+
+# One group's list cannot spill: about 1.5 million of them fit in 64 MiB once, not twice.
+LISTS = "SELECT sum(len(l)) FROM (SELECT i % 2 AS g, list(i) AS l FROM range($n) t(i) GROUP BY g)"
+
+
+async def test_queries_out_of_memory_together_run_again_alone(tmp_path: Path) -> None:
+    layout = DataLayout(tmp_path)
+    layout.create()
+    engine = QueryEngine(layout, memory_mb=64, max_concurrent=2, cache_entries=0)
+    answers: list[object] = []
+
+    async def lists(n: int) -> None:
+        answers.append((await engine.fetch(LISTS, {"n": n}))[1])
+
+    async with trio.open_nursery() as nursery:
+        for _ in range(4):
+            nursery.start_soon(lists, 1_500_000)
+    assert answers == [[(1_500_000,)]] * 4
+    with pytest.raises(QueryTooLarge, match=r"more memory than query_memory_mb \(64 MiB\)"):
+        await engine.fetch(LISTS, {"n": 3_000_000})  # too much even alone
+    assert (await engine.fetch("SELECT 1"))[1] == [(1,)]
+
+
+def test_a_query_out_of_memory_waits_for_those_running_and_holds_back_new_ones() -> None:
+    gate = MemoryGate()
+    log: list[str] = []
+    running, alone_waits, newcomer_waits = threading.Event(), threading.Event(), threading.Event()
+    release = threading.Event()
+
+    def beside() -> None:
+        with gate.together():
+            running.set()
+            release.wait(5)
+            log.append("beside done")
+
+    def retry() -> None:
+        alone_waits.set()
+        with gate.alone():
+            log.append("alone")
+            newcomer_waits.wait(5)
+            log.append("alone done")
+
+    def newcomer() -> None:
+        newcomer_waits.set()
+        with gate.together():
+            log.append("newcomer")
+
+    threads = [threading.Thread(target=beside)]
+    threads[0].start()
+    running.wait(5)
+    threads.append(threading.Thread(target=retry))
+    threads[1].start()
+    alone_waits.wait(5)
+    time.sleep(0.2)  # until it waits inside alone(), holding back newcomers
+    threads.append(threading.Thread(target=newcomer))
+    threads[2].start()
+    newcomer_waits.wait(5)
+    release.set()
+    for thread in threads:
+        thread.join(5)
+    assert log == ["beside done", "alone", "alone done", "newcomer"]
 
 
 async def test_a_query_cancelled_while_queued_never_runs() -> None:

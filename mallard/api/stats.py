@@ -21,7 +21,7 @@ from quart import Blueprint, Response, current_app, jsonify, request
 from mallard.auth import access
 from mallard.ingest import dropped
 from mallard.query import behaviour, export
-from mallard.query.engine import QueryEngine, QueryTimeout, UnreadableFile
+from mallard.query.engine import QueryEngine, QueryTimeout, QueryTooLarge, UnreadableFile
 from mallard.query.model import (
     DATE_PRESETS,
     MAX_LIMIT,
@@ -188,7 +188,8 @@ async def bad_query(error: QueryError) -> Any:
 
 
 @blueprint.errorhandler(QueryTimeout)
-async def slow_query(error: QueryTimeout) -> Any:
+@blueprint.errorhandler(QueryTooLarge)
+async def query_over_limits(error: QueryTimeout | QueryTooLarge) -> Any:
     return _error(503, str(error))
 
 

@@ -28,7 +28,13 @@ import pyarrow.parquet as pq
 import trio
 
 from mallard.query.sql import Derived, events_select, file_list
-from mallard.query.threads import Handoff, QueryThreads, lower_priority, thread_ids
+from mallard.query.threads import (
+    Handoff,
+    MemoryGate,
+    QueryThreads,
+    lower_priority,
+    thread_ids,
+)
 from mallard.storage.layout import (
     COMPACTED_PREFIX,
     DataLayout,
@@ -277,6 +283,10 @@ class QueryTimeout(Exception):
     """A query ran longer than the engine allows and was interrupted."""
 
 
+class QueryTooLarge(Exception):
+    """A query needs more memory than DuckDB may use, even with no other query running."""
+
+
 class QueryEngine:
     """Runs SQL over a site's events; at most ``max_concurrent`` queries at once.
 
@@ -284,7 +294,8 @@ class QueryEngine:
     threads (:mod:`mallard.query.threads`): a dashboard's queries queue for the
     cores rather than crowd out ingestion, whose event loop keeps its share.
     DuckDB holds at most ``memory_mb`` MiB; a query that needs more spills to
-    ``tmp/duckdb-<pid>``.
+    ``tmp/duckdb-<pid>``, and one that still runs out (what some operators
+    hold cannot spill) runs again once the others are done.
     """
 
     def __init__(
@@ -319,6 +330,8 @@ class QueryEngine:
         lower_priority(thread_ids() - threads_before)  # DuckDB's own pool
         self._lock = threading.Lock()
         self._threads = QueryThreads(max_concurrent)
+        self._memory = MemoryGate()
+        self._memory_mb = memory_mb
         self.cache = ResultCache(cache_entries)
         self._manifests: dict[str, tuple[Any, PairManifest]] = {}
         self._shapes = FileShapes()
@@ -563,8 +576,7 @@ class QueryEngine:
                     if (answer := self.cache.get(key)) is not None:
                         return answer
                     self._prepare_source(cursor, snapshot, pending, derived=derived)
-                result = cursor.execute(sql, parameters or [])
-                answer = [d[0] for d in result.description or []], result.fetchall()
+                answer = self._execute(cursor, sql, parameters)
             if key is not None:
                 self.cache.put(key, answer)
             return answer
@@ -576,6 +588,32 @@ class QueryEngine:
             with contextlib.suppress(duckdb.Error):  # it may have finished meanwhile
                 cursor.interrupt()
             raise
+
+    def _execute(
+        self,
+        cursor: duckdb.DuckDBPyConnection,
+        sql: str,
+        parameters: dict[str, Any] | list[Any] | None,
+    ) -> tuple[list[str], list[tuple[Any, ...]]]:
+        """Column names and rows; out of memory beside other queries, again alone."""
+
+        def execute() -> tuple[list[str], list[tuple[Any, ...]]]:
+            result = cursor.execute(sql, parameters or [])
+            return [d[0] for d in result.description or []], result.fetchall()
+
+        try:
+            with self._memory.together():
+                return execute()
+        except duckdb.OutOfMemoryException:
+            pass
+        try:
+            with self._memory.alone():
+                return execute()
+        except duckdb.OutOfMemoryException:
+            raise QueryTooLarge(
+                f"the query needs more memory than query_memory_mb ({self._memory_mb} MiB) "
+                "allows; ask for a shorter range, or raise query_memory_mb"
+            ) from None
 
     @contextlib.contextmanager
     def _time_limit(self) -> Iterator[None]:
