@@ -229,6 +229,11 @@ DASHBOARD = (
     "main", "timeseries", "pages", "entry_pages", "exit_pages", "sources", "devices", "browsers",
     "countries", "events",
 )  # fmt: skip
+# the dashboard's other breakdowns, and how many of their metrics the naive SQL has too
+BREAKDOWN_CHECKS = (
+    ("entry_pages", 2), ("exit_pages", 2), ("devices", 1), ("browsers", 1), ("countries", 1),
+    ("events", 2),
+)  # fmt: skip
 CASES = (
     Case(
         "main",
@@ -245,6 +250,10 @@ CASES = (
     ),
     Case("pages", (_request("pages"),), ("pages",), lambda answer: _labelled(answer, 2)),
     Case("sources", (_request("sources"),), ("sources",), lambda answer: _labelled(answer, 2)),
+    *(
+        Case(name, (_request(name),), (name,), functools.partial(_labelled, metrics=metrics))
+        for name, metrics in BREAKDOWN_CHECKS
+    ),
     Case(
         "funnel",
         (("funnel", {"steps": ",".join(f"page:{page}" for page in FUNNEL_PAGES)}),),
@@ -403,12 +412,14 @@ def ingest_under_queries(url: str, context: Context, args: argparse.Namespace) -
 
     ``--ingest-rounds`` rounds, each an idle run then a run under load, so a
     disturbance on the shared machine hits both alike; the ratio is of the
-    median p99s. The heavy load is the all-time dashboard's 10 requests, fired
-    again as soon as they return, for the whole measured window. Each round
-    then runs :mod:`fsync_probe` idle and under the same queries: the
-    machine's own fsync and wake-up latencies, with no Mallard code, beside
-    Mallard's. Events go to the load generator's sites; the caller removes
-    what they add to the dataset (:func:`remove_ingested`).
+    median p99s. Two heavy loads, each for a whole measured window: the
+    all-time dashboard's 10 requests at once, fired again as soon as they all
+    return, and the same requests one at a time (always exactly one heavy
+    query running, as the query issue words it). Each round then runs
+    :mod:`fsync_probe` idle and under the dashboards: the machine's own fsync
+    and wake-up latencies, with no Mallard code, beside Mallard's. Events go
+    to the load generator's sites; the caller removes what they add to the
+    dataset (:func:`remove_ingested`).
     """
 
     def load() -> dict[str, Any]:
@@ -418,7 +429,7 @@ def ingest_under_queries(url: str, context: Context, args: argparse.Namespace) -
     def machine() -> dict[str, Any]:
         return run_probe(args.data_root, PROBE_SECONDS, args.ingest_rate)
 
-    def under_queries(measure: Callable[[], T]) -> tuple[T, int]:
+    def under_queries(measure: Callable[[], T], at_once: bool = True) -> tuple[T, int]:
         stop = threading.Event()
         queries = [0]
 
@@ -428,8 +439,15 @@ def ingest_under_queries(url: str, context: Context, args: argparse.Namespace) -
                 for route, extra in map(_request, DASHBOARD)
             ]
             while not stop.is_set():
-                timed(jobs, context.pool)
-                queries[0] += len(jobs)
+                if at_once:
+                    timed(jobs, context.pool)
+                    queries[0] += len(jobs)
+                    continue
+                for job in jobs:
+                    if stop.is_set():
+                        break
+                    job()
+                    queries[0] += 1
 
         worker = threading.Thread(target=heavy)
         worker.start()
@@ -439,12 +457,16 @@ def ingest_under_queries(url: str, context: Context, args: argparse.Namespace) -
             stop.set()
             worker.join()
 
-    idle, busy, probe_idle, probe_busy, queries = [], [], [], [], 0
+    idle, busy, single, probe_idle, probe_busy = [], [], [], [], []
+    queries = queries_single = 0
     for _ in range(args.ingest_rounds):
         idle.append(load())
         result, fired = under_queries(load)
         busy.append(result)
         queries += fired
+        result, fired = under_queries(load, at_once=False)
+        single.append(result)
+        queries_single += fired
         probe_idle.append(machine())
         probe_busy.append(under_queries(machine)[0])
 
@@ -464,6 +486,11 @@ def ingest_under_queries(url: str, context: Context, args: argparse.Namespace) -
         "busy_p50_ms": median_of(busy, "p50"),
         "busy_p99_ms": median_of(busy, "p99"),
         "p99_ratio": median_of(busy, "p99") / median_of(idle, "p99"),
+        "single": single,
+        "queries_single": queries_single,
+        "single_p50_ms": median_of(single, "p50"),
+        "single_p99_ms": median_of(single, "p99"),
+        "single_p99_ratio": median_of(single, "p99") / median_of(idle, "p99"),
         "probe_idle": probe_idle,
         "probe_busy": probe_busy,
         **{
@@ -471,7 +498,7 @@ def ingest_under_queries(url: str, context: Context, args: argparse.Namespace) -
             for measure in ("fsync_ms", "wakeup_late_ms")
             for phase, runs in (("idle", probe_idle), ("busy", probe_busy))
         },
-        "errors": sum(run["errors"] for run in idle + busy),
+        "errors": sum(run["errors"] for run in idle + busy + single),
     }
 
 
@@ -637,9 +664,11 @@ def run_size(
                 progress(f"  ingestion at {args.ingest_rate:g} req/s, idle and under queries")
                 ingestion = ingest_under_queries(url, context, args)
                 progress(
-                    f"  ingestion p99 idle {_p99s(ingestion['idle'])} ms, under queries "
+                    f"  ingestion p99 idle {_p99s(ingestion['idle'])} ms, under dashboards "
                     f"{_p99s(ingestion['busy'])} ms: medians {ingestion['p99_ratio']:.2f}x "
-                    f"({ingestion['queries_during']} queries); the machine's fsync p99 "
+                    f"({ingestion['queries_during']} queries); one query at a time "
+                    f"{_p99s(ingestion['single'])} ms: {ingestion['single_p99_ratio']:.2f}x "
+                    f"({ingestion['queries_single']} queries); the machine's fsync p99 "
                     f"{_probe_p99s(ingestion, 'fsync_ms')} ms, wake-up lateness p99 "
                     f"{_probe_p99s(ingestion, 'wakeup_late_ms')} ms"
                 )
@@ -747,6 +776,13 @@ def summary_lines(sizes: list[dict[str, Any]], records: list[dict[str, Any]]) ->
                 f"{ingestion['p99_ratio']:.2f}x idle (p99 per round: idle "
                 f"{_p99s(ingestion['idle'])}, busy {_p99s(ingestion['busy'])}); "
                 f"errors {ingestion['errors']}"
+            )
+            lines.append(
+                f"{size['size']}: ingestion while one heavy query runs at a time "
+                f"({ingestion['queries_single']} all-time dashboard queries in turn): p50/p99 "
+                f"{ingestion['single_p50_ms']:.1f}/{ingestion['single_p99_ms']:.1f} ms, p99 "
+                f"{ingestion['single_p99_ratio']:.2f}x idle (p99 per round: "
+                f"{_p99s(ingestion['single'])})"
             )
             lines.append(
                 f"{size['size']}: the machine without Mallard (fsync_probe, medians): fsync p99 "
