@@ -564,7 +564,7 @@ def prepare_dataset(events: int, args: argparse.Namespace, today: dt.date) -> di
         "seed": args.seed,
         "site": SITE,
         "end": today.isoformat(),
-        "layout": "compacted with visit rollups (seen columns) and pairs, "
+        "layout": "compacted with visit rollups (seen columns) and pairs through yesterday, "
         "today but for its last hour",
     }
     try:
@@ -589,6 +589,10 @@ def prepare_dataset(events: int, args: argparse.Namespace, today: dt.date) -> di
         progress("  compacting: each day becomes one sorted file with its visits and pairs")
         layout = DataLayout(directory)
         last_hour = hold_back_last_hour(layout, today)
+        # yesterday too, although just written: the server's compaction waits until a
+        # recent day's files are SETTLE_SECONDS old, and would leave it as events
+        yesterday = layout.partition(SITE, day_number(today) - 1)
+        compact_partition(layout, SITE, yesterday)
         compaction = compact(
             layout,
             before=today,
