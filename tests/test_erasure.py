@@ -107,8 +107,12 @@ def test_later_visits_forget_when_erased_visits_started(tmp_path: Path) -> None:
         (4, 0, 1, "Google"), (4, 0, 21, "Bing"), (4, 1, 5, "Google"),  # last Google erased
     ]  # fmt: skip
     events = [
-        make_event(site_id="a.com", visitor_id=visitor, referrer_source=source,
-                   timestamp=(FIRST + day) * DAY_US + hour * HOUR_US)  # fmt: skip
+        make_event(
+            site_id="a.com",
+            visitor_id=visitor,
+            referrer_source=source,
+            timestamp=(FIRST + day) * DAY_US + hour * HOUR_US,
+        )
         for visitor, day, hour, source in visits
     ]
     write_batch(events_to_table(events), layout, "w-00000000")
