@@ -826,7 +826,7 @@ def write_chart(records: list[dict[str, Any]], size: str, path: Path) -> bool:
         import matplotlib.pyplot as plt
     except ImportError:
         return False
-    figure, panels = plt.subplots(1, len(RANGES), figsize=(13, 4.8), sharey=True, squeeze=False)
+    figure, panels = plt.subplots(1, len(RANGES), figsize=(17, 5), sharey=True, squeeze=False)
     for axes, period in zip(panels[0], RANGES, strict=True):
         chosen = [r for r in records if r["size"] == size and r["range"] == period]
         xs = range(len(chosen))
