@@ -410,7 +410,7 @@ def measure(case: Case, period: str, context: Context) -> dict[str, Any]:
 def ingest_under_queries(url: str, context: Context, args: argparse.Namespace) -> dict[str, Any]:
     """Ingestion latency at a fixed rate, idle and while heavy queries run (same server).
 
-    ``--ingest-rounds`` rounds, each an idle run then a run under load, so a
+    ``--ingest-rounds`` rounds, each an idle run then runs under load, so a
     disturbance on the shared machine hits both alike; the ratio is of the
     median p99s. Two heavy loads, each for a whole measured window: the
     all-time dashboard's 10 requests at once, fired again as soon as they all
