@@ -3,6 +3,7 @@ its time limit."""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import fcntl
 import os
@@ -73,6 +74,98 @@ async def test_queries_out_of_memory_together_run_again_alone(tmp_path: Path) ->
     with pytest.raises(QueryTooLarge, match=r"more memory than query_memory_mb \(64 MiB\)"):
         await engine.fetch(LISTS, {"n": 3_000_000})  # too much even alone
     assert (await engine.fetch("SELECT 1"))[1] == [(1,)]
+
+
+async def test_exports_and_queries_share_the_memory(tmp_path: Path) -> None:
+    """An export sorts every row before its first batch: a query that runs out of memory
+    beside that sort runs again once it is done, and so does the sort; then the export
+    reads its rows from a file of its own, holding none of DuckDB's memory."""
+    layout = DataLayout(tmp_path)
+    layout.create()
+    (layout.events / "site_id=example.com").mkdir()
+    engine = QueryEngine(layout, memory_mb=64, max_concurrent=2, cache_entries=0)
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    sort = "SELECT i, i::VARCHAR AS t FROM range($n) t(i) ORDER BY hash(i)"  # spills
+    exported: list[int] = []
+    answers: list[object] = []
+
+    async def export() -> None:
+        batches = engine.stream(
+            sort, {"n": 10_000_000}, site_id="example.com", start=start, end=start + DAY
+        )
+        async with contextlib.aclosing(batches):
+            async for batch in batches:
+                exported.append(batch.num_rows)
+                await trio.sleep(0)  # a client reading while the queries run
+
+    async def query(delay: float) -> None:
+        await trio.sleep(delay)
+        answers.append((await engine.fetch(LISTS, {"n": 2_000_000}))[1])  # fits alone
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(export)
+            for delay in (0.05, 0.3, 0.8, 1.5):  # while it sorts, and while it is read
+                nursery.start_soon(query, delay)
+        assert sum(exported) == 10_000_000
+        assert answers == [[(2_000_000,)]] * 4
+        assert not any(layout.export_folder(os.getpid()).iterdir())
+        assert _site_lock_is_free(layout, "example.com")
+    finally:
+        engine.close()
+
+
+async def test_a_query_given_up_while_it_waits_for_memory_never_runs(tmp_path: Path) -> None:
+    """DuckDB forgets an interrupt sent before its query starts: a query whose caller timed
+    out while it waited would run on after, with nobody to stop it."""
+    layout = DataLayout(tmp_path)
+    layout.create()
+    (layout.events / "site_id=example.com").mkdir()
+    engine = QueryEngine(layout, timeout=0.3, max_concurrent=1, cache_entries=0)
+    endless = "SELECT count(*) FROM range(1000000000000)"
+    start = dt.datetime(2026, 1, 1, tzinfo=dt.UTC)
+    held, release = threading.Event(), threading.Event()
+
+    def hold_the_memory() -> None:
+        with engine._memory.alone():  # what a query out of memory beside others does
+            held.set()
+            release.wait(10)
+
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(trio.to_thread.run_sync, hold_the_memory))
+            await trio.to_thread.run_sync(held.wait)
+            with pytest.raises(QueryTimeout):
+                await engine.fetch(endless)
+            batches = engine.stream(
+                endless, {}, site_id="example.com", start=start, end=start + DAY
+            )
+            with pytest.raises(QueryTimeout):
+                await anext(batches)
+            await batches.aclose()
+            release.set()
+        with trio.fail_after(5):  # the only query thread is free: neither query ran
+            assert await engine.fetch("SELECT 2") == (["2"], [(2,)])
+    finally:
+        release.set()
+        engine.close()
+
+
+async def test_the_health_check_does_not_wait_behind_queries(tmp_path: Path) -> None:
+    layout = DataLayout(tmp_path)
+    layout.create()
+    engine = QueryEngine(layout, max_concurrent=1)
+    release = threading.Event()
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(engine._threads.run, release.wait)  # every query thread busy
+            await trio.sleep(0.05)
+            with trio.fail_after(2):
+                assert await engine.ping()
+            release.set()
+    finally:
+        release.set()
+        engine.close()
 
 
 def test_a_query_out_of_memory_waits_for_those_running_and_holds_back_new_ones() -> None:

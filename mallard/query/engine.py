@@ -16,10 +16,11 @@ import datetime as dt
 import logging
 import os
 import threading
+import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import duckdb
 import pyarrow as pa
@@ -66,8 +67,10 @@ from mallard.storage.schema import (
 PendingParts = Sequence[tuple[str, Callable[[str], pa.Table]]]
 PendingEvents = Callable[[], PendingParts]
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 CLOSE_WAIT = 5.0  # seconds close() waits for interrupted queries to stop
+PING_TIMEOUT = 5.0  # seconds a health check waits for DuckDB
 EMPTY_EVENTS = events_to_table([])
 EMPTY_VISITS = VISIT_SCHEMA.empty_table()
 EMPTY_PAIRS = PAIR_SCHEMA.empty_table()
@@ -279,6 +282,26 @@ def _day(timestamp: str) -> str:
     return f"epoch_us({timestamp}) // {MICROS_PER_DAY}"
 
 
+def _duckdb_batches(reader: pa.RecordBatchReader) -> Iterator[pa.RecordBatch]:
+    """The batches of a DuckDB result's Arrow stream, which reports DuckDB running out
+    of memory as an ``OSError``: raised here as DuckDB's own exception again."""
+    try:
+        yield from reader
+    except OSError as error:
+        if str(error).startswith("Out of Memory Error"):
+            raise duckdb.OutOfMemoryException(str(error)) from error
+        raise
+
+
+class Abandoned(Exception):
+    """Nobody waits for this query's answer any more (raised in its thread)."""
+
+
+def _stop_if(abandoned: Callable[[], bool]) -> None:
+    if abandoned():
+        raise Abandoned
+
+
 class QueryTimeout(Exception):
     """A query ran longer than the engine allows and was interrupted."""
 
@@ -315,7 +338,8 @@ class QueryEngine:
         self._pending_sites = pending_sites
         self._logged_elsewhere = logged_elsewhere
         self._timeout = timeout
-        remove_dead_process_folders(layout.tmp, "duckdb-")  # spills of finished runs
+        for prefix in ("duckdb-", "export-"):  # spills and exports of finished runs
+            remove_dead_process_folders(layout.tmp, prefix)
         threads_before = thread_ids()
         self._database = duckdb.connect(
             ":memory:",
@@ -563,6 +587,7 @@ class QueryEngine:
         """
         cursor = self._cursor()
         parts = self._pending() if site_id is not None else ()
+        abandoned = threading.Event()
 
         def run() -> tuple[list[str], list[tuple[Any, ...]]]:
             key = None
@@ -576,7 +601,7 @@ class QueryEngine:
                     if (answer := self.cache.get(key)) is not None:
                         return answer
                     self._prepare_source(cursor, snapshot, pending, derived=derived)
-                answer = self._execute(cursor, sql, parameters)
+                answer = self._execute(cursor, sql, parameters, abandoned.is_set)
             if key is not None:
                 self.cache.put(key, answer)
             return answer
@@ -585,6 +610,7 @@ class QueryEngine:
             with self._time_limit():
                 return await self._threads.run(run)
         except (QueryTimeout, trio.Cancelled):
+            abandoned.set()  # if it still waits for memory, it never starts
             with contextlib.suppress(duckdb.Error):  # it may have finished meanwhile
                 cursor.interrupt()
             raise
@@ -594,21 +620,32 @@ class QueryEngine:
         cursor: duckdb.DuckDBPyConnection,
         sql: str,
         parameters: dict[str, Any] | list[Any] | None,
+        abandoned: Callable[[], bool],
     ) -> tuple[list[str], list[tuple[Any, ...]]]:
-        """Column names and rows; out of memory beside other queries, again alone."""
+        """Column names and rows (:meth:`_within_memory`)."""
 
         def execute() -> tuple[list[str], list[tuple[Any, ...]]]:
             result = cursor.execute(sql, parameters or [])
             return [d[0] for d in result.description or []], result.fetchall()
 
+        return self._within_memory(execute, abandoned)
+
+    def _within_memory(self, run: Callable[[], T], abandoned: Callable[[], bool]) -> T:
+        """``run`` a query (blocking) beside the others; out of memory there, again alone.
+
+        A query whose caller gave up while it waited for its turn does not run:
+        DuckDB forgets an interrupt that comes before the query starts.
+        """
         try:
             with self._memory.together():
-                return execute()
+                _stop_if(abandoned)
+                return run()
         except duckdb.OutOfMemoryException:
             pass
         try:
             with self._memory.alone():
-                return execute()
+                _stop_if(abandoned)
+                return run()
         except duckdb.OutOfMemoryException:
             raise QueryTooLarge(
                 f"the query needs more memory than query_memory_mb ({self._memory_mb} MiB) "
@@ -641,41 +678,45 @@ class QueryEngine:
     ) -> AsyncIterator[pa.RecordBatch]:
         """Yield the result of ``sql`` in Arrow batches: constant memory for any size.
 
-        Each batch is fetched in a worker thread; closing the iterator early (a
-        client that went away) interrupts the query. Starting it (the first
-        batch) may raise ``QueryTimeout``; once started, it reads to the end.
-        ``sql`` ends in an ORDER BY: DuckDB sorts every row (spilling to disk
-        beyond its memory) before the first batch, so the files are read by then
-        and the site lock goes: a client that reads slowly, or stops, never
-        holds compaction, retention or erasure up.
+        Before the first batch, every row, sorted (``sql`` ends in an ORDER BY),
+        goes to an Arrow file in ``tmp/export-<pid>/``: that is when
+        it needs memory (shared like any query's, :meth:`_within_memory`) and
+        reads the event files (under the site lock). The batches then come from
+        that file, outside DuckDB: a client that reads slowly, or stops, holds
+        neither DuckDB's memory nor compaction, retention or erasure up.
+        Starting (the first batch) may raise ``QueryTimeout`` or
+        ``QueryTooLarge``; closing the iterator early interrupts the query.
         """
         cursor = self._cursor()
         parts = self._pending()
         handoff = Handoff()  # a call may still run when this generator is closed
         handoff.resources.callback(cursor.close)
-        reading = handoff.resources.enter_context(contextlib.ExitStack())
+        sorted_rows = self.layout.export_folder(os.getpid()) / f"{uuid.uuid4().hex}.arrow"
+        handoff.resources.callback(sorted_rows.unlink, missing_ok=True)
 
-        def open_reader() -> pa.RecordBatchReader:
-            # held while the files are read: no compaction swap
-            reading.enter_context(site_lock(self.layout, site_id))
-            self._prepare_source(cursor, *self._view(site_id, start, end, parts))
-            return cursor.sql(sql, params=parameters).to_arrow_reader(batch_rows)
+        def write_sorted() -> None:
+            with site_lock(self.layout, site_id):  # no compaction swap while files are read
+                self._prepare_source(cursor, *self._view(site_id, start, end, parts))
+                reader = cursor.sql(sql, params=parameters).to_arrow_reader(batch_rows)
+                options = pa.ipc.IpcWriteOptions(compression="lz4")
+                with pa.ipc.new_file(sorted_rows, reader.schema, options=options) as writer:
+                    for batch in _duckdb_batches(reader):
+                        writer.write_batch(batch)
 
-        def next_batch(reader: pa.RecordBatchReader) -> pa.RecordBatch | None:
-            try:
-                return reader.read_next_batch()
-            except StopIteration:
-                return None
-            finally:
-                reading.close()  # sorted: every file is read
+        def open_sorted() -> tuple[pa.Schema, Iterator[pa.RecordBatch]]:
+            sorted_rows.parent.mkdir(parents=True, exist_ok=True)
+            self._within_memory(write_sorted, lambda: handoff.given_up)
+            file = handoff.resources.enter_context(pa.memory_map(str(sorted_rows)))
+            rows = pa.ipc.open_file(file)
+            return rows.schema, (rows.get_batch(i) for i in range(rows.num_record_batches))
 
         try:
-            with self._time_limit():  # the first batch too: the lock is held until then
-                reader = await self._threads.run(handoff.call(open_reader))
-                read = handoff.call(partial(next_batch, reader))
-                batch = await self._threads.run(read)
+            with self._time_limit():
+                schema, batches = await self._threads.run(handoff.call(open_sorted))
+            read = handoff.call(partial(next, batches, None))
+            batch = await self._threads.run(read)
             if batch is None:  # still one (empty) batch, so encoders know the columns
-                yield pa.RecordBatch.from_pylist([], schema=reader.schema)
+                yield pa.RecordBatch.from_pylist([], schema=schema)
             while batch is not None:
                 yield batch
                 batch = await self._threads.run(read)
@@ -684,13 +725,20 @@ class QueryEngine:
                 cursor.interrupt()
             handoff.give_up()
 
-    async def ping(self) -> bool:
-        """True when DuckDB answers a trivial query."""
-        try:
-            _, rows = await self.fetch("SELECT 42")
-        except duckdb.Error:
-            return False
-        return rows == [(42,)]
+    async def ping(self, timeout: float = PING_TIMEOUT) -> bool:
+        """True when DuckDB answers a trivial query within ``timeout`` seconds: beside
+        the queries, not behind them in the query threads or for the memory."""
+
+        def answer() -> bool:
+            with self._cursor() as cursor:
+                return cursor.execute("SELECT 42").fetchall() == [(42,)]
+
+        with trio.move_on_after(timeout):
+            try:
+                return await trio.to_thread.run_sync(answer, abandon_on_cancel=True)
+            except duckdb.Error:
+                return False
+        return False
 
     def close(self) -> None:
         """Close DuckDB once the queries still running (interrupted when their callers

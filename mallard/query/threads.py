@@ -123,6 +123,11 @@ class Handoff:
 
         return run
 
+    @property
+    def given_up(self) -> bool:
+        with self._mutex:
+            return self._given_up
+
     def give_up(self) -> None:
         """Release the resources now, or when the running call ends."""
         with self._mutex:

@@ -86,6 +86,10 @@ class DataLayout:
         """Where process ``pid``'s queries spill (made by DuckDB when it needs it)."""
         return self.tmp / f"duckdb-{pid}"
 
+    def export_folder(self, pid: int) -> Path:
+        """Where process ``pid``'s exports put their sorted rows while clients read them."""
+        return self.tmp / f"export-{pid}"
+
     @property
     def events_glob(self) -> str:
         """What DuckDB reads: every event file, partitions included."""
