@@ -76,6 +76,36 @@ async def test_queries_out_of_memory_together_run_again_alone(tmp_path: Path) ->
     assert (await engine.fetch("SELECT 1"))[1] == [(1,)]
 
 
+async def test_a_query_too_large_alone_is_refused_at_once_when_asked_again(
+    tmp_path: Path,
+) -> None:
+    """Running it again would wait for every running query and hold back the next ones,
+    only to run out of memory again: a reloaded dashboard would stall everyone's."""
+    layout = DataLayout(tmp_path)
+    layout.create()
+    engine = QueryEngine(layout, memory_mb=64, max_concurrent=2)
+    held, release = threading.Event(), threading.Event()
+
+    def another_query() -> None:
+        with engine._memory.together():
+            held.set()
+            release.wait(10)
+
+    try:
+        with pytest.raises(QueryTooLarge):
+            await engine.fetch(LISTS, {"n": 3_000_000})
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(partial(trio.to_thread.run_sync, another_query))
+            await trio.to_thread.run_sync(held.wait)
+            with trio.fail_after(2), pytest.raises(QueryTooLarge, match="query_memory_mb"):
+                await engine.fetch(LISTS, {"n": 3_000_000})
+            assert (await engine.fetch(LISTS, {"n": 1_000_000}))[1] == [(1_000_000,)]
+            release.set()
+    finally:
+        release.set()
+        engine.close()
+
+
 async def test_exports_and_queries_share_the_memory(tmp_path: Path) -> None:
     """An export sorts every row before its first batch: a query that runs out of memory
     beside that sort runs again once it is done, and so does the sort; then the export

@@ -16,6 +16,7 @@ import datetime as dt
 import logging
 import os
 import threading
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
 from functools import partial
@@ -71,6 +72,7 @@ T = TypeVar("T")
 
 CLOSE_WAIT = 5.0  # seconds close() waits for interrupted queries to stop
 PING_TIMEOUT = 5.0  # seconds a health check waits for DuckDB
+TOO_LARGE_AGAIN = 300.0  # seconds a query too large even alone is refused at once
 EMPTY_EVENTS = events_to_table([])
 EMPTY_VISITS = VISIT_SCHEMA.empty_table()
 EMPTY_PAIRS = PAIR_SCHEMA.empty_table()
@@ -357,6 +359,7 @@ class QueryEngine:
         self._memory = MemoryGate()
         self._memory_mb = memory_mb
         self.cache = ResultCache(cache_entries)
+        self._too_large = ResultCache(cache_entries)  # when each query last was
         self._manifests: dict[str, tuple[Any, PairManifest]] = {}
         self._shapes = FileShapes()
 
@@ -590,9 +593,14 @@ class QueryEngine:
         abandoned = threading.Event()
 
         def run() -> tuple[list[str], list[tuple[Any, ...]]]:
+            tried = (sql, repr(parameters), derived, site_id, start, end)
             key = None
             with contextlib.ExitStack() as stack:
                 stack.callback(cursor.close)
+                failed_at = self._too_large.get(tried)
+                if failed_at is not None and time.monotonic() - failed_at < TOO_LARGE_AGAIN:
+                    # running it again would hold every other query back, to fail again
+                    raise self._too_large_error()
                 if site_id is not None:
                     assert start is not None and end is not None
                     stack.enter_context(site_lock(self.layout, site_id))
@@ -601,7 +609,11 @@ class QueryEngine:
                     if (answer := self.cache.get(key)) is not None:
                         return answer
                     self._prepare_source(cursor, snapshot, pending, derived=derived)
-                answer = self._execute(cursor, sql, parameters, abandoned.is_set)
+                try:
+                    answer = self._execute(cursor, sql, parameters, abandoned.is_set)
+                except QueryTooLarge:
+                    self._too_large.put(tried, time.monotonic())
+                    raise
             if key is not None:
                 self.cache.put(key, answer)
             return answer
@@ -647,10 +659,13 @@ class QueryEngine:
                 _stop_if(abandoned)
                 return run()
         except duckdb.OutOfMemoryException:
-            raise QueryTooLarge(
-                f"the query needs more memory than query_memory_mb ({self._memory_mb} MiB) "
-                "allows; ask for a shorter range, or raise query_memory_mb"
-            ) from None
+            raise self._too_large_error() from None
+
+    def _too_large_error(self) -> QueryTooLarge:
+        return QueryTooLarge(
+            f"the query needs more memory than query_memory_mb ({self._memory_mb} MiB) "
+            "allows; ask for a shorter range, or raise query_memory_mb"
+        )
 
     @contextlib.contextmanager
     def _time_limit(self) -> Iterator[None]:
