@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import datetime as dt
+import os
 import shutil
+import signal
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import duckdb
 import pyarrow.parquet as pq
 import pytest
+import trio
 
+from mallard.query.engine import QueryEngine
 from mallard.storage.compaction import compact
 from mallard.storage.erasure import Tombstone, Tombstones, erase, finish_erasures
 from mallard.storage.layout import DataLayout
@@ -149,6 +154,47 @@ def test_an_erasure_cut_short_by_a_crash_is_finished_at_the_next_start(
     assert finish_erasures(layout, Tombstones(layout)) == 0
     erase(layout, tombstones, "b.org", at(0, 0), at(0, 1))  # one that ran to its end
     assert [t.done for t in Tombstones(layout).current()] == [True, True]
+
+
+def test_an_erasure_killed_between_its_renames_and_deletes_counts_every_event_once(
+    layout: DataLayout,
+) -> None:
+    """kill -9 once the rewritten files are in, before the originals go: both are there.
+    Queries leave the originals out, and the next start deletes them."""
+    rest = [h for h in range(72) if not 10 <= h < 30]
+    pid = os.fork()
+    if pid == 0:  # the erasing process, killed at its first delete of an events file
+        unlink = Path.unlink
+
+        def killed_at_first_delete(path: Path, missing_ok: bool = False) -> None:
+            if path.suffix == ".parquet" and layout.events in path.parents:
+                os.kill(os.getpid(), signal.SIGKILL)
+            unlink(path, missing_ok=missing_ok)
+
+        Path.unlink = killed_at_first_delete  # type: ignore[method-assign]
+        erase(layout, Tombstones(layout), "a.com", at(0, 10), at(1, 6))
+        os._exit(0)
+    _, status = os.waitpid(pid, 0)
+    assert os.WIFSIGNALED(status) and os.WTERMSIG(status) == signal.SIGKILL
+    assert len(hours(layout, "a.com")) > len(rest)  # originals and rewritten files on disk
+    engine = QueryEngine(layout, cache_entries=0)
+    try:
+        _, rows = trio.run(
+            partial(
+                engine.fetch,
+                "SELECT count(*) FROM source",
+                site_id="a.com",
+                start=at(0, 0),
+                end=at(2, 0) + dt.timedelta(days=1),
+            )
+        )
+        assert rows == [(len(rest),)]  # the rewritten files, not the originals beside them
+    finally:
+        engine.close()
+    assert finish_erasures(layout, Tombstones(layout)) == 1  # what the next start does
+    assert hours(layout, "a.com") == rest
+    compact(layout, before=DAYS[2])
+    assert hours(layout, "a.com") == rest
 
 
 def test_tombstones_filter_what_is_not_in_parquet_yet(layout: DataLayout) -> None:

@@ -31,14 +31,12 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mallard.storage.layout import DataLayout, dated_partitions, day_number
+from mallard.storage.layout import ERASED_PREFIX, DataLayout, dated_partitions, day_number
 from mallard.storage.locks import maintenance_lock, site_lock
-from mallard.storage.merged import held_by_compacted, merged_files
+from mallard.storage.merged import held_by_compacted, merged_files, merged_metadata
 from mallard.storage.pairs import forget_pairs_from
 from mallard.storage.parquet import fsync_dir, write_aside
 from mallard.storage.schema import MICROS_PER_DAY, micros
-
-ERASED_PREFIX = "erased-"
 
 
 @dataclass(frozen=True)
@@ -263,7 +261,9 @@ def _rewrite_days(
             report.rows_erased += count
             touched = True
             removed.append(file)
-            rest = table.filter(pc.invert(erased))
+            # holding the file it replaces: after a crash before the original goes, the
+            # original is left out, then deleted (by the next start's erasure)
+            rest = table.filter(pc.invert(erased)).replace_schema_metadata(merged_metadata([file]))
             if rest.num_rows:
                 name = f"{ERASED_PREFIX}{uuid.uuid4().hex}.parquet"
                 staging = layout.tmp / f"{name}.tmp"
