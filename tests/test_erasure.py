@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import duckdb
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import trio
@@ -195,6 +196,47 @@ def test_an_erasure_killed_between_its_renames_and_deletes_counts_every_event_on
     assert hours(layout, "a.com") == rest
     compact(layout, before=DAYS[2])
     assert hours(layout, "a.com") == rest
+
+
+def test_files_other_tools_placed_are_erased_from_like_mallards_own(tmp_path: Path) -> None:
+    """Without a site_id column (the folder's), with times in milliseconds, or with
+    another site_id than their folder's: queries count their rows as the folder's site."""
+    layout = DataLayout(tmp_path / "data")
+    layout.create()
+    partition = layout.partition("a.com", FIRST)
+    partition.mkdir(parents=True)
+    stamps = pa.array([at(0, hour) for hour in (1, 2, 3)], pa.timestamp("ms", tz="UTC"))
+    columns = {
+        "visitor_id": pa.array([1, 2, 3], pa.int64()),
+        "event_name": ["pageview"] * 3,
+        "pathname": ["/"] * 3,
+        "hostname": ["a.com"] * 3,
+        "timestamp": stamps,
+    }
+    pq.write_table(pa.table(columns), partition / "no-site.parquet")
+    pq.write_table(pa.table({**columns, "site_id": ["www.a.com"] * 3}), partition / "www.parquet")
+    report = erase(layout, Tombstones(layout), "a.com", at(0, 2), at(0, 3))
+    assert report.rows_erased == 2 and not report.files_unreadable
+    assert hours(layout, "a.com") == [1, 1, 3, 3]
+    assert [t.done for t in Tombstones(layout).current()] == [True]
+
+
+def test_a_file_that_cannot_be_read_as_events_keeps_the_erasure_unfinished(
+    layout: DataLayout, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Its rows stay; the rest is erased, and each start tries again (and still starts)."""
+    broken = layout.partition("a.com", FIRST) / "broken.parquet"
+    pq.write_table(pa.table({"timestamp": ["not a time"], "visitor_id": [1]}), broken)
+    report = erase(layout, Tombstones(layout), "a.com", at(0, 0), at(0, 6))
+    assert report.files_unreadable == [f"date={DAYS[0]}/broken.parquet"]
+    assert report.rows_erased == 6
+    assert "cannot erase from" in caplog.text and "broken.parquet" in caplog.text
+    assert [t.done for t in Tombstones(layout).current()] == [False]
+    assert finish_erasures(layout, Tombstones(layout)) == 1  # a start: no exception
+    broken.unlink()  # the operator removes it
+    assert finish_erasures(layout, Tombstones(layout)) == 1
+    assert [t.done for t in Tombstones(layout).current()] == [True]
+    assert hours(layout, "a.com") == list(range(6, 72))
 
 
 def test_tombstones_filter_what_is_not_in_parquet_yet(layout: DataLayout) -> None:

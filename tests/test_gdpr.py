@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pyarrow as pa
+import pyarrow.parquet as pq
 import trio
 
 from mallard.storage.layout import DataLayout
@@ -94,6 +96,34 @@ def test_erase_is_refused_without_the_right_to(tmp_path: Path) -> None:
     assert twice.json()["error"] == "parameter site_id is given more than once"
     server.signal(signal.SIGTERM)
     assert server.wait() == 0
+
+
+def test_a_file_that_cannot_be_erased_from_is_named_and_does_not_stop_a_start(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    layout = DataLayout(data_dir)
+    layout.create()
+    day = (TODAY - dt.date(1970, 1, 1)).days - 3
+    write_batch(
+        events_to_table([make_event(site_id="a.example", timestamp=day * DAY_US)]), layout, "w"
+    )
+    broken = layout.partition("a.example", day) / "broken.parquet"
+    pq.write_table(pa.table({"timestamp": ["not a time"]}), broken)
+    env = {"MALLARD_ADMIN_PASSWORD": PASSWORD}
+    server = start_process(data_dir, env=env)
+    first = (TODAY - dt.timedelta(days=3)).isoformat()
+    answer = log_in(server.url).delete(
+        "/api/gdpr/erase", params={"site_id": "a.example", "from": first, "to": first}
+    )
+    assert answer.status_code == 503, answer.text
+    assert "broken.parquet" in answer.json()["error"] and answer.json()["rows_erased"] == 1
+    server.signal(signal.SIGTERM)
+    assert server.wait() == 0
+    again = start_process(data_dir, env=env)  # tries the erasure again, and serves
+    assert httpx.get(f"{again.url}/health").status_code == 200
+    again.signal(signal.SIGTERM)
+    assert again.wait() == 0
 
 
 def test_with_rounded_times_the_current_hour_waits_and_later_events_are_kept(

@@ -56,13 +56,20 @@ async def erase_range() -> Any:
     report = await trio.to_thread.run_sync(
         erase, writer.layout, writer.tombstones, site_id, dates.start, dates.end
     )
-    return jsonify(
-        {
-            "site_id": site_id,
-            "from": dates.start.isoformat(),
-            "to": dates.end.isoformat(),
-            "rows_erased": report.rows_erased,
-            "files_rewritten": report.files_rewritten,
-            "files_removed": report.files_removed,
-        }
-    )
+    body = {
+        "site_id": site_id,
+        "from": dates.start.isoformat(),
+        "to": dates.end.isoformat(),
+        "rows_erased": report.rows_erased,
+        "files_rewritten": report.files_rewritten,
+        "files_removed": report.files_removed,
+    }
+    if report.files_unreadable:  # the rest is erased; these stay until fixed or removed
+        unreadable = ", ".join(report.files_unreadable)
+        body["error"] = (
+            f"cannot read {unreadable} as events: fix or remove them; "
+            "every start of the server tries this erasure again"
+        )
+        body["files_unreadable"] = report.files_unreadable
+        return jsonify(body), 503
+    return jsonify(body)

@@ -43,20 +43,20 @@ import duckdb
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from mallard.query.sql import events_select, file_list, rollup_sql
+from mallard.query.sql import rollup_sql
+from mallard.storage.foreign import read_as_events
 from mallard.storage.layout import COMPACTED_PREFIX, DataLayout, is_compacted
 from mallard.storage.locks import maintenance_lock, site_lock
 from mallard.storage.merged import held_by_compacted, merged_files, merged_metadata
 from mallard.storage.pairs import refresh_pairs
 from mallard.storage.parquet import fsync_dir, write_aside
-from mallard.storage.schema import EVENT_SCHEMA, VISIT_SCHEMA, is_event_schema, unconvertible
+from mallard.storage.schema import VISIT_SCHEMA
 from mallard.storage.wal import SEGMENT_SUFFIX
 
 log = logging.getLogger("mallard.compaction")
 
 ROW_GROUP_ROWS = 128 * 1024
 SETTLE_SECONDS = 120.0  # more than a query may wait and run (QueryEngine's timeout: 30 s)
-REQUIRED_COLUMNS = {column.name for column in EVENT_SCHEMA if not column.nullable}
 
 
 class UnmergeableFile(ValueError):
@@ -129,32 +129,10 @@ def _read_events(files: list[Path]) -> pa.Table:
     tables = []
     for file in files:
         try:
-            tables.append(_as_events(file))
+            tables.append(read_as_events(file))
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
             raise UnmergeableFile(f"{file.name}: {error}") from error
     return pa.concat_tables(tables)
-
-
-def _as_events(file: Path) -> pa.Table:
-    """One file in EVENT_SCHEMA; raises ``ArrowInvalid`` saying what keeps it out."""
-    schema = pq.read_schema(file)
-    if is_event_schema(schema):
-        table = pq.read_table(file)
-    else:
-        if reason := unconvertible(schema):
-            raise pa.ArrowInvalid(reason)
-        if missing := REQUIRED_COLUMNS - {"site_id", *schema.names}:  # site_id: the partition's
-            raise pa.ArrowInvalid(f"no {min(missing)} column, which every event needs")
-        read = f"SELECT {events_select(schema)} FROM read_parquet({file_list([str(file)])}, "
-        with duckdb.connect(config={"threads": 1}) as connection:
-            try:
-                table = connection.sql(read + "hive_partitioning = true)").to_arrow_table()
-            except duckdb.Error as error:  # a value beyond its column, e.g. an amount of 1e20
-                raise pa.ArrowInvalid(str(error).splitlines()[0]) from None
-    for name in REQUIRED_COLUMNS:
-        if empty := table.column(name).null_count:
-            raise pa.ArrowInvalid(f"{name} is empty in {empty} rows")
-    return table.cast(EVENT_SCHEMA)
 
 
 def _drop_merged_leftovers(layout: DataLayout, site_id: str, partition: Path) -> None:

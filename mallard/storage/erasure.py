@@ -20,23 +20,27 @@ import datetime as dt
 import fcntl
 import functools
 import json
+import logging
 import os
 import time
 import uuid
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
+from mallard.storage.foreign import read_as_events
 from mallard.storage.layout import ERASED_PREFIX, DataLayout, dated_partitions, day_number
 from mallard.storage.locks import maintenance_lock, site_lock
 from mallard.storage.merged import held_by_compacted, merged_files, merged_metadata
 from mallard.storage.pairs import forget_pairs_from
 from mallard.storage.parquet import fsync_dir, write_aside
 from mallard.storage.schema import MICROS_PER_DAY, micros
+
+log = logging.getLogger("mallard.erasure")
 
 
 @dataclass(frozen=True)
@@ -55,6 +59,8 @@ class ErasureReport:
     files_rewritten: int = 0
     files_removed: int = 0
     rows_erased: int = 0
+    # files in range that cannot be read as events: the erasure stays unfinished
+    files_unreadable: list[str] = field(default_factory=list)
 
 
 class BrokenErasures(Exception):
@@ -147,7 +153,8 @@ def erase(
     tombstone = Tombstone(site_id, micros(start), micros(end), now_us)
     tombstones.add(tombstone, _staging(layout))
     report = _rewrite(layout, tombstone)
-    tombstones.finished(tombstone, _staging(layout))
+    if not report.files_unreadable:
+        tombstones.finished(tombstone, _staging(layout))
     return report
 
 
@@ -157,8 +164,8 @@ def finish_erasures(layout: DataLayout, tombstones: Tombstones) -> int:
     already in Parquet stayed. Returns how many there were. Blocking."""
     unfinished = [t for t in tombstones.current() if not t.done]
     for tombstone in unfinished:
-        _rewrite(layout, tombstone)
-        tombstones.finished(tombstone, _staging(layout))
+        if not _rewrite(layout, tombstone).files_unreadable:
+            tombstones.finished(tombstone, _staging(layout))
     return len(unfinished)
 
 
@@ -253,8 +260,14 @@ def _rewrite_days(
         touched = False
         for file in sorted(set(files.values()) - seen - set(removed)):
             seen.add(file)
-            table = pq.read_table(file, partitioning=None)
-            erased = erased_mask(table, (tombstone,))
+            try:  # another tool's file as compaction reads it: its times in microseconds
+                table = read_as_events(file)
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
+                log.error("cannot erase from %s: %s", file, error, extra={"path": str(file)})
+                report.files_unreadable.append(f"{partition.name}/{file.name}")
+                continue
+            # every row of the site's folder is the site's, whatever a file says
+            erased = _erases(tombstone, table["timestamp"].cast(pa.int64()))
             count = pc.sum(erased).as_py() or 0
             if not count:
                 continue
