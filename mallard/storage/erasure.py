@@ -33,13 +33,14 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mallard.storage.foreign import read_as_events
-from mallard.storage.layout import ERASED_PREFIX, DataLayout, dated_partitions, day_number
+from mallard.storage.layout import DataLayout, dated_partitions, day_number
 from mallard.storage.locks import maintenance_lock, site_lock
-from mallard.storage.merged import held_by_compacted, merged_files, merged_metadata
+from mallard.storage.merged import held_by_compacted, merged_files
 from mallard.storage.pairs import forget_pairs_from
 from mallard.storage.parquet import fsync_dir, write_aside
 from mallard.storage.schema import MICROS_PER_DAY, micros
 
+ERASED_PREFIX = "erased-"  # files an erasure stages in tmp/
 log = logging.getLogger("mallard.erasure")
 
 
@@ -273,17 +274,16 @@ def _rewrite_days(
                 continue
             report.rows_erased += count
             touched = True
-            removed.append(file)
-            # holding the file it replaces: after a crash before the original goes, the
-            # original is left out, then deleted (by the next start's erasure)
-            rest = table.filter(pc.invert(erased)).replace_schema_metadata(merged_metadata([file]))
+            rest = table.filter(pc.invert(erased))
             if rest.num_rows:
-                name = f"{ERASED_PREFIX}{uuid.uuid4().hex}.parquet"
-                staging = layout.tmp / f"{name}.tmp"
+                # Under its own name: a crash amid the swap leaves each file old or new,
+                # never both, and a write-ahead log replay still knows it is written.
+                staging = layout.tmp / f"{ERASED_PREFIX}{uuid.uuid4().hex}.parquet.tmp"
                 write_aside(rest, staging)
-                replaced.append((staging, partition / name))
+                replaced.append((staging, file))
                 report.files_rewritten += 1
             else:
+                removed.append(file)
                 report.files_removed += 1
         if touched:  # the day's visit rollup no longer matches: compaction writes a new one
             # (listed again by a second pass: unlinking twice is harmless)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 EPOCH = dt.date(1970, 1, 1)
 COMPACTED_PREFIX = "compacted-"  # the name of a day's file after compaction
-ERASED_PREFIX = "erased-"  # a file an erasure rewrote without the erased rows
 
 
 def day_to_date(day: int) -> dt.date:

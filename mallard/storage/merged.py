@@ -1,10 +1,9 @@
 """What a compacted file holds: the files it merged, named in its Parquet metadata.
 
-Compaction renames the merged file in, then deletes the files it replaced; so
-does erasure with the files it rewrote. A crash in between leaves both: the
-new file's metadata (``MERGED_KEY``: each file's name, size and modification
-time) tells which of the day's files it already holds, so queries leave them
-out, and compaction and erasure delete them.
+Compaction renames the merged file in, then deletes the files it replaced. A
+crash in between leaves both: the merged file's metadata (``MERGED_KEY``: each
+file's name, size and modification time) tells which of the day's files it
+already holds, so queries leave them out, and compaction and erasure delete them.
 """
 
 from __future__ import annotations
@@ -17,7 +16,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from mallard.storage.layout import COMPACTED_PREFIX, ERASED_PREFIX
+from mallard.storage.layout import COMPACTED_PREFIX
 
 MERGED_KEY = b"mallard:merged"
 
@@ -41,14 +40,14 @@ def merged_files(schema: pa.Schema) -> list[list[Any]]:
 def held_by_compacted(
     partition: Path, names: Collection[str], merged: Callable[[Path], list[list[Any]]]
 ) -> set[str]:
-    """The ``names`` (the partition's files) that a compacted or erasure-rewritten file
-    among them already holds; read or merged again, their events would count twice.
-    ``merged`` gives such a file's :func:`merged_files`."""
+    """The ``names`` (the partition's files) that a compacted file among them already
+    holds; read or merged again, their events would count twice. ``merged`` gives a
+    compacted file's :func:`merged_files`."""
     held: set[str] = set()
     if len(names) < 2:
         return held
     for name in names:
-        if name.startswith((COMPACTED_PREFIX, ERASED_PREFIX)):
+        if name.startswith(COMPACTED_PREFIX):
             for old in merged(partition / name):
                 with contextlib.suppress(FileNotFoundError):
                     if old[0] in names and old[0] != name and _identity(partition / old[0]) == old:
