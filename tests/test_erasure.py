@@ -6,6 +6,7 @@ import datetime as dt
 import os
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import pytest
 from mallard.storage.compaction import compact
 from mallard.storage.erasure import Tombstone, Tombstones, erase, finish_erasures
 from mallard.storage.layout import DataLayout, batch_name, new_writer_id
+from mallard.storage.locks import site_lock
 from mallard.storage.parquet import write_batch
 from mallard.storage.retention import expire
 from mallard.storage.schema import events_to_table
@@ -209,6 +211,32 @@ def test_an_erasure_of_a_file_whose_log_is_not_retired_yet_is_not_undone_by_repl
     os.kill(pid, signal.SIGKILL)
     os.waitpid(pid, 0)
     recover(layout, Tombstones(layout))  # what the next start does
+    assert hours(layout, "a.com") == [2, 3, 4, 5]
+
+
+def test_a_batch_on_its_way_during_an_erasure_leaves_the_erased_rows_out(
+    tmp_path: Path,
+) -> None:
+    """A flush filtered its batch, then an erasure ran to its end, then the flush renamed
+    its file in: the erased rows landed, the erasure done. The filter now runs under
+    the site's lock, after any erasure's swap, before the rename."""
+    layout = DataLayout(tmp_path / "data")
+    layout.create()
+    batch = events_to_table(
+        [make_event(site_id="a.com", timestamp=FIRST * DAY_US + h * HOUR_US) for h in range(6)]
+    )
+    layout.partition("a.com", FIRST).parent.mkdir()  # the site's folder, with its lock
+    flush = threading.Thread(
+        target=write_batch, args=(batch, layout, "w-0"), kwargs={"keep": Tombstones(layout).keep}
+    )
+    with site_lock(layout, "a.com", exclusive=True):  # an erasure's swap
+        flush.start()
+        time.sleep(0.2)  # the flush waits for it
+        Tombstones(layout).add(
+            Tombstone("a.com", FIRST * DAY_US, FIRST * DAY_US + 2 * HOUR_US, 10**18),
+            layout.tmp / "t",
+        )
+    flush.join(5)
     assert hours(layout, "a.com") == [2, 3, 4, 5]
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from mallard.storage.layout import DataLayout
+from mallard.storage.locks import site_lock
 from mallard.storage.schema import MICROS_PER_DAY
 
 
@@ -54,7 +56,12 @@ def split_by_partition(table: pa.Table) -> list[tuple[str, int, pa.Table]]:
 
 
 def write_batch(
-    table: pa.Table, layout: DataLayout, name: str, done: set[Path] | None = None
+    table: pa.Table,
+    layout: DataLayout,
+    name: str,
+    done: set[Path] | None = None,
+    *,
+    keep: Callable[[pa.Table], pa.Table] | None = None,
 ) -> list[Path]:
     """Write one batch as ``<partition>/<name>.parquet`` per (site, UTC day).
 
@@ -62,7 +69,10 @@ def write_batch(
     makes replaying a write-ahead log segment exactly-once; so is one whose file
     is in ``done``, the files an earlier attempt at the batch wrote (which
     compaction may have merged away since), and to which this adds each file
-    it writes. Blocking: run it in a worker thread. Returns the files written now.
+    it writes. ``keep`` (the erasures' filter) runs on each file's rows under the
+    site's lock, which an erasure's swap holds alone: what it erased while the
+    batch was on its way is left out here, or the erasure finds the file. Blocking:
+    run it in a worker thread. Returns the files written now.
     """
     done = set() if done is None else done
     written = []
@@ -70,7 +80,12 @@ def write_batch(
         destination = layout.partition(site_id, day) / f"{name}.parquet"
         if destination in done or destination.exists():
             continue
-        write_parquet_atomically(rows, destination, layout.tmp / f"{name}-{index}.parquet.tmp")
+        destination.parent.parent.mkdir(parents=True, exist_ok=True)  # the site's: its lock
+        with site_lock(layout, site_id):
+            kept = rows if keep is None else keep(rows)
+            if kept.num_rows:
+                staging = layout.tmp / f"{name}-{index}.parquet.tmp"
+                write_parquet_atomically(kept, destination, staging)
+                written.append(destination)
         done.add(destination)
-        written.append(destination)
     return written

@@ -276,8 +276,8 @@ def recover(layout: DataLayout, tombstones: Tombstones | None = None) -> Recover
                         extra={"segment": str(segment), "records": contents.records},
                     )
                 name = batch_name(writer_id, int(segment.stem))
-                table = keep(events_to_table(contents.events))
-                report.files += len(write_batch(table, layout, name))
+                table = events_to_table(contents.events)
+                report.files += len(write_batch(table, layout, name, keep=keep))
                 report.events += len(contents.events)
                 report.segments += 1
                 segment.unlink()

@@ -389,7 +389,7 @@ class EventWriter:
 
         Events erased meanwhile (see :mod:`mallard.storage.erasure`) are left out.
         """
-        files = write_batch(self.tombstones.keep(batch), self.layout, name, done)
+        files = write_batch(batch, self.layout, name, done, keep=self.tombstones.keep)
         return len(files), sum(file.stat().st_size for file in files)
 
     def _count_flush(self, events: int, files: int, size: int, seconds: float) -> None:
