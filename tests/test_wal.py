@@ -90,6 +90,20 @@ def _record_offsets(data: bytes) -> list[int]:
     return offsets
 
 
+def test_recovery_removes_the_folder_of_a_writer_that_died_while_starting(
+    layout: DataLayout,
+) -> None:
+    """Made as ``.<id>``, locked, renamed: killed before the rename, it held nothing."""
+    dead, starting = layout.wal / ".20260101T000000-1-deaddead", layout.wal / ".now-2-starting"
+    for folder in (dead, starting):
+        folder.mkdir(parents=True)
+        (folder / "lock").touch()
+    os.utime(dead, (time.time() - 3600, time.time() - 3600))
+    recover(layout)
+    assert not dead.exists()
+    assert starting.exists()  # its writer may be about to lock it
+
+
 def test_recovery_is_idempotent_and_skips_live_writers(layout: DataLayout) -> None:
     events = make_events(30)
     write_segment(layout, [events])

@@ -102,6 +102,7 @@ def read_segment(path: Path) -> SegmentContents:
     return contents
 
 
+STARTING_SECONDS = 60.0  # a writer locks its folder within this of making it
 PROBE_NAME = "probe.tmp"  # not a segment: replay reads only *SEGMENT_SUFFIX
 PROBE_BYTES = 4096
 
@@ -204,9 +205,9 @@ class WriteAheadLog:
         os.close(self._lock)
 
 
-def _lock(path: Path) -> int | None:
+def _lock(path: Path, *, create: bool = True) -> int | None:
     """An exclusive lock held until the process ends; None if someone holds it."""
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    fd = os.open(path, os.O_RDWR | (os.O_CREAT if create else 0), 0o600)
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -242,14 +243,33 @@ def logged_by_others(layout: DataLayout, writer_id: str) -> list[tuple[str, list
 
 
 def _orphaned_writers(layout: DataLayout) -> Iterator[tuple[Path, int]]:
-    """WAL folders whose writer is gone, each with its lock now held by us."""
+    """WAL folders whose writer is gone, each with its lock now held by us.
+
+    Another process may recover the same folders at the same time (workers
+    starting together): a folder it removed meanwhile is skipped. A folder
+    still named ``.<writer id>`` a minute after it was made, with its lock
+    free, belongs to a writer that died while starting, before it logged
+    anything: it is removed.
+    """
     if not layout.wal.exists():
         return
     for folder in sorted(layout.wal.iterdir()):
-        if not folder.is_dir() or folder.name.startswith("."):
+        starting = folder.name.startswith(".")
+        with contextlib.suppress(FileNotFoundError):
+            if starting and time.time() - folder.stat().st_mtime < STARTING_SECONDS:
+                continue  # made just now: its writer may not have locked it yet
+        try:
+            lock = _lock(folder / "lock", create=False)  # made again, it would stop a removal
+        except (FileNotFoundError, NotADirectoryError):  # removed meanwhile, or not a folder
             continue
-        lock = _lock(folder / "lock")
-        if lock is not None:
+        if lock is None:
+            continue
+        if not (folder / "lock").exists():  # recovered and removed while we waited
+            os.close(lock)
+        elif starting:
+            shutil.rmtree(folder, ignore_errors=True)
+            os.close(lock)
+        else:
             yield folder, lock
 
 
