@@ -44,7 +44,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from mallard.query.sql import rollup_sql
-from mallard.storage.foreign import read_as_events
+from mallard.storage.foreign import NOT_EVENTS, read_as_events
 from mallard.storage.layout import COMPACTED_PREFIX, DataLayout, is_compacted
 from mallard.storage.locks import maintenance_lock, site_lock
 from mallard.storage.merged import held_by_compacted, merged_files, merged_metadata
@@ -130,7 +130,7 @@ def _read_events(files: list[Path]) -> pa.Table:
     for file in files:
         try:
             tables.append(read_as_events(file))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
+        except NOT_EVENTS as error:
             raise UnmergeableFile(f"{file.name}: {error}") from error
     return pa.concat_tables(tables)
 

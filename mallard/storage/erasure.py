@@ -32,7 +32,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from mallard.storage.foreign import read_as_events
+from mallard.storage.foreign import NOT_EVENTS, read_as_events
 from mallard.storage.layout import DataLayout, dated_partitions, day_number
 from mallard.storage.locks import maintenance_lock, site_lock
 from mallard.storage.merged import held_by_compacted, merged_files
@@ -263,7 +263,7 @@ def _rewrite_days(
             seen.add(file)
             try:  # another tool's file as compaction reads it: its times in microseconds
                 table = read_as_events(file)
-            except (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError) as error:
+            except NOT_EVENTS as error:
                 log.error("cannot erase from %s: %s", file, error, extra={"path": str(file)})
                 report.files_unreadable.append(f"{partition.name}/{file.name}")
                 continue

@@ -13,11 +13,14 @@ from mallard.query.sql import events_select, file_list
 from mallard.storage.schema import EVENT_SCHEMA, is_event_schema, unconvertible
 
 REQUIRED_COLUMNS = {column.name for column in EVENT_SCHEMA if not column.nullable}
+# what reading a file that does not hold events raises (the cast of a column among them)
+NOT_EVENTS = (pa.ArrowInvalid, pa.ArrowNotImplementedError, pa.ArrowTypeError)
 
 
 def read_as_events(file: Path) -> pa.Table:
     """One file in EVENT_SCHEMA, another tool's read as queries read it
-    (:func:`mallard.query.sql.events_select`); raises ``ArrowInvalid`` saying what keeps it out."""
+    (:func:`mallard.query.sql.events_select`); raises one of ``NOT_EVENTS`` saying
+    what keeps it out."""
     schema = pq.read_schema(file)
     if is_event_schema(schema):
         table = pq.read_table(file)
