@@ -26,6 +26,7 @@ import trio
 from hypercorn.config import Config as HypercornConfig
 
 from mallard.api.app import create_app
+from mallard.api.early_answers import finish_early_answers
 from mallard.api.ingest import IngestEndpoint
 from mallard.auth.store import AuthStore, database_path
 from mallard.config import Settings
@@ -133,10 +134,12 @@ async def serve(
         limiter=limiter,
         geo=GeoLookup(settings.geoip_db),
     )
-    app = IngestEndpoint(
-        ingestor,
-        create_app(settings=settings, writer=writer, engine=engine, metrics=metrics),
-        stopping=stop,
+    app = finish_early_answers(
+        IngestEndpoint(
+            ingestor,
+            create_app(settings=settings, writer=writer, engine=engine, metrics=metrics),
+            stopping=stop,
+        )
     )
 
     gc.freeze()  # start-up objects (parsers, caches, tables) are never garbage: skip them

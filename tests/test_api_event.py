@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import AsyncIterator
 from typing import Any, cast
@@ -362,6 +363,40 @@ async def test_an_error_before_the_body_arrives_ends_the_connection(
     assert (missing.status_code, missing.headers["connection"]) == (404, "close")
     with trio.fail_after(5):  # on the same client: it had hung until its timeout
         assert (await server.client.get(f"{server.url}/health")).status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("request_line", "status"),
+    [
+        ("POST /api/keys", b"401"),  # answered by the route, before reading the body
+        ("GET /", b"200"),  # a page that ignores a body
+        ("POST /no/such/page", b"404"),
+        ("PUT /api/v2/query", b"405"),
+        ("PATCH /api/event", b"405"),  # the ingestion endpoint, not Quart's
+    ],
+)
+async def test_an_answer_before_the_body_closes_the_connection_it_cannot_reuse(
+    server: RunningServer, request_line: str, status: bytes
+) -> None:
+    """The body comes in a later packet than the headers. The answer says the
+    connection ends and the server ends it; it had stayed open for good (the
+    client's next request waited forever, the server kept the socket)."""
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    head = f"{request_line} HTTP/1.1\r\nHost: {host}\r\nContent-Length: 10\r\n\r\n"
+    await stream.send_all(head.encode())
+    answer = b""
+    with trio.fail_after(5):
+        while b"\r\n\r\n" not in answer:
+            answer += await stream.receive_some(4096)
+        assert answer.startswith(b"HTTP/1.1 " + status), answer
+        assert b"\r\nconnection: close\r\n" in answer.lower()
+        with contextlib.suppress(trio.BrokenResourceError):
+            await stream.send_all(b"0123456789GET /health HTTP/1.1\r\nHost: x\r\n\r\n")
+        while chunk := await stream.receive_some(4096):  # until the server closes
+            answer += chunk
+    assert answer.count(b"HTTP/1.1 ") == 1
+    await stream.aclose()
 
 
 @pytest.mark.parametrize("path", ["/api/event", "/api/events", "/api/v2/query"])

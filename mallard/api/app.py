@@ -49,12 +49,7 @@ def create_app(
 
     @app.errorhandler(HTTPException)
     async def http_error(error: HTTPException) -> Any:
-        body, status = json_error(error.code or 500, error.description or error.name)
-        if request.content_length or "transfer-encoding" in request.headers:
-            # A body nobody read may still be arriving: the connection cannot carry
-            # another request after it, so say it ends here (or the client waits).
-            return body, status, {"connection": "close"}
-        return body, status
+        return json_error(error.code or 500, error.description or error.name)
 
     @app.get("/health")
     async def health() -> Any:
