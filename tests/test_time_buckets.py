@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from mallard.query import behaviour
 from mallard.query.engine import QueryEngine
 from mallard.query.model import parse_query
 from mallard.query.sql import derived_data, utc_offsets
@@ -31,6 +32,10 @@ CASES = [
     ("America/New_York", dt.date(2026, 11, 1)),  # 02:00 -> 01:00, an hour twice
     ("Australia/Lord_Howe", dt.date(2026, 4, 5)),  # half-hour DST ends
     ("Asia/Kathmandu", dt.date(2026, 3, 1)),  # UTC+05:45
+    # a month's first day where the system's zone data (UTC+1) and DuckDB's (UTC+0)
+    # disagree: the range, labels and buckets must all follow the same rules
+    ("Africa/Casablanca", dt.date(2026, 11, 1)),
+    ("America/Vancouver", dt.date(2026, 12, 1)),
 ]
 
 
@@ -46,7 +51,7 @@ def test_offsets_change_at_the_transition() -> None:
 
 
 @pytest.mark.parametrize(("zone", "day"), CASES, ids=[zone for zone, _ in CASES])
-@pytest.mark.parametrize("interval", ["hour", "day"])
+@pytest.mark.parametrize("interval", ["hour", "day", "month"])
 async def test_buckets_match_the_reference(
     tmp_path: Path, zone: str, day: dt.date, interval: str
 ) -> None:
@@ -125,3 +130,42 @@ def test_months_over_centuries_count_over_events() -> None:
 
     assert derived(["2000-01-01", "2026-12-31"]) == "seen"
     assert derived(["1970-01-01", "2735-12-31"]) != "seen"
+
+
+@pytest.mark.parametrize("compacted", [False, True], ids=["events", "rollups"])
+async def test_monthly_retention_where_duckdb_and_the_system_disagree(
+    tmp_path: Path, compacted: bool
+) -> None:
+    """Casablanca is UTC+1 by the system's zone data, UTC+0 by DuckDB's: an event in
+    the range's first local hour once fell into the month before the range (a
+    500: a bit shifted by -1), or the month after it at the other end."""
+    zone = "Africa/Casablanca"
+    start = int(dt.datetime(2026, 10, 31, 23, 30, tzinfo=dt.UTC).timestamp() * 1e6)
+    events = [  # from the range's first local hour to past its last, every 10 hours
+        make_event(site_id=SITE, visitor_id=i % 5, timestamp=start + i * 10 * HOUR_US)
+        for i in range(2 * 30 * 24 // 10)
+    ]
+    layout = DataLayout(tmp_path / "data")
+    layout.create()
+    write_batch(events_to_table(events), layout, "buckets")
+    if compacted:
+        compact(layout, before=dt.date(2027, 1, 10))
+    query = parse_query(
+        {"site_id": SITE, "metrics": ["visitors"], "timezone": zone,
+         "date_range": ["2026-11-01", "2026-12-31"]}
+    )  # fmt: skip
+    statement = behaviour.retention_sql(query, "month")
+    _, rows = await QueryEngine(layout).fetch(
+        statement.sql,
+        statement.parameters,
+        derived=statement.derived,
+        site_id=SITE,
+        start=query.date_range.start,
+        end=query.date_range.end,
+    )
+    start_us, end_us = (
+        int(t.timestamp() * 1e6) for t in (query.date_range.start, query.date_range.end)
+    )
+    expected = ref.retention(events, "month", zone, start_us=start_us, end_us=end_us)
+    assert [c["cohort"] for c in expected] == ["2026-11-01"]
+    assert behaviour.retention_result(rows) == expected

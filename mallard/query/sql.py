@@ -153,22 +153,27 @@ def utc_offsets(timezone: str, start: dt.datetime, end: dt.datetime) -> tuple[tu
 
 
 def time_bucket(dimension: str, query: Query, at: str) -> str:
-    """The time bucket of column ``at`` in the query's timezone, as a number.
+    """The time bucket of column ``at`` in the query's timezone: a number, or for
+    months the local TIMESTAMP the month starts at.
 
     Local time is epoch microseconds plus the zone's offset at that instant
     (a CASE over the range's DST transitions), so hours, days and weeks are
     integer divisions: several times cheaper per row than converting
-    timestamps. Over ranges longer than ``OFFSET_WALK_DAYS`` (thousands of
-    transitions) DuckDB converts each timestamp instead. Months are
-    calendar-shaped and truncate a timestamp.
+    timestamps. The offsets are Python's (the system's time zone data), as are
+    the range's bounds and labels: DuckDB's own zone rules differ for some
+    zones (Casablanca, Vancouver from 2026...), which would put events in a
+    bucket outside the range. Over ranges longer than ``OFFSET_WALK_DAYS``
+    (thousands of transitions) DuckDB converts each timestamp instead.
     """
     unit = TIME_FORMATS[dimension][0]
-    if unit == "month":
-        return f"date_trunc('month', timezone('{_zone(query)}', {at}))"
     if query.date_range.end - query.date_range.start > dt.timedelta(days=OFFSET_WALK_DAYS):
+        if unit == "month":
+            return f"date_trunc('month', timezone('{_zone(query)}', {at}))"
         local = f"epoch_us(timezone('{_zone(query)}', {at}))"
     else:
         local = f"(epoch_us({at}) + {_utc_offset_sql(query, at)})"
+    if unit == "month":
+        return f"date_trunc('month', make_timestamp({local}))"
     local_day = f"({local} // {MICROS_PER_DAY})"
     if unit == "hour":
         return f"({local} // {MICROS_PER_HOUR})"
@@ -216,7 +221,7 @@ def bucket_start(dimension: str, query: Query, bucket: str) -> str:
     zone whose offset is 0 over the range (:func:`whole_utc_days`)."""
     unit = TIME_FORMATS[dimension][0]
     if unit == "month":
-        return f"timezone('{_zone(query)}', {bucket})"
+        return f"to_timestamp(epoch({bucket}))"
     return f"to_timestamp({_first_day(unit, bucket)} * 86400)"
 
 
