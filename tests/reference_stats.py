@@ -668,8 +668,9 @@ def funnel(
     A visitor enters the funnel at the time ``t1`` of their *earliest* step-1
     event (later step-1 events never restart it). Having reached step k-1 at
     time ``t``, they reach step k at the earliest step-k event with
-    ``t <= timestamp <= t1 + window_s``. Equal timestamps are allowed, so one
-    event may satisfy two consecutive steps if it matches both.
+    ``t <= timestamp <= t1 + window_s``; an event at time ``t`` itself only if
+    it does not match step k-1 (so ``page:/`` twice takes two pageviews of ``/``,
+    at different times).
 
     One dict per step: ``step`` (1-based), ``name`` (``"page:/x"`` or
     ``"event:X"``), ``visitors``, ``dropoff`` (visitors of the previous step
@@ -698,6 +699,7 @@ def funnel(
                 for event in ordered
                 if _step_matches(steps[index], event)
                 and at <= event.timestamp <= entered + window_us
+                and (event.timestamp > at or not _step_matches(steps[index - 1], event))
             ]
             if not times:
                 break

@@ -696,6 +696,9 @@ async def test_funnel(stats_server: RunningServer) -> None:
     assert [s["visitors"] for s in short["steps"]] == [3, 0, 0]
     reversed_order = await get(stats_server, "/api/stats/funnel", steps="page:/pricing,page:/")
     assert [s["visitors"] for s in reversed_order["steps"]] == [2, 0]
+    # one pageview is not the same step twice: nobody viewed /pricing again
+    twice = await get(stats_server, "/api/stats/funnel", steps="page:/pricing,page:/pricing")
+    assert [s["visitors"] for s in twice["steps"]] == [2, 0]
 
 
 async def test_retention(stats_server: RunningServer) -> None:

@@ -221,9 +221,16 @@ async def test_timeseries(engine: QueryEngine, data: Any, interval: str, timezon
     assert got == [(label, [plain(m[name]) for name in metrics]) for label, m in expected]
 
 
-@pytest.mark.parametrize("window", [600, 1800, 86_400])
-async def test_funnel(engine: QueryEngine, data: Any, window: int) -> None:
-    text = "page:/,page:/pricing,page:/signup,event:signup"
+@pytest.mark.parametrize(
+    ("window", "text"),
+    [
+        (600, "page:/,page:/pricing,page:/signup,event:signup"),
+        (1800, "page:/,page:/pricing,page:/signup,event:signup"),
+        (86_400, "page:/,page:/pricing,page:/signup,event:signup"),
+        (1800, "page:/,page:/,event:pageview,page:/pricing"),  # steps a step's event matches
+    ],
+)
+async def test_funnel(engine: QueryEngine, data: Any, window: int, text: str) -> None:
     steps = behaviour.parse_steps(text)
     query = parse_query(
         {

@@ -461,6 +461,23 @@ def test_funnel_respects_step_order_and_the_window_from_the_first_step() -> None
     ]
 
 
+def test_one_event_never_reaches_two_consecutive_steps() -> None:
+    events = [
+        ev(1, T0, "/a"),  # once
+        ev(2, T0, "/a"),  # twice
+        ev(2, T0 + SECOND, "/a"),
+        ev(3, T0, "/a", "Signup"),  # a Signup on /a, then a later one
+        ev(3, T0 + SECOND, "/b", "Signup"),
+    ]
+    twice = funnel(events, [("page", "/a"), ("page", "/a")], window_s=60)
+    assert [step["visitors"] for step in twice] == [2, 1]
+    signup = funnel(events, [("event", "Signup"), ("event", "Signup")], window_s=60)
+    assert [step["visitors"] for step in signup] == [1, 1]
+    # steps that overlap: the pageview that reached step 1 does not reach step 2 too
+    overlapping = funnel(events, [("page", "/a"), ("event", "pageview")], window_s=60)
+    assert [step["visitors"] for step in overlapping] == [2, 1]
+
+
 def test_funnel_conversion_rates_round_to_two_decimals() -> None:
     # 3 visitors view /a, 1 of them then /b: 1 / 3 = 33.33 %.
     events = [ev(v, T0, "/a") for v in range(3)] + [ev(0, T0 + SECOND, "/b")]

@@ -83,7 +83,10 @@ def funnel_sql(
 
     A visitor enters at their first step-1 event (time t1); they reach step k
     with the first step-k event at or after the time they reached step k-1,
-    and no later than ``t1 + window``.
+    and no later than ``t1 + window``. An event at that same time counts only
+    if it is not itself a step-(k-1) event: one pageview of ``/`` is not
+    ``page:/`` twice (events share a time when it is floored to the hour, so
+    the order within it is unknown).
     """
     params = Parameters()
     ctes = [base_ctes(query, params, sessions=needs_sessions(query))]
@@ -101,7 +104,9 @@ def funnel_sql(
             f"""s{index} AS (
         SELECT c.visitor_id, min(c.timestamp) AS reached, any_value(p.entered) AS entered
         FROM candidates c JOIN s{index - 1} p USING (visitor_id)
-        WHERE {_step_sql(step, params, "c")} AND c.timestamp >= p.reached
+        WHERE {_step_sql(step, params, "c")}
+          AND (c.timestamp > p.reached
+               OR (c.timestamp = p.reached AND NOT {_step_sql(steps[index - 1], params, "c")}))
           AND c.timestamp <= p.entered + to_seconds({window})
         GROUP BY c.visitor_id)"""
         )
