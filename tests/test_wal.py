@@ -93,14 +93,20 @@ def _record_offsets(data: bytes) -> list[int]:
 def test_recovery_removes_the_folder_of_a_writer_that_died_while_starting(
     layout: DataLayout,
 ) -> None:
-    """Made as ``.<id>``, locked, renamed: killed before the rename, it held nothing."""
-    dead, starting = layout.wal / ".20260101T000000-1-deaddead", layout.wal / ".now-2-starting"
-    for folder in (dead, starting):
+    """Made as ``.<id>``, locked, renamed: killed before the rename, it held nothing
+    (killed between making the folder and its lock file, neither)."""
+    dead, unlocked, starting = (
+        layout.wal / name
+        for name in (".20260101T000000-1-deaddead", ".1-3-nolock", ".now-2-starting")
+    )
+    for folder in (dead, unlocked, starting):
         folder.mkdir(parents=True)
+    for folder in (dead, starting):
         (folder / "lock").touch()
-    os.utime(dead, (time.time() - 3600, time.time() - 3600))
+    for folder in (dead, unlocked):
+        os.utime(folder, (time.time() - 3600, time.time() - 3600))
     recover(layout)
-    assert not dead.exists()
+    assert not dead.exists() and not unlocked.exists()
     assert starting.exists()  # its writer may be about to lock it
 
 

@@ -248,8 +248,8 @@ def _orphaned_writers(layout: DataLayout) -> Iterator[tuple[Path, int]]:
     Another process may recover the same folders at the same time (workers
     starting together): a folder it removed meanwhile is skipped. A folder
     still named ``.<writer id>`` a minute after it was made, with its lock
-    free, belongs to a writer that died while starting, before it logged
-    anything: it is removed.
+    free or without one, belongs to a writer that died while starting, before
+    it logged anything: it is removed.
     """
     if not layout.wal.exists():
         return
@@ -261,6 +261,8 @@ def _orphaned_writers(layout: DataLayout) -> Iterator[tuple[Path, int]]:
         try:
             lock = _lock(folder / "lock", create=False)  # made again, it would stop a removal
         except (FileNotFoundError, NotADirectoryError):  # removed meanwhile, or not a folder
+            if starting and folder.is_dir() and not (folder / "lock").exists():
+                shutil.rmtree(folder, ignore_errors=True)  # its writer died before locking it
             continue
         if lock is None:
             continue
