@@ -26,7 +26,7 @@ def _declares_body(scope: Scope) -> bool:
 
 
 def finish_early_answers(app: ASGIApp) -> ASGIApp:
-    """``app`` whose sends cannot be cut short, and that says ``connection: close``
+    """``app`` whose last send cannot be cut short, and that says ``connection: close``
     when it starts answering before the whole body was received."""
 
     async def wrapped(scope: Scope, receive: Receive, send: Send) -> None:
@@ -42,12 +42,18 @@ def finish_early_answers(app: ASGIApp) -> ASGIApp:
                 body_received = True
             return message
 
-        async def shielded_send(message: Message) -> None:
-            if message["type"] == "http.response.start" and not body_received:
-                message = {**message, "headers": [*message.get("headers", ()), CLOSE]}
-            with trio.CancelScope(shield=True):
-                await send(message)
+        async def finishing_send(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                if not body_received:
+                    message = {**message, "headers": [*message.get("headers", ()), CLOSE]}
+            elif message["type"] == "http.response.body" and not message.get("more_body"):
+                # the last one: hypercorn closes the connection, or readies it for the
+                # next request (and its idle timeout), inside it
+                with trio.CancelScope(shield=True):
+                    await send(message)
+                return
+            await send(message)
 
-        await app(scope, tracking_receive, shielded_send)
+        await app(scope, tracking_receive, finishing_send)
 
     return wrapped
