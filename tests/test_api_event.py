@@ -399,6 +399,22 @@ async def test_an_answer_before_the_body_closes_the_connection_it_cannot_reuse(
     await stream.aclose()
 
 
+async def test_an_idle_connection_is_closed_after_the_keep_alive_timeout(
+    server: RunningServer,
+) -> None:
+    """After an answer of the Quart app, the idle timer had been cancelled with the
+    request: a client that kept the connection open held it for good."""
+    host, port = server.url.removeprefix("http://").rsplit(":", 1)
+    stream = await trio.open_tcp_stream(host, int(port))
+    await stream.send_all(f"GET /api/auth/status HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    answer = b""
+    with trio.fail_after(5 + 5):  # hypercorn's keep_alive_timeout is 5 s
+        while chunk := await stream.receive_some(4096):
+            answer += chunk
+    assert answer.startswith(b"HTTP/1.1 200") and answer.count(b"HTTP/1.1 ") == 1
+    await stream.aclose()
+
+
 @pytest.mark.parametrize("path", ["/api/event", "/api/events", "/api/v2/query"])
 async def test_clients_hanging_up_on_an_oversized_body_log_no_traceback(
     server: RunningServer, path: str, caplog: pytest.LogCaptureFixture

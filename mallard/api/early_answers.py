@@ -6,7 +6,10 @@ hypercorn closes it once the answer is out. But quart-trio cancels the request
 as soon as its body reader sees the stream end, which happens inside that very
 last send: the close was cancelled half-way, the socket stayed open, the client
 waited for an answer to its next request forever and the server kept the socket
-(CLOSE-WAIT, one file descriptor per such request, no login needed).
+(CLOSE-WAIT, one file descriptor per such request, no login needed). The same
+cancellation hit every answer of the Quart app on a connection kept alive: the
+idle timer hypercorn starts in that last send never ran, so an idle client held
+its connection for good. That last send is shielded.
 """
 
 from __future__ import annotations
