@@ -725,8 +725,8 @@ async def test_retention(stats_server: RunningServer) -> None:
 async def test_ranges_of_centuries_bucket_by_the_zone_as_short_ones(
     stats_server: RunningServer,
 ) -> None:
-    """Beyond 10,000 days DuckDB converts each time to the zone (instead of a CASE over
-    every DST transition, built on the event loop): the same days and weeks."""
+    """A range of centuries has every DST transition of the zone's history (a binary
+    search in SQL): the same days and weeks as a month's range."""
     zone = {"timezone": "America/New_York"}
     for interval, first in (("day", "2026-01-10"), ("week", "2026-01-05")):
         centuries, month = [

@@ -8,15 +8,18 @@ events on both sides of real transitions.
 from __future__ import annotations
 
 import datetime as dt
+import zoneinfo
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from mallard.query import behaviour
 from mallard.query.engine import QueryEngine
 from mallard.query.model import parse_query
-from mallard.query.sql import derived_data, utc_offsets
+from mallard.query.sql import derived_data
 from mallard.query.stats import run_query
+from mallard.query.zones import WALK_END, utc_offset_sql, utc_offsets
 from mallard.storage.compaction import compact
 from mallard.storage.layout import DataLayout
 from mallard.storage.parquet import write_batch
@@ -26,6 +29,7 @@ from tests.factories import make_event
 
 SITE = "example.com"
 HOUR_US = 3_600_000_000
+ONE_DAY = dt.timedelta(days=1)
 # (zone, a local day with a transition or an odd offset)
 CASES = [
     ("Europe/Berlin", dt.date(2026, 3, 29)),  # 02:00 -> 03:00
@@ -50,11 +54,53 @@ def test_offsets_change_at_the_transition() -> None:
     assert len(utc_offsets("UTC", start, start + dt.timedelta(days=400))) == 1
 
 
+@pytest.mark.parametrize(
+    "zone", ["Europe/Berlin", "Africa/Casablanca", "America/Vancouver", "Asia/Kathmandu", "UTC"]
+)
+def test_offsets_in_sql_are_the_system_zone_data_over_any_range(zone: str) -> None:
+    """A binary search over every transition from 1970 to 2100, the same offsets as
+    Python's at instants a few hours either side of each; after 2100 DuckDB's rules,
+    which are the system's too except in Vancouver (summer time for good from 2026)."""
+    start, end = dt.datetime(1970, 1, 1, tzinfo=dt.UTC), dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
+    moments = [
+        start,
+        dt.datetime(2150, 7, 1, tzinfo=dt.UTC),
+        dt.datetime(9000, 1, 1, tzinfo=dt.UTC),
+    ]
+    for from_us, _ in utc_offsets(zone, start, end)[1:]:
+        change = dt.datetime(1970, 1, 1, tzinfo=dt.UTC) + dt.timedelta(microseconds=from_us)
+        moments += [change + dt.timedelta(hours=hours) for hours in (-5, -1, 0, 1, 5)]
+    if zone == "America/Vancouver":
+        moments = [moment for moment in moments if moment < WALK_END]
+    expected = [
+        m.astimezone(zoneinfo.ZoneInfo(zone)).utcoffset() // dt.timedelta(microseconds=1)
+        for m in moments
+    ]
+    at = "CAST(moment AS TIMESTAMPTZ)"
+    got = (
+        duckdb.connect()
+        .execute(
+            f"SELECT {utc_offset_sql(zone, start, end, at)} FROM (SELECT unnest($moments) AS "
+            "moment, generate_subscripts($moments, 1) AS i) ORDER BY i",
+            {"moments": moments},
+        )
+        .fetchall()
+    )
+    assert [offset for (offset,) in got] == expected
+
+
 @pytest.mark.parametrize(("zone", "day"), CASES, ids=[zone for zone, _ in CASES])
-@pytest.mark.parametrize("interval", ["hour", "day", "month"])
+@pytest.mark.parametrize(
+    ("interval", "centuries"),
+    [("hour", False), ("day", False), ("week", False), ("month", False),
+     ("week", True), ("month", True)],
+    ids=["hour", "day", "week", "month", "weeks-over-centuries", "months-over-centuries"],
+)  # fmt: skip
 async def test_buckets_match_the_reference(
-    tmp_path: Path, zone: str, day: dt.date, interval: str
+    tmp_path: Path, zone: str, day: dt.date, interval: str, centuries: bool
 ) -> None:
+    """Over three days, or the same events in a range of centuries (with every
+    transition of the zone's history, and its rules beyond 2100): the same buckets."""
     first, last = day - dt.timedelta(days=1), day + dt.timedelta(days=1)
     start = int(dt.datetime.combine(first, dt.time(), dt.UTC).timestamp() * 1e6) - 14 * HOUR_US
     events = [  # every 20 minutes for four days, three visitors taking turns, gaps included
@@ -70,16 +116,24 @@ async def test_buckets_match_the_reference(
             "site_id": SITE,
             "metrics": ["visitors", "visits", "pageviews"],
             "dimensions": [f"time:{interval}"],
-            "date_range": [first.isoformat(), last.isoformat()],
+            "date_range": ["1970-01-01", "2150-12-31"]
+            if centuries
+            else [first.isoformat(), last.isoformat()],
             "timezone": zone,
-            "include": {"time_labels": True},
+            "include": {"time_labels": not centuries},
         }
     )
     answer = await run_query(QueryEngine(layout), query)
     got = {tuple(row["dimensions"]): row["metrics"] for row in answer["results"]}
-    expected = ref.timeseries(
-        events, interval, zone, first, last, ["visitors", "visits", "pageviews"]
-    )
+    metrics = ["visitors", "visits", "pageviews"]
+    if centuries:  # every bucket, most of them zeros; all the events are in the range
+        busy = {labels: numbers for labels, numbers in got.items() if any(numbers)}
+        everything = ref.timeseries(
+            events, interval, zone, first - ONE_DAY, last + ONE_DAY * 2, metrics
+        )
+        assert busy == {(label,): list(m.values()) for label, m in everything if m["pageviews"]}
+        return
+    expected = ref.timeseries(events, interval, zone, first, last, metrics)
     assert answer["meta"]["time_labels"] == [label for label, _ in expected]
     assert got == {(label,): list(m.values()) for label, m in expected}  # gaps are zeros
 
@@ -120,25 +174,36 @@ async def test_whole_utc_day_buckets_read_from_rollups_match_the_reference(
     assert got == {(label,): [m[name] for name in metrics] for label, m in expected}
 
 
-def test_months_over_centuries_count_over_events() -> None:
-    """Whether buckets are whole UTC days takes walking the range's days: not for
-    a month series over centuries, which buckets events instead."""
+def test_months_are_whole_utc_days_only_in_a_zone_always_at_utc() -> None:
+    """Buckets of whole UTC days read the rollups' seen_* columns, over any range."""
 
-    def derived(date_range: list[str]) -> str | None:
+    def derived(date_range: list[str], zone: str) -> str | None:
         body = {"site_id": SITE, "metrics": ["visitors"], "dimensions": ["time:month"]}
-        return derived_data(parse_query({**body, "date_range": date_range}))
+        return derived_data(parse_query({**body, "date_range": date_range, "timezone": zone}))
 
-    assert derived(["2000-01-01", "2026-12-31"]) == "seen"
-    assert derived(["1970-01-01", "2735-12-31"]) != "seen"
+    assert derived(["2000-01-01", "2026-12-31"], "UTC") == "seen"
+    assert derived(["1970-01-01", "9998-12-31"], "UTC") == "seen"
+    assert derived(["2026-11-01", "2027-01-31"], "Europe/London") == "seen"  # winter time
+    assert derived(["2026-11-01", "2027-04-30"], "Europe/London") != "seen"
+    assert derived(["2000-01-01", "2026-12-31"], "Africa/Abidjan") == "seen"
 
 
 @pytest.mark.parametrize("compacted", [False, True], ids=["events", "rollups"])
-async def test_monthly_retention_where_duckdb_and_the_system_disagree(
-    tmp_path: Path, compacted: bool
+@pytest.mark.parametrize(
+    ("period", "date_range"),
+    [
+        ("month", ["2026-11-01", "2026-12-31"]),
+        ("day", ["1990-01-01", "2026-12-31"]),  # a distinct count per day, no bit masks
+        ("week", ["1970-01-01", "9998-12-31"]),
+    ],
+)
+async def test_retention_where_duckdb_and_the_system_disagree(
+    tmp_path: Path, compacted: bool, period: str, date_range: list[str]
 ) -> None:
     """Casablanca is UTC+1 by the system's zone data, UTC+0 by DuckDB's: an event in
     the range's first local hour once fell into the month before the range (a
-    500: a bit shifted by -1), or the month after it at the other end."""
+    500: a bit shifted by -1), or the month after it at the other end; over
+    decades, DuckDB's rules bucketed every day."""
     zone = "Africa/Casablanca"
     start = int(dt.datetime(2026, 10, 31, 23, 30, tzinfo=dt.UTC).timestamp() * 1e6)
     events = [  # from the range's first local hour to past its last, every 10 hours
@@ -151,10 +216,9 @@ async def test_monthly_retention_where_duckdb_and_the_system_disagree(
     if compacted:
         compact(layout, before=dt.date(2027, 1, 10))
     query = parse_query(
-        {"site_id": SITE, "metrics": ["visitors"], "timezone": zone,
-         "date_range": ["2026-11-01", "2026-12-31"]}
-    )  # fmt: skip
-    statement = behaviour.retention_sql(query, "month")
+        {"site_id": SITE, "metrics": ["visitors"], "timezone": zone, "date_range": date_range}
+    )
+    statement = behaviour.retention_sql(query, period)
     _, rows = await QueryEngine(layout).fetch(
         statement.sql,
         statement.parameters,
@@ -166,6 +230,6 @@ async def test_monthly_retention_where_duckdb_and_the_system_disagree(
     start_us, end_us = (
         int(t.timestamp() * 1e6) for t in (query.date_range.start, query.date_range.end)
     )
-    expected = ref.retention(events, "month", zone, start_us=start_us, end_us=end_us)
-    assert [c["cohort"] for c in expected] == ["2026-11-01"]
+    expected = ref.retention(events, period, zone, start_us=start_us, end_us=end_us)
+    assert expected[0]["cohort"] == ("2026-10-26" if period == "week" else "2026-11-01")
     assert behaviour.retention_result(rows) == expected

@@ -39,12 +39,7 @@ occurrence in the range (or bucket), a filter instead of a distinct count.
 
 from __future__ import annotations
 
-import datetime as dt
-import functools
-import itertools
-import math
 import re
-import zoneinfo
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal, NamedTuple
@@ -62,12 +57,12 @@ from mallard.query.model import (
     Filter,
     Query,
 )
+from mallard.query.zones import utc_offset_sql, utc_offsets
 from mallard.storage.schema import (
     EVENT_SCHEMA,
     SEEN_BY,
     VISIT_ATTRIBUTES,
     VISIT_SCHEMA,
-    micros,
 )
 
 # Derived data a statement reads beside the events: visit rollups ("visits"), per-day
@@ -79,7 +74,6 @@ NONE_LABEL = "(none)"
 MICROS_PER_HOUR = 3_600_000_000
 MICROS_PER_DAY = 86_400_000_000
 MONDAY = 4  # 1970-01-05, the first Monday after the epoch, is day 4
-OFFSET_WALK_DAYS = 10_000  # a day or week series' longest range (10,000 buckets)
 TIME_FORMATS = {
     "time:hour": ("hour", "%Y-%m-%d %H:00:00"),
     "time:day": ("day", "%Y-%m-%d"),
@@ -128,50 +122,17 @@ def visit_column(name: str) -> str:
     return name if name in ("entry_page", "exit_page") else f"visit_{name}"
 
 
-@functools.lru_cache(maxsize=256)
-def utc_offsets(timezone: str, start: dt.datetime, end: dt.datetime) -> tuple[tuple[int, int], ...]:
-    """``(from_us, offset_us)`` for each stretch of ``[start, end)`` with one UTC offset."""
-    zone = zoneinfo.ZoneInfo(timezone)
-
-    def offset(moment: dt.datetime) -> int:
-        return moment.astimezone(zone).utcoffset() // dt.timedelta(microseconds=1)
-
-    pieces = [(micros(start), offset(start))]
-    moment = start
-    while moment < end:
-        step = min(moment + dt.timedelta(days=1), end)
-        if offset(step) != pieces[-1][1]:  # a transition in (moment, step]: find its second
-            low, high = int(moment.timestamp()), math.ceil(step.timestamp())
-            while high - low > 1:
-                middle = (low + high) // 2
-                at_middle = offset(dt.datetime.fromtimestamp(middle, dt.UTC))
-                low, high = (middle, high) if at_middle == pieces[-1][1] else (low, middle)
-            changed = dt.datetime.fromtimestamp(high, dt.UTC)
-            pieces.append((micros(changed), offset(changed)))
-        moment = step
-    return tuple(pieces)
-
-
 def time_bucket(dimension: str, query: Query, at: str) -> str:
     """The time bucket of column ``at`` in the query's timezone: a number, or for
     months the local TIMESTAMP the month starts at.
 
     Local time is epoch microseconds plus the zone's offset at that instant
-    (a CASE over the range's DST transitions), so hours, days and weeks are
-    integer divisions: several times cheaper per row than converting
-    timestamps. The offsets are Python's (the system's time zone data), as are
-    the range's bounds and labels: DuckDB's own zone rules differ for some
-    zones (Casablanca, Vancouver from 2026...), which would put events in a
-    bucket outside the range. Over ranges longer than ``OFFSET_WALK_DAYS``
-    (thousands of transitions) DuckDB converts each timestamp instead.
+    (:mod:`mallard.query.zones`), so hours, days and weeks are integer
+    divisions: several times cheaper per row than converting timestamps.
     """
     unit = TIME_FORMATS[dimension][0]
-    if query.date_range.end - query.date_range.start > dt.timedelta(days=OFFSET_WALK_DAYS):
-        if unit == "month":
-            return f"date_trunc('month', timezone('{_zone(query)}', {at}))"
-        local = f"epoch_us(timezone('{_zone(query)}', {at}))"
-    else:
-        local = f"(epoch_us({at}) + {_utc_offset_sql(query, at)})"
+    offset = utc_offset_sql(query.timezone, query.date_range.start, query.date_range.end, at)
+    local = f"(epoch_us({at}) + {offset})"
     if unit == "month":
         return f"date_trunc('month', make_timestamp({local}))"
     local_day = f"({local} // {MICROS_PER_DAY})"
@@ -180,23 +141,6 @@ def time_bucket(dimension: str, query: Query, at: str) -> str:
     if unit == "day":
         return local_day
     return f"(({local_day} - {MONDAY}) // 7)"  # weeks start on Monday
-
-
-def _utc_offset_sql(query: Query, at: str) -> str:
-    """SQL: the offset (in microseconds) of the query's zone at ``at``, by the range's DST
-    transitions."""
-    pieces = utc_offsets(query.timezone, query.date_range.start, query.date_range.end)
-    if len(pieces) == 1:
-        return str(pieces[0][1])
-    branches = " ".join(
-        f"WHEN epoch_us({at}) < {until} THEN {offset}"
-        for (_, offset), (until, _) in itertools.pairwise(pieces)
-    )
-    return f"CASE {branches} ELSE {pieces[-1][1]} END"
-
-
-def _zone(query: Query) -> str:
-    return query.timezone.replace("'", "")  # IANA names, validated by the model
 
 
 def time_label(dimension: str, bucket: str) -> str:
@@ -227,14 +171,8 @@ def bucket_start(dimension: str, query: Query, bucket: str) -> str:
 
 def whole_utc_days(query: Query, dimension: str) -> bool:
     """True when each bucket of the time ``dimension`` is whole UTC days (where visits
-    and visitor ids end): days, weeks or months in a zone at UTC+0 over the range.
-
-    Finding the zone's offsets walks the range a day at a time on the event loop:
-    ranges longer than ``OFFSET_WALK_DAYS`` (months over centuries) say no instead.
-    """
+    and visitor ids end): days, weeks or months in a zone at UTC+0 over the range."""
     if TIME_FORMATS[concrete_dimension(query, dimension)][0] == "hour":
-        return False
-    if query.date_range.end - query.date_range.start > dt.timedelta(days=OFFSET_WALK_DAYS):
         return False
     pieces = utc_offsets(query.timezone, query.date_range.start, query.date_range.end)
     return all(offset == 0 for _, offset in pieces)
