@@ -233,6 +233,14 @@ async def test_revenue_names_its_currencies(server: RunningServer) -> None:
         purchases = await query(server, **revenue, filters=filters)
         assert metrics(purchases) == [10.0]
         assert purchases["meta"] == {"revenue_currencies": ["USD"]}
+    tip = {**SEED_EVENT, "n": "tip", "ra": 2}  # the spec makes rc optional
+    assert "rc" not in tip
+    assert (await server.post_event(tip)).status_code == 202
+    with_tip = await query(server, **revenue)
+    assert metrics(with_tip) == [17.0]
+    assert with_tip["meta"]["revenue_currencies"] == ["EUR", "USD", None]
+    warning = with_tip["meta"]["metric_warnings"]["total_revenue"]["warning"]
+    assert warning.startswith("amounts in EUR, USD and without a currency are added")
 
 
 async def test_props_breakdown_and_percentage(stats_server: RunningServer) -> None:

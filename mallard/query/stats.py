@@ -205,8 +205,9 @@ REVENUE_METRICS = ("total_revenue", "average_revenue")
 
 
 async def _name_currencies(engine: QueryEngine, query: Query, meta: dict[str, Any]) -> None:
-    """List the revenue's currencies in ``meta``, with a warning when there are several:
-    their amounts are added as they are (there are no exchange rates)."""
+    """List the revenue's currencies in ``meta`` (null: amounts sent without one), with
+    a warning when there are several: their amounts are added as they are (there are
+    no exchange rates)."""
     statement = revenue_currencies_sql(query)
     _, records = await engine.fetch(
         statement.sql,
@@ -218,11 +219,12 @@ async def _name_currencies(engine: QueryEngine, query: Query, meta: dict[str, An
     currencies = [currency for (currency,) in records]
     meta["revenue_currencies"] = currencies
     if len(currencies) > 1:
-        named = ", ".join(str(currency) for currency in currencies)
+        codes = ", ".join(currency for currency in currencies if currency is not None)
+        named = f"in {codes} and without a currency" if None in currencies else f"in {codes}"
         meta["metric_warnings"] = {
             metric: {
                 "code": "several_currencies",
-                "warning": f"amounts in {named} are added as they are, without exchange rates",
+                "warning": f"amounts {named} are added as they are, without exchange rates",
             }
             for metric in query.metrics
             if metric in REVENUE_METRICS
