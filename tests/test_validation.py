@@ -295,6 +295,10 @@ def test_plausible_revenue_object(
         "12.50 EUR",
         {"amount": "twelve", "currency": "EUR"},
         {"amount": "nan", "currency": "EUR"},
+        {"amount": "1_000", "currency": "EUR"},
+        {"amount": " 5 ", "currency": "EUR"},
+        {"amount": "\u0665", "currency": "EUR"},  # an Arabic-Indic 5
+        {"amount": "", "currency": "EUR"},
         {"amount": 10, "currency": "EURO"},
         {"amount": 10, "currency": "ZZZ"},
     ],
@@ -372,6 +376,10 @@ def test_query_empty_w_is_no_width() -> None:
         ("d=example.com&u=https://example.com/&w=nan", 400),
         ("d=example.com&u=https://example.com/&w=inf", 400),
         ("d=example.com&u=https://example.com/&w=1e9", 400),
+        ("d=example.com&u=https://example.com/&w=1_0", 400),
+        ("d=example.com&u=https://example.com/&w=%2010", 400),
+        ("d=example.com&u=https://example.com/&w=%D9%A5", 400),  # an Arabic-Indic 5
+        ("d=example.com&u=https://example.com/&w=0x10", 400),
         ("d=example.com&n=" + "e" * 257 + "&u=https://example.com/", 400),
         (b"d=example.com&u=https://example.com/\xff", 400),
     ],
