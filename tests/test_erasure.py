@@ -17,7 +17,14 @@ import pyarrow.parquet as pq
 import pytest
 
 from mallard.storage.compaction import compact
-from mallard.storage.erasure import Tombstone, Tombstones, erase, finish_erasures
+from mallard.storage.erasure import (
+    Tombstone,
+    Tombstones,
+    carry_out,
+    erase,
+    finish_erasures,
+    record_erasure,
+)
 from mallard.storage.layout import DataLayout, batch_name, new_writer_id
 from mallard.storage.locks import site_lock
 from mallard.storage.parquet import write_batch
@@ -60,6 +67,42 @@ def hours(layout: DataLayout, site: str) -> list[int]:
 
 def at(day: int, hour: int) -> dt.datetime:
     return dt.datetime.combine(DAYS[day], dt.time(hour), dt.UTC)
+
+
+def test_erased_rows_not_yet_written_are_counted_once(tmp_path: Path) -> None:
+    """Accepted events in the writer's hands when the tombstone is recorded: a batch
+    whose file landed before it (its rows are removed from the file), one written
+    since (its erased rows left out), one never written yet; and another site's."""
+    layout = DataLayout(tmp_path / "data")
+    layout.create()
+
+    def batch(site: str, hours: range) -> pa.Table:
+        return events_to_table(
+            [make_event(site_id=site, timestamp=FIRST * DAY_US + h * HOUR_US) for h in hours]
+        )
+
+    landed, since, waiting = (
+        batch("a.com", range(3)),
+        batch("a.com", range(4)),
+        batch("a.com", range(2)),
+    )
+    other = batch("b.org", range(5))
+    write_batch(landed, layout, "landed")
+    tombstones = Tombstones(layout)
+    tombstone = record_erasure(layout, tombstones, "a.com", at(0, 0), at(0, 3))
+    write_batch(since, layout, "since", keep=tombstones.keep)  # keeps hour 3 only
+    unwritten = [
+        (name, lambda _site, table=table: table)
+        for name, table in [
+            ("landed", landed),
+            ("since", since),
+            ("waiting", waiting),
+            ("waiting", other),
+        ]
+    ]
+    report = carry_out(layout, tombstones, tombstone, lambda: unwritten)
+    assert (report.rows_erased, report.unwritten_rows_erased) == (3, 3 + 2)
+    assert hours(layout, "a.com") == [3]
 
 
 def test_erase_removes_exactly_the_range(layout: DataLayout) -> None:

@@ -20,7 +20,7 @@ from mallard.auth.policy import can_manage_site
 from mallard.auth.service import Denied
 from mallard.ingest.privacy import floor_to_hour
 from mallard.query.model import QueryError, explicit_range, validate_site_id, validate_timezone
-from mallard.storage.erasure import erase
+from mallard.storage.erasure import Unwritten, carry_out, record_erasure
 from mallard.storage.writer import EventWriter
 
 blueprint = Blueprint("gdpr", __name__)
@@ -53,14 +53,24 @@ async def erase_range() -> Any:
     if not can_manage_site(principal, site_id):
         raise Denied(403, f"erasing needs an admin or owner of {site_id!r}")
     writer: EventWriter = current_app.config["MALLARD_WRITER"]
-    report = await trio.to_thread.run_sync(
-        erase, writer.layout, writer.tombstones, site_id, dates.start, dates.end
-    )
+    with trio.CancelScope(shield=True):  # once recorded, carried out (or at the next start)
+        tombstone = await trio.to_thread.run_sync(
+            record_erasure, writer.layout, writer.tombstones, site_id, dates.start, dates.end
+        )
+        unwritten = writer.unflushed(with_erased=True)  # what was accepted until the tombstone
+
+        def everyones_unwritten() -> Unwritten:
+            return [*unwritten, *writer.logged_elsewhere(with_erased=True)]
+
+        report = await trio.to_thread.run_sync(
+            carry_out, writer.layout, writer.tombstones, tombstone, everyones_unwritten
+        )
     body = {
         "site_id": site_id,
         "from": dates.start.isoformat(),
         "to": dates.end.isoformat(),
-        "rows_erased": report.rows_erased,
+        "rows_erased": report.rows_erased + report.unwritten_rows_erased,
+        "unwritten_rows_erased": report.unwritten_rows_erased,
         "files_rewritten": report.files_rewritten,
         "files_removed": report.files_removed,
     }

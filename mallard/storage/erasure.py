@@ -5,7 +5,8 @@ rollup and pairs), the writers' unflushed tables, and write-ahead log segments t
 restart after a crash would replay. An erasure first records a *tombstone* in
 ``data_dir/erasures.json``; writers drop tombstoned rows from every batch
 before it is written and WAL replay does the same, so nothing accepted before
-the erasure can come back. Then the Parquet files of the days in range are
+the erasure can come back. The report counts those rows with the ones removed
+from Parquet. Then the Parquet files of the days in range are
 rewritten without the erased rows and all swapped in under the site's
 exclusive lock: a query sees the whole erasure or none of it. The pairs of
 the first erased day and every later one are dropped too (a later day's pair
@@ -24,7 +25,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -37,7 +38,7 @@ from mallard.storage.layout import DataLayout, dated_partitions, day_number
 from mallard.storage.locks import maintenance_lock, site_lock
 from mallard.storage.merged import held_by_compacted, merged_files
 from mallard.storage.pairs import forget_pairs_from
-from mallard.storage.parquet import fsync_dir, write_aside
+from mallard.storage.parquet import fsync_dir, split_by_partition, write_aside
 from mallard.storage.schema import MICROS_PER_DAY, micros
 
 ERASED_PREFIX = "erased-"  # files an erasure stages in tmp/
@@ -55,13 +56,19 @@ class Tombstone:
     done: bool = False  # its files are rewritten; until then, each start finishes the job
 
 
+# accepted events not in Parquet, as the writers hold them: (batch name, site -> table)
+Unwritten = Sequence[tuple[str, Callable[[str], pa.Table]]]
+
+
 @dataclass
 class ErasureReport:
     files_rewritten: int = 0
     files_removed: int = 0
-    rows_erased: int = 0
+    rows_erased: int = 0  # from Parquet files
+    unwritten_rows_erased: int = 0  # accepted, not yet in Parquet: never written now
     # files in range that cannot be read as events: the erasure stays unfinished
     files_unreadable: list[str] = field(default_factory=list)
+    erased_in: dict[Path, int] = field(default_factory=dict)  # rows erased, by file
 
 
 class BrokenErasures(Exception):
@@ -150,10 +157,29 @@ def erase(
     layout: DataLayout, tombstones: Tombstones, site_id: str, start: dt.datetime, end: dt.datetime
 ) -> ErasureReport:
     """Record the tombstone, then remove the rows from the site's Parquet files. Blocking."""
-    now_us = time.time_ns() // 1000
-    tombstone = Tombstone(site_id, micros(start), micros(end), now_us)
+    return carry_out(layout, tombstones, record_erasure(layout, tombstones, site_id, start, end))
+
+
+def record_erasure(
+    layout: DataLayout, tombstones: Tombstones, site_id: str, start: dt.datetime, end: dt.datetime
+) -> Tombstone:
+    """Record (durably) that the site's events in ``[start, end)`` accepted until now are
+    erased: from here on, no writer writes them. Blocking."""
+    tombstone = Tombstone(site_id, micros(start), micros(end), time.time_ns() // 1000)
     tombstones.add(tombstone, _staging(layout))
-    report = _rewrite(layout, tombstone)
+    return tombstone
+
+
+def carry_out(
+    layout: DataLayout,
+    tombstones: Tombstones,
+    tombstone: Tombstone,
+    unwritten: Callable[[], Unwritten] = tuple,
+) -> ErasureReport:
+    """Remove the recorded ``tombstone``'s rows from the site's Parquet files, and count
+    those of the ``unwritten`` events (the writers' unflushed events, taken after the
+    tombstone was recorded, erased rows included). Blocking."""
+    report = _rewrite(layout, tombstone, unwritten)
     if not report.files_unreadable:
         tombstones.finished(tombstone, _staging(layout))
     return report
@@ -174,7 +200,9 @@ def _staging(layout: DataLayout) -> Path:
     return layout.tmp / f"erasures-{uuid.uuid4().hex}.tmp"
 
 
-def _rewrite(layout: DataLayout, tombstone: Tombstone) -> ErasureReport:
+def _rewrite(
+    layout: DataLayout, tombstone: Tombstone, unwritten: Callable[[], Unwritten] = tuple
+) -> ErasureReport:
     """Remove the tombstone's rows from the site's Parquet files, all swapped at once."""
     site_id = tombstone.site_id
     report = ErasureReport()
@@ -187,6 +215,7 @@ def _rewrite(layout: DataLayout, tombstone: Tombstone) -> ErasureReport:
             late_replaced, late_removed = _rewrite_days(layout, tombstone, report, seen)
             replaced += late_replaced
             removed += late_removed
+            report.unwritten_rows_erased = _never_written(layout, tombstone, unwritten(), report)
             for staging, destination in replaced:
                 os.replace(staging, destination)
             for file in removed:
@@ -196,6 +225,30 @@ def _rewrite(layout: DataLayout, tombstone: Tombstone) -> ErasureReport:
             if report.rows_erased:
                 forget_pairs_from(layout, site_id, tombstone.start_us // MICROS_PER_DAY)
     return report
+
+
+def _never_written(
+    layout: DataLayout, tombstone: Tombstone, unwritten: Unwritten, report: ErasureReport
+) -> int:
+    """How many of the ``unwritten`` events the tombstone erases that no file had.
+
+    Called under the site's exclusive lock, after the files are read. A batch's
+    file for a day holds its rows of the day minus the erased ones (the writers
+    filter under the site's lock): all of them when the batch was written before the
+    tombstone, and then the rewrite found them in that file; none when it was
+    written since, or will be.
+    """
+    by_name: dict[str, list[pa.Table]] = {}
+    for name, make_table in unwritten:
+        by_name.setdefault(name, []).append(make_table(tombstone.site_id))
+    count = 0
+    for name, tables in by_name.items():
+        table = pa.concat_tables(tables)
+        erased = table.filter(erased_mask(table, (tombstone,)))
+        for site_id, day, rows in split_by_partition(erased):
+            found = report.erased_in.get(layout.partition(site_id, day) / f"{name}.parquet", 0)
+            count += max(rows.num_rows - found, 0)
+    return count
 
 
 def _clear_seen_of_erased(
@@ -273,6 +326,7 @@ def _rewrite_days(
             if not count:
                 continue
             report.rows_erased += count
+            report.erased_in[file] = count
             touched = True
             rest = table.filter(pc.invert(erased))
             if rest.num_rows:

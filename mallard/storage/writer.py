@@ -55,6 +55,10 @@ STAGED_ROWS = 1024  # events kept as tuples before they become one Arrow table
 INLINE_FSYNC_SECONDS = 0.002  # after an fsync this fast, the next append is on the event loop
 
 
+def _everything(table: pa.Table) -> pa.Table:
+    return table
+
+
 def _site_table(
     events: list[Event], keep: Callable[[pa.Table], pa.Table], site_id: str
 ) -> pa.Table:
@@ -115,8 +119,11 @@ class EventWriter:
         """Events taken from the channel and not yet in Parquet."""
         return len(self._staged) + self._batch_rows + self._cut_rows
 
-    def unflushed(self) -> list[tuple[str, Callable[[str], pa.Table]]]:
-        """The accepted events not yet in Parquet (read-your-writes), erased ones left out.
+    def unflushed(
+        self, *, with_erased: bool = False
+    ) -> list[tuple[str, Callable[[str], pa.Table]]]:
+        """The accepted events not yet in Parquet (read-your-writes), erased ones left out
+        unless ``with_erased`` (for an erasure to count them).
 
         Each part comes with the name its batch's files will have, so a reader
         that also lists files can tell which have been written since, and as a
@@ -125,7 +132,7 @@ class EventWriter:
         converts or filters for a query. Events not yet in a table are
         converted for the one site only.
         """
-        keep = self.tombstones.keep
+        keep = _everything if with_erased else self.tombstones.keep
 
         def whole(table: pa.Table, _site_id: str) -> pa.Table:
             return keep(table)
@@ -141,13 +148,15 @@ class EventWriter:
             parts.append((collecting, functools.partial(_site_table, list(self._staged), keep)))
         return parts
 
-    def logged_elsewhere(self) -> list[tuple[str, Callable[[str], pa.Table]]]:
+    def logged_elsewhere(
+        self, *, with_erased: bool = False
+    ) -> list[tuple[str, Callable[[str], pa.Table]]]:
         """What :meth:`unflushed` is for the other processes writing to the data dir
         (``--workers``), read from their write-ahead logs: blocking, for the thread
         of a query, before it lists the files."""
         if self._wal is None:  # memory mode: nobody logs
             return []
-        keep = self.tombstones.keep
+        keep = _everything if with_erased else self.tombstones.keep
         return [
             (name, functools.partial(_site_table, events, keep))
             for name, events in logged_by_others(self.layout, self.writer_id)
