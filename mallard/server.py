@@ -37,7 +37,6 @@ from mallard.ingest.visitor import VisitorIds, load_or_create_secret
 from mallard.metrics import Metrics, worker_metrics
 from mallard.query.engine import QueryEngine
 from mallard.query.model import known_zones
-from mallard.query.zones import transitions
 from mallard.storage.compaction import compact
 from mallard.storage.erasure import Tombstones, finish_erasures
 from mallard.storage.layout import DataLayout
@@ -107,8 +106,6 @@ async def serve(
     tombstones.current()  # readable, or no start: no 202 for events that could not be written
     AuthStore(database_path(settings.data_dir)).check()  # before serving, not in its start-up
     known_zones()  # read once here (30 ms), not on the event loop at the first query
-    for zone in {"UTC", *(zone for _, zone in settings.sites)}:
-        transitions(zone)  # the sites' zones walked here (50 ms each), not at a first query
     await _replay_write_ahead_logs(layout, tombstones)
     if unfinished := await trio.to_thread.run_sync(finish_erasures, layout, tombstones):
         log.warning("finished %d erasures a crash had cut short", unfinished)

@@ -52,13 +52,18 @@ def test_offsets_change_at_the_transition() -> None:
         (int(transition.timestamp() * 1e6), 2 * HOUR_US),
     )
     assert len(utc_offsets("UTC", start, start + dt.timedelta(days=400))) == 1
+    later = dt.datetime(2150, 1, 1, tzinfo=dt.UTC)  # after the walk: DuckDB's yearly rules
+    for zone, offset in [("Europe/Berlin", None), ("Asia/Kolkata", 11 * HOUR_US // 2)]:
+        assert utc_offsets(zone, later, later + dt.timedelta(days=400)) == (
+            (int(later.timestamp() * 1e6), offset),
+        )
 
 
 @pytest.mark.parametrize(
     "zone", ["Europe/Berlin", "Africa/Casablanca", "America/Vancouver", "Asia/Kathmandu", "UTC"]
 )
 def test_offsets_in_sql_are_the_system_zone_data_over_any_range(zone: str) -> None:
-    """A binary search over every transition from 1970 to 2100, the same offsets as
+    """A binary search over every change of offset from 1970 to 2100, the same offsets as
     Python's at instants a few hours either side of each; after 2100 DuckDB's rules,
     which are the system's too except in Vancouver (summer time for good from 2026)."""
     start, end = dt.datetime(1970, 1, 1, tzinfo=dt.UTC), dt.datetime(9999, 1, 1, tzinfo=dt.UTC)
