@@ -68,7 +68,7 @@ NOT_ZONES = {"localtime", "posixrules", "Factory"}  # in the tz database, but no
 # Ranges lie within these days, so that their comparisons, time zones and
 # buckets stay within what dates can hold.
 FIRST_DAY = dt.date(1970, 1, 1)
-LAST_DAY = dt.date(9998, 12, 31)
+LAST_DAY = dt.date(2099, 12, 31)  # zones' offsets are walked a year at a time (query.zones)
 ISO_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
 ISO_MOMENT = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}")  # then seconds, offset…
 

@@ -74,6 +74,7 @@ NONE_LABEL = "(none)"
 MICROS_PER_HOUR = 3_600_000_000
 MICROS_PER_DAY = 86_400_000_000
 MONDAY = 4  # 1970-01-05, the first Monday after the epoch, is day 4
+SHIFT_DAYS = 7 * 52  # whole weeks, more than a range's local times can be before 1970
 TIME_FORMATS = {
     "time:hour": ("hour", "%Y-%m-%d %H:00:00"),
     "time:day": ("day", "%Y-%m-%d"),
@@ -132,15 +133,16 @@ def time_bucket(dimension: str, query: Query, at: str) -> str:
     """
     unit = TIME_FORMATS[dimension][0]
     offset = utc_offset_sql(query.timezone, query.date_range.start, query.date_range.end, at)
-    local = f"(epoch_us({at}) + {offset})"
     if unit == "month":
-        return f"date_trunc('month', make_timestamp({local}))"
-    local_day = f"({local} // {MICROS_PER_DAY})"
+        return f"date_trunc('month', make_timestamp(epoch_us({at}) + {offset}))"
+    # DuckDB's // rounds toward zero: local times before 1970 (a range from 1970-01-01
+    # in a zone west of UTC) are first moved SHIFT_DAYS later, past zero
+    local = f"(epoch_us({at}) + {offset} + {SHIFT_DAYS * MICROS_PER_DAY})"
     if unit == "hour":
-        return f"({local} // {MICROS_PER_HOUR})"
+        return f"({local} // {MICROS_PER_HOUR} - {SHIFT_DAYS * 24})"
     if unit == "day":
-        return local_day
-    return f"(({local_day} - {MONDAY}) // 7)"  # weeks start on Monday
+        return f"({local} // {MICROS_PER_DAY} - {SHIFT_DAYS})"
+    return f"(({local} // {MICROS_PER_DAY} - {MONDAY}) // 7 - {SHIFT_DAYS // 7})"  # from Monday
 
 
 def time_label(dimension: str, bucket: str) -> str:
