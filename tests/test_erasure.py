@@ -72,7 +72,8 @@ def at(day: int, hour: int) -> dt.datetime:
 def test_erased_rows_not_yet_written_are_counted_once(tmp_path: Path) -> None:
     """Accepted events in the writer's hands when the tombstone is recorded: a batch
     whose file landed before it (its rows are removed from the file), one written
-    since (its erased rows left out), one never written yet; and another site's."""
+    since (its erased rows left out), one never written yet; and another site's.
+    A second erasure of the same range counts none of them again."""
     layout = DataLayout(tmp_path / "data")
     layout.create()
 
@@ -103,6 +104,10 @@ def test_erased_rows_not_yet_written_are_counted_once(tmp_path: Path) -> None:
     report = carry_out(layout, tombstones, tombstone, lambda: unwritten)
     assert (report.rows_erased, report.unwritten_rows_erased) == (3, 3 + 2)
     assert hours(layout, "a.com") == [3]
+    time.sleep(0.001)  # the same range again, the batches still unwritten: nothing left
+    again = record_erasure(layout, tombstones, "a.com", at(0, 0), at(0, 3))
+    report = carry_out(layout, tombstones, again, lambda: unwritten)
+    assert (report.rows_erased, report.unwritten_rows_erased) == (0, 0)
 
 
 def test_erase_removes_exactly_the_range(layout: DataLayout) -> None:

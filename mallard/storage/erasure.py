@@ -129,16 +129,17 @@ class Tombstones:
 
     def keep(self, table: pa.Table) -> pa.Table:
         """``table`` without the rows any tombstone erases."""
-        tombstones = self.current()
-        if not tombstones or table.num_rows == 0:
-            return table
-        return table.filter(pc.invert(erased_mask(table, tombstones)))
+        return _without(table, self.current())
+
+
+def _without(table: pa.Table, tombstones: tuple[Tombstone, ...]) -> pa.Table:
+    return table.filter(pc.invert(erased_mask(table, tombstones))) if tombstones else table
 
 
 def erased_mask(table: pa.Table, tombstones: tuple[Tombstone, ...]) -> pa.ChunkedArray:
     """True for the rows of ``table`` that a tombstone erases."""
     stamps = table["timestamp"].cast(pa.int64())
-    mask = pa.chunked_array([pa.array([False] * table.num_rows)])
+    mask = pa.chunked_array([pa.array([False] * table.num_rows, pa.bool_())])
     for tombstone in tombstones:
         hit = pc.and_(pc.equal(table["site_id"], tombstone.site_id), _erases(tombstone, stamps))
         mask = pc.or_(mask, hit)
@@ -179,7 +180,15 @@ def carry_out(
     """Remove the recorded ``tombstone``'s rows from the site's Parquet files, and count
     those of the ``unwritten`` events (the writers' unflushed events, taken after the
     tombstone was recorded, erased rows included). Blocking."""
-    report = _rewrite(layout, tombstone, unwritten)
+    earlier = tuple(t for t in tombstones.current() if t.erased_us < tombstone.erased_us)
+
+    def not_erased_before() -> Unwritten:  # those an earlier erasure counted already
+        return [
+            (name, lambda site_id, make=make: _without(make(site_id), earlier))
+            for name, make in unwritten()
+        ]
+
+    report = _rewrite(layout, tombstone, not_erased_before)
     if not report.files_unreadable:
         tombstones.finished(tombstone, _staging(layout))
     return report
