@@ -157,6 +157,7 @@ def _compact(settings: Settings, before: str | None) -> int:
     if not layout.events.is_dir():
         print(f"mallard: no events under {settings.data_dir}", file=sys.stderr)
         return 1
+    layout.create()  # a restored backup may hold events/ alone
     report = compact(
         layout,
         before=day,

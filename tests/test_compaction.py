@@ -441,6 +441,17 @@ def test_mallard_compact_command(layout: DataLayout) -> None:
     assert len(partition_files(layout)) == 1
 
 
+def test_mallard_compact_of_events_alone(layout: DataLayout) -> None:
+    """A restored backup or another tool's output: events/ and nothing else."""
+    fill(layout)
+    for folder in layout.root.iterdir():
+        if folder != layout.events:
+            shutil.rmtree(folder)
+    result = mallard_compact(layout)
+    assert result.returncode == 0, result.stderr
+    assert len(partition_files(layout)) == 1
+
+
 def test_a_day_that_cannot_be_compacted_is_reported_and_the_server_keeps_serving(
     layout: DataLayout,
 ) -> None:
