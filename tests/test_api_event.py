@@ -508,6 +508,12 @@ async def test_batch_origin_and_rate_limit(start_server: Any) -> None:
     assert (await post_batch(server, content, Origin="https://evil.com")).status_code == 403
     answer = (await post_batch(server, content)).json()
     assert [r["status"] for r in answer["results"]] == [202, 202, 429]
+    turned_away = await post_batch(server, content)  # none taken: come back later
+    assert turned_away.status_code == 429
+    assert int(turned_away.headers["retry-after"]) > 0
+    assert [r["status"] for r in turned_away.json()["results"]] == [429] * 3
+    mixed = json.dumps([SEED_EVENT, {"d": "example.com"}]).encode()
+    assert (await post_batch(server, mixed)).status_code == 400  # one would fail again
 
 
 async def test_a_full_batch_of_1000(server: RunningServer) -> None:

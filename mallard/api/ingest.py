@@ -209,13 +209,12 @@ class IngestEndpoint:
         payload = msgspec.json.encode(
             {"accepted": accepted, "rejected": len(outcomes) - accepted, "results": results}
         )
-        await _respond(
-            send,
-            202 if accepted else 400,
-            [CORS, (b"content-type", b"application/json"),
-             (b"content-length", str(len(payload)).encode())],
-            payload,
-        )  # fmt: skip
+        status, retry_after = _batch_status(outcomes)
+        headers = [CORS, (b"content-type", b"application/json"),
+                   (b"content-length", str(len(payload)).encode())]  # fmt: skip
+        if retry_after is not None:
+            headers.append((b"retry-after", str(retry_after).encode()))
+        await _respond(send, status, headers, payload)
 
     async def _refuse(self, send: Send, error: InvalidEvent) -> None:
         """Answer an error; an invalid request counts as one dropped event.
@@ -225,6 +224,19 @@ class IngestEndpoint:
         if not isinstance(error, Refused):
             self._ingestor.reject(error)
         await _respond_error(send, error)
+
+
+def _batch_status(outcomes: list[InvalidEvent | None]) -> tuple[int, int | None]:
+    """A batch's status and Retry-After: 202 when an event was accepted; when none was
+    but each was only turned away for now (429, 503), the gravest of those with the
+    longest wait, so that a client sends the batch again; else 400."""
+    if None in outcomes:
+        return 202, None
+    refusals = [o for o in outcomes if isinstance(o, Refused) and o.status in (429, 503)]
+    if len(refusals) < len(outcomes):
+        return 400, None
+    waits = [r.retry_after for r in refusals if r.retry_after is not None]
+    return max(r.status for r in refusals), max(waits, default=None)
 
 
 def _headers(scope: Scope) -> dict[bytes, bytes]:
