@@ -208,7 +208,10 @@ def test_lone_surrogate_escape_is_400(field: str) -> None:
     }
     fields = {key: value for key, value in BASE.items() if key != field}
     raw = json.dumps(fields)[:-1] + f', "{field}": "{values[field]}"}}'
-    assert status_of(parse_body, raw.encode()) == 400
+    with pytest.raises(InvalidEvent) as refused:
+        parse_body(raw.encode())
+    assert refused.value.status == 400
+    assert "\\uD800-\\uDBFF escape lacks" in refused.value.message
 
 
 @pytest.mark.parametrize(

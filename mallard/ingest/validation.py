@@ -66,6 +66,8 @@ class EventInput:
 
 
 _DECODER = msgspec.json.Decoder()
+# a high surrogate's escape without a low one after it: msgspec calls that "truncated"
+LONE_SURROGATE = re.compile(r"\\u[dD][89abAB][0-9a-fA-F]{2}(?!\\u[dD][c-fC-F])")
 
 
 def _loads(text: str) -> Any:
@@ -73,6 +75,9 @@ def _loads(text: str) -> Any:
     try:
         return _DECODER.decode(text)
     except msgspec.MsgspecError as error:
+        if str(error).startswith("Input data was truncated") and LONE_SURROGATE.search(text):
+            message = "a \\uD800-\\uDBFF escape lacks the \\uDC00-\\uDFFF after it"
+            raise ValueError(message) from None
         raise ValueError(str(error)) from None
     except RecursionError:
         raise ValueError("nested too deeply") from None
