@@ -5,14 +5,14 @@ rollup and pairs), the writers' unflushed tables, and write-ahead log segments t
 restart after a crash would replay. An erasure first records a *tombstone* in
 ``data_dir/erasures.json``; writers drop tombstoned rows from every batch
 before it is written and WAL replay does the same, so nothing accepted before
-the erasure can come back. The report counts those rows with the ones removed
-from Parquet. Then the Parquet files of the days in range are
+the erasure can come back. Then the Parquet files of the days in range are
 rewritten without the erased rows and all swapped in under the site's
 exclusive lock: a query sees the whole erasure or none of it. The pairs of
 the first erased day and every later one are dropped too (a later day's pair
 may say when an erased pageview happened), and so are the ``seen_*`` values
 of later visits that say when an erased visit started; compaction builds
-them again.
+them again. The report counts the rows removed from Parquet and the accepted
+ones that will now never be written.
 """
 
 from __future__ import annotations
