@@ -56,7 +56,9 @@ async def supervise(settings: Settings, serve_args: list[str]) -> int:
     lifeline_read, lifeline_write = os.pipe()  # its end of file tells workers we are gone
     processes: dict[int, trio.Process] = {}
     stopping = trio.Event()
+    started = trio.Event()  # every worker has served once
     codes: dict[int, int] = {}
+    failed_to_start: list[int] = []  # the exit code of a worker that never served
 
     async def keep_running(index: int) -> None:
         command = [
@@ -73,6 +75,15 @@ async def supervise(settings: Settings, serve_args: list[str]) -> int:
             code = await process.wait()
             if stopping.is_set():
                 codes[index] = code
+                return
+            if not started.is_set():  # a bad setting or data dir: it would fail again
+                log.error("worker %d could not start (exit code %d): stopping", index, code)
+                failed_to_start.append(code)
+                codes[index] = code
+                stopping.set()
+                for other in processes.values():
+                    if other.returncode is None:
+                        other.send_signal(signal.SIGTERM)
                 return
             log.error("worker %d exited with code %d; starting it again", index, code)
             await trio.sleep(RESTART_DELAY)
@@ -93,6 +104,7 @@ async def supervise(settings: Settings, serve_args: list[str]) -> int:
         waiting = settings.workers
         while waiting > 0 and (data := await ready.receive_some()):
             waiting -= len(data)
+        started.set()
         log.info("listening on %s (%d workers)", url_of(sock), settings.workers)
         while await ready.receive_some():  # restarted workers; nobody waits for them
             pass
@@ -110,6 +122,8 @@ async def supervise(settings: Settings, serve_args: list[str]) -> int:
         if process.returncode is None:  # past the shutdown deadline
             process.kill()
     sock.close()
+    if failed_to_start:
+        return failed_to_start[0]
     failed = {index: code for index, code in codes.items() if code != 0}
     if failed or len(codes) < settings.workers:
         log.error("workers did not all stop cleanly: %s", failed or "timed out")

@@ -100,6 +100,22 @@ def test_workers_setting_is_validated(tmp_path: Path) -> None:
     assert "--workers" in result.stderr
 
 
+def test_workers_that_cannot_start_stop_the_start(tmp_path: Path) -> None:
+    """A data dir the workers cannot use fails each the same way every time: no restarts
+    forever, but the workers' one line and their exit code."""
+    import subprocess
+    import sys
+
+    (tmp_path / "keys" / "secret").mkdir(parents=True)  # the secret's file is a folder
+    command = [sys.executable, "-m", "mallard", "serve", "--workers", "2", "--port", "0"]
+    result = subprocess.run(
+        [*command, "--data-dir", str(tmp_path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 2
+    assert "invalid setting data_dir: " in result.stderr
+    assert "starting it again" not in result.stderr
+
+
 def test_every_process_answers_with_the_events_the_others_accepted(tmp_path: Path) -> None:
     """Read-your-writes across processes (workers, or servers sharing a data dir): each
     reads the others' write-ahead logs. Two servers on their own ports tell which is which."""
