@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import maxminddb
 
+from mallard.auth.passwords import check_new_password
 from mallard.ingest.validation import SITE_ID_PATTERN, SITE_ID_RULE
 
 ENV_PREFIX = "MALLARD_"
@@ -94,6 +95,12 @@ def _text(value: Any) -> str:
 def _optional_text(value: Any) -> str | None:
     text = _text(value)
     return text or None
+
+
+def _admin_password(value: Any) -> str | None:
+    """A password the login accepts: the rules of a new one (8 to 1,024 characters)."""
+    text = _optional_text(value)
+    return None if text is None else check_new_password(text)
 
 
 def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
@@ -279,7 +286,7 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
     "workers": _workers,
     "shutdown_timeout": _number(0, inclusive=False),
     "trusted_proxies": _networks,
-    "admin_password": _optional_text,
+    "admin_password": _admin_password,
     "cookie_secure": _boolean,
     "session_ttl": _number(0, inclusive=False, maximum=TEN_YEARS),
     "login_max_failures": _integer(1),

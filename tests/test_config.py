@@ -85,7 +85,7 @@ def test_every_setting_from_the_environment(tmp_path: Path) -> None:
             "MALLARD_FLUSH_INTERVAL": "0.5",
             "MALLARD_SHUTDOWN_TIMEOUT": "5",
             "MALLARD_TRUSTED_PROXIES": "10.0.0.0/8, fd00::/8",
-            "MALLARD_ADMIN_PASSWORD": "hunter2",
+            "MALLARD_ADMIN_PASSWORD": "hunter2 hunter2",
             "MALLARD_LOG_FORMAT": "JSON",
         }
     )
@@ -102,7 +102,7 @@ def test_every_setting_from_the_environment(tmp_path: Path) -> None:
         flush_interval=0.5,
         shutdown_timeout=5.0,
         trusted_proxies=(ipaddress.ip_network("10.0.0.0/8"), ipaddress.ip_network("fd00::/8")),
-        admin_password="hunter2",
+        admin_password="hunter2 hunter2",
         log_format="json",
     )
 
@@ -203,6 +203,8 @@ def test_rate_burst_defaults_to_rate_limit(env: dict[str, str], burst: float) ->
         ({"MALLARD_QUERY_MEMORY_MB": "10"}, "QUERY_MEMORY_MB"),
         # values that passed and then crashed or stalled the server
         ({"MALLARD_QUERY_MEMORY_MB": "99999999999999"}, "QUERY_MEMORY_MB"),
+        ({"MALLARD_ADMIN_PASSWORD": "x" * 1025}, "ADMIN_PASSWORD"),  # no login would take it
+        ({"MALLARD_ADMIN_PASSWORD": "short"}, "ADMIN_PASSWORD"),
         ({"MALLARD_RETENTION_DAYS": "1000000"}, "RETENTION_DAYS"),
         ({"MALLARD_FLUSH_INTERVAL": "1e-6"}, "FLUSH_INTERVAL"),
         ({"MALLARD_SESSION_TTL": "1e308"}, "SESSION_TTL"),
