@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import stat
 import tomllib
 import zoneinfo
 from collections.abc import Callable, Mapping
@@ -23,6 +24,7 @@ from mallard.ingest.validation import SITE_ID_PATTERN, SITE_ID_RULE
 
 ENV_PREFIX = "MALLARD_"
 TEN_YEARS = 10 * 365 * 86400.0
+MAX_CONFIG_BYTES = 1_000_000  # a settings file; more is not one
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
@@ -306,12 +308,21 @@ SETTINGS: dict[str, Callable[[Any], Any]] = {
 def read_toml(path: Path) -> dict[str, Any]:
     """Read a TOML settings file; any problem is a ConfigError naming the file."""
     try:
-        with path.open("rb") as file:
-            return tomllib.load(file)
+        # without blocking: opening a FIFO for reading would wait for a writer
+        with os.fdopen(os.open(path, os.O_RDONLY | os.O_NONBLOCK), "rb") as file:
+            if not stat.S_ISREG(os.fstat(file.fileno()).st_mode):  # a FIFO, /dev/zero...
+                raise ConfigError(f"config: {str(path)!r} is not a regular file")
+            text = file.read(MAX_CONFIG_BYTES + 1)
     except OSError as error:
         raise ConfigError(f"config: cannot read {str(path)!r}: {error.strerror}") from None
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"config: {str(path)!r} is larger than {MAX_CONFIG_BYTES:,} bytes")
+    try:
+        return tomllib.loads(text.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as error:
         raise ConfigError(f"config: {str(path)!r} is not valid TOML: {error}") from None
+    except RecursionError:
+        raise ConfigError(f"config: {str(path)!r} nests arrays or tables too deeply") from None
 
 
 def load_settings(

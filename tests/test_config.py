@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import os
 from pathlib import Path
 from typing import Any
 
@@ -268,6 +269,30 @@ def test_invalid_toml(tmp_path: Path, text: str | bytes) -> None:
 def test_unreadable_toml(tmp_path: Path, name: str) -> None:
     with pytest.raises(ConfigError, match="config: cannot read"):
         load_settings(config_file=tmp_path / name, environ={})
+
+
+@pytest.mark.parametrize(
+    ("kind", "problem"),
+    [
+        ("fifo", "is not a regular file"),  # reading it waited for a writer for ever
+        ("device", "is not a regular file"),  # /dev/zero was read until memory ran out
+        ("deep", "nests arrays or tables too deeply"),  # a RecursionError traceback
+        ("huge", "is larger than 1,000,000 bytes"),
+    ],
+)
+def test_a_config_file_that_holds_no_settings(tmp_path: Path, kind: str, problem: str) -> None:
+    path = tmp_path / "mallard.toml"
+    if kind == "fifo":
+        os.mkfifo(path)
+    elif kind == "device":
+        path = Path("/dev/zero")
+    elif kind == "deep":
+        path.write_text("x = " + "[" * 2000 + "]" * 2000 + "\n")
+    else:
+        path.write_text("# a comment\n" * 100_000)
+    with pytest.raises(ConfigError, match=problem) as info:
+        load_settings(config_file=path, environ={})
+    assert "\n" not in str(info.value)
 
 
 def test_error_messages_are_one_line(tmp_path: Path) -> None:
