@@ -194,13 +194,18 @@ def test_bad_arguments_of_every_command_are_one_line(
         # every flush would fail on it: no event is accepted while it cannot be read
         ("erasures.json", "is not a list of erasures"),
         ("auth/mallard.sqlite3", "is not a usable SQLite database"),
+        ("auth/mallard.sqlite3/", "is not a usable SQLite database"),  # a folder: a traceback
     ],
 )
 def test_a_state_file_that_cannot_be_read_stops_startup_in_one_line(
     tmp_path: Path, name: str, problem: str
 ) -> None:
-    (tmp_path / name).parent.mkdir(exist_ok=True)
-    (tmp_path / name).write_text("{bad")
+    if name.endswith("/"):
+        (tmp_path / name).mkdir(parents=True)
+    else:
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_text("{bad")
+    name = name.rstrip("/")
     result = run_mallard("serve", "--data-dir", str(tmp_path), "--port", "0")
     assert result.returncode == 1
     [line] = result.stderr.splitlines()

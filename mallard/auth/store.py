@@ -142,10 +142,10 @@ class AuthStore:
         """Create the folder, the file and the tables if needed, and the built-in admin."""
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         self.path.touch(mode=0o600, exist_ok=True)
-        db = sqlite3.connect(
-            self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_SECONDS
-        )
-        try:
+        try:  # connecting to a folder of that name fails here
+            db = sqlite3.connect(
+                self.path, isolation_level=None, check_same_thread=False, timeout=BUSY_SECONDS
+            )
             _use_wal_journal(db)
             db.execute("PRAGMA foreign_keys = ON")
             db.execute("PRAGMA secure_delete = ON")
