@@ -147,7 +147,7 @@ export class Behaviour {
         "div",
         { class: "form-row" },
         add,
-        h("label", { for: "funnel-window" }, "Each step within"),
+        h("label", { for: "funnel-window" }, "All steps within"),
         within,
         h("button", { type: "submit" }, "Show the funnel"),
       ),
