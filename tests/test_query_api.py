@@ -652,6 +652,8 @@ async def test_dashboard_endpoints(stats_server: RunningServer) -> None:
         ),
         ("/api/stats/retention", {"interval": "month", "timezone": "right/UTC"}, "right/UTC"),
         ("/api/stats/realtime", {"timezone": "Mars/Base"}, "Mars/Base"),
+        ("/api/stats/realtime", {"period": "bogus"}, "period does not apply"),  # was a 200
+        ("/api/stats/realtime", {"date": "garbage"}, "date does not apply"),
         ("/api/stats/realtime", {"filters": '[["bogus"]]'}, "bogus"),
         ("/api/stats/main", {"site_id": "bad site"}, "site_id"),
         ("/api/stats/main", {"filters": "[" * 5000 + "]" * 5000}, "filters"),

@@ -246,6 +246,9 @@ async def breakdown(name: str) -> Any:
 @blueprint.get("/api/stats/realtime")
 async def realtime() -> Any:
     """Visitors seen in the last 5 minutes."""
+    for name in ("period", "date"):
+        if name in request.args:
+            raise QueryError(f"{name} does not apply to realtime (the last 5 minutes)")
     now = dt.datetime.now(dt.UTC)
     last_minutes = [(now - dt.timedelta(minutes=5)).isoformat(), now.isoformat()]
     result = await run_query(_engine(), _legacy_query(["visitors"], [], date_range=last_minutes))
