@@ -202,7 +202,10 @@ def _sites(value: Any) -> tuple[tuple[str, str], ...]:
     for site, zone in entries:
         if not isinstance(zone, str) or zone not in known:
             raise ValueError(f"site {site!r}: {zone!r} is not an IANA time zone like Europe/Berlin")
-        sites.append((_site_id(site), zone))
+        site_id = _site_id(site)
+        if any(site_id == listed for listed, _ in sites):
+            raise ValueError(f"site {site_id!r} is listed twice (site ids ignore case)")
+        sites.append((site_id, zone))
     return tuple(sites)
 
 

@@ -211,6 +211,7 @@ def test_rate_burst_defaults_to_rate_limit(env: dict[str, str], burst: float) ->
         ({"MALLARD_SESSION_TTL": "1e308"}, "SESSION_TTL"),
         ({"MALLARD_LOGIN_LOCKOUT": "1e308"}, "LOGIN_LOCKOUT"),
         ({"MALLARD_SITES": "=Europe/Berlin"}, "SITES"),
+        ({"MALLARD_SITES": "a.com=UTC,A.com=Asia/Tokyo"}, "SITES"),  # which zone is a.com's?
         ({"MALLARD_SITE_IDS": "a" * 248}, "SITE_IDS"),  # site_id=<site> would not fit a name
         ({"MALLARD_GEOIP_DB": __file__}, "GEOIP_DB"),  # a file, not a MaxMind database
     ],
