@@ -263,6 +263,13 @@ async def test_origin_allowlist(start_server: Any) -> None:
     assert len(server.events()) == 3
 
 
+async def test_a_tiny_rate_limit_says_to_wait_at_most_a_day(start_server: Any) -> None:
+    server = await start_server(rate_limit=1e-300, rate_burst=1.0)  # was 300 digits
+    assert (await server.post_event(SEED_EVENT)).status_code == 202
+    limited = await server.post_event(SEED_EVENT)
+    assert (limited.status_code, limited.headers["retry-after"]) == (429, "86400")
+
+
 async def test_rate_limit_per_site(start_server: Any) -> None:
     server = await start_server(rate_limit=1.0, rate_burst=3.0)
     statuses = [(await server.post_event(SEED_EVENT)).status_code for _ in range(5)]

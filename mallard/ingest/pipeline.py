@@ -30,6 +30,7 @@ from mallard.storage.schema import Event
 from mallard.storage.writer import EventWriter
 
 RETRY_AFTER = 1  # seconds, for 503 answers
+MAX_RETRY_AFTER = 86_400  # seconds: a tiny rate limit's wait, told as at most a day
 
 
 class Refused(InvalidEvent):
@@ -207,7 +208,11 @@ class Ingestor:
         wait = self._limiter.acquire(event.domain, now_ns / 1e9)
         if wait:
             self._dropped(RATE_LIMITED, event.domain)
-            raise Refused(429, f"rate limit exceeded for {event.domain}", retry_after=_ceil(wait))
+            raise Refused(
+                429,
+                f"rate limit exceeded for {event.domain}",
+                retry_after=_ceil(min(wait, MAX_RETRY_AFTER)),
+            )
         row = build_event(
             event,
             timestamp_us=now_ns // 1000,
