@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import os
+import re
 import stat
 import tomllib
 import zoneinfo
@@ -20,10 +21,11 @@ from typing import Any, Literal
 import maxminddb
 
 from mallard.auth.passwords import check_new_password
-from mallard.ingest.validation import SITE_ID_PATTERN, SITE_ID_RULE
+from mallard.ingest.validation import NUMBER_TEXT, SITE_ID_PATTERN, SITE_ID_RULE
 
 ENV_PREFIX = "MALLARD_"
 TEN_YEARS = 10 * 365 * 86400.0
+WHOLE_NUMBER_TEXT = re.compile(r"-?[0-9]+")
 MAX_CONFIG_BYTES = 1_000_000  # a settings file; more is not one
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -109,10 +111,10 @@ def _integer(minimum: int, maximum: int | None = None) -> Callable[[Any], int]:
     def parse(value: Any) -> int:
         if isinstance(value, bool):
             raise ValueError(f"expected a whole number, got {value!r}")
-        try:
-            number = int(value) if isinstance(value, int) else int(str(value).strip())
-        except ValueError:
-            raise ValueError(f"expected a whole number, got {value!r}") from None
+        text = str(value).strip()  # ASCII digits only: int() also takes 1_0 and other scripts'
+        if not isinstance(value, int) and not WHOLE_NUMBER_TEXT.fullmatch(text):
+            raise ValueError(f"expected a whole number, got {value!r}")
+        number = value if isinstance(value, int) else int(text)
         if number < minimum or (maximum is not None and number > maximum):
             bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
             raise ValueError(f"must be {bounds}, got {number}")
@@ -127,9 +129,12 @@ def _number(
     def parse(value: Any) -> float:
         if isinstance(value, bool):
             raise ValueError(f"expected a number, got {value!r}")
+        text = str(value).strip()  # as JSON writes numbers: float() also takes 1_0, inf...
+        if not isinstance(value, int | float) and not NUMBER_TEXT.fullmatch(text):
+            raise ValueError(f"expected a number, got {value!r}")
         try:
-            number = float(value) if isinstance(value, int | float) else float(str(value).strip())
-        except (ValueError, OverflowError):
+            number = float(value) if isinstance(value, int | float) else float(text)
+        except OverflowError:
             raise ValueError(f"expected a number, got {value!r}") from None
         if number != number or number in (float("inf"), float("-inf")):
             raise ValueError(f"expected a finite number, got {value!r}")

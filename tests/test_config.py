@@ -212,6 +212,9 @@ def test_rate_burst_defaults_to_rate_limit(env: dict[str, str], burst: float) ->
         ({"MALLARD_LOGIN_LOCKOUT": "1e308"}, "LOGIN_LOCKOUT"),
         ({"MALLARD_SITES": "=Europe/Berlin"}, "SITES"),
         ({"MALLARD_SITES": "a.com=UTC,A.com=Asia/Tokyo"}, "SITES"),  # which zone is a.com's?
+        ({"MALLARD_PORT": "\uff18\uff10\uff18\uff11"}, "PORT"),  # full-width 8081: int() took it
+        ({"MALLARD_FLUSH_COUNT": "1_000"}, "FLUSH_COUNT"),
+        ({"MALLARD_RATE_LIMIT": "1_0"}, "RATE_LIMIT"),
         ({"MALLARD_SITE_IDS": "a" * 248}, "SITE_IDS"),  # site_id=<site> would not fit a name
         ({"MALLARD_GEOIP_DB": __file__}, "GEOIP_DB"),  # a file, not a MaxMind database
     ],
