@@ -538,6 +538,9 @@ async def test_shared_links_read_one_site_until_revoked(
     listed = await admin.get(f"/api/shared-links?site_id={A}")
     assert [entry["name"] for entry in listed.json()["shared_links"]] == ["public"]
     assert token not in listed.text
+    twice = await admin.get(f"/api/shared-links?site_id={A}&site_id={B}")  # was a 200
+    assert_json_error(twice, 400)
+    assert twice.json()["error"] == "parameter site_id is given more than once"
     assert (await admin.delete(f"/api/shared-links/{link.json()['id']}")).status_code == 204
     assert_json_error(await by_header.get(main(A)), 401)
     assert_json_error(await visitor.get(main(A) + f"&auth={token}"), 401)

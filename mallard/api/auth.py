@@ -13,6 +13,7 @@ from typing import Any
 
 from quart import Blueprint, Response, jsonify, request
 
+from mallard.api.stats import refuse_repeated
 from mallard.auth import passwords, policy
 from mallard.auth.access import (
     SESSION_COOKIE,
@@ -32,6 +33,15 @@ from mallard.auth.store import ApiKey, DuplicateUser, NewSession, SharedLink
 from mallard.query.model import QueryError, load_json, validate_site_id
 
 blueprint = Blueprint("auth", __name__)
+
+
+@blueprint.before_request
+async def refuse_repeated_parameters() -> None:
+    try:
+        refuse_repeated(request.args)
+    except QueryError as error:
+        raise Denied(400, str(error)) from None
+
 
 USERNAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 MAX_NAME_LENGTH = 200
