@@ -125,9 +125,12 @@ def _legacy_query(
 ) -> Query:
     """A Query from the dashboard-style GET parameters: period, date, filters, ...
 
-    ``compare`` is for ``comparable`` reports only; ``date_range`` replaces period and
-    date."""
+    ``compare`` is for ``comparable`` reports only; a report with its own ``date_range``
+    refuses period and date."""
     args = request.args
+    for name in ("period", "date"):
+        if date_range and name in args:
+            raise QueryError(f"{name} does not apply to this report (it has its own range)")
     body: dict[str, Any] = {
         "site_id": args.get("site_id"),
         "metrics": list(metrics),
@@ -246,9 +249,6 @@ async def breakdown(name: str) -> Any:
 @blueprint.get("/api/stats/realtime")
 async def realtime() -> Any:
     """Visitors seen in the last 5 minutes."""
-    for name in ("period", "date"):
-        if name in request.args:
-            raise QueryError(f"{name} does not apply to realtime (the last 5 minutes)")
     now = dt.datetime.now(dt.UTC)
     last_minutes = [(now - dt.timedelta(minutes=5)).isoformat(), now.isoformat()]
     result = await run_query(_engine(), _legacy_query(["visitors"], [], date_range=last_minutes))
