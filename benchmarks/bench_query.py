@@ -574,6 +574,9 @@ def prepare_dataset(events: int, args: argparse.Namespace, today: dt.date) -> di
         cached = False
     if cached:
         progress(f"  reusing {directory} (generated earlier)")
+        # derived data of another Mallard version (pairs, steps) is built again here,
+        # as the server's compaction would
+        compact(DataLayout(directory), before=today, pairs_progress=progress_bar("  pairs", "days"))
     else:
         shutil.rmtree(directory, ignore_errors=True)
         progress(f"  generating {events:,} events over {args.days} days into {directory}")

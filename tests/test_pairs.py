@@ -21,6 +21,7 @@ from typing import Any
 import pyarrow.parquet as pq
 import pytest
 
+from mallard.query import funnels
 from mallard.query.engine import QueryEngine
 from mallard.query.model import Query, parse_query
 from mallard.query.sql import aggregate_sql
@@ -36,6 +37,7 @@ from mallard.storage.pairs import (
     read_manifest,
     refresh_pairs,
     rolled_pair_days,
+    step_file,
 )
 from mallard.storage.parquet import write_batch
 from mallard.storage.retention import expire
@@ -77,6 +79,26 @@ def query_for(dimension: str | None, date_range: Any, timezone: str = "UTC") -> 
     return parse_query({**body, "date_range": date_range, "timezone": timezone}, today=END)
 
 
+FUNNEL = funnels.parse_steps("page:/,page:/pricing,page:/signup,event:signup")
+
+
+async def assert_funnel_like_reference(
+    engine: QueryEngine, events: list[Event], query: Query, *, rolled: int
+) -> None:
+    """The funnel from the funnel steps counts like the reference, with ``rolled`` days
+    read from the steps."""
+    bounds = {"start_us": micros(query.date_range.start), "end_us": micros(query.date_range.end)}
+    for window in (1800, 86_400):
+        expected = ref.funnel(events, [(s.kind, s.value) for s in FUNNEL], window, **bounds)
+        counts = await funnels.count_from_steps(engine, query, FUNNEL, window)
+        assert counts == [step["visitors"] for step in expected]
+    assert counts[-1] > 0  # the data has a real funnel
+    snapshot, _ = engine._view(
+        SITE, query.date_range.start, query.date_range.end, engine._pending(), derived="steps"
+    )
+    assert len(snapshot.rolled) == rolled
+
+
 async def assert_like_reference(
     engine: QueryEngine, events: list[Event], query: Query, *, rolled: int | None = None
 ) -> None:
@@ -109,6 +131,16 @@ RANGES = [  # (date range, timezone, whole days with pairs)
     (["2026-03-04T10:30:00", "2026-03-07T06:00:00"], "UTC", 2),
     ([END.isoformat(), END.isoformat()], "UTC", 0),
 ]
+
+
+@pytest.mark.parametrize(("date_range", "timezone", "rolled"), RANGES)
+async def test_funnels_from_steps_count_like_the_reference(
+    layout: DataLayout, date_range: Any, timezone: str, rolled: int
+) -> None:
+    query = query_for(None, date_range, timezone)
+    await assert_funnel_like_reference(
+        QueryEngine(layout), stored_events(layout.events), query, rolled=rolled
+    )
 
 
 @pytest.mark.parametrize("dimension", DIMENSIONS)
@@ -188,6 +220,28 @@ def test_pairs_say_when_a_pair_was_last_seen_before(layout: DataLayout) -> None:
     assert pair(first + 2, "page", "/a")["previously_seen"] == at(first, 11)
     assert pair(first + 2, "name", "pageview")["previously_seen"] == at(first + 1, 9)
 
+    # the visitor keeps their number, and each event is a funnel step row once
+    def steps(day: int) -> list[dict[str, Any]]:
+        name = read_manifest(manifest_path(layout, SITE)).days[day]
+        return pq.read_table(step_file(layout, SITE, day, name)).to_pylist()
+
+    [number] = {
+        row["visitor_number"]
+        for day in range(first, first + 3)
+        for row in steps(day)
+        if row["visitor_id"] == 77
+    }
+    mine = [
+        (r["kind"], r["value"], r["timestamp"])
+        for r in steps(first)
+        if r["visitor_number"] == number
+    ]
+    assert mine == [
+        ("page", "/a", at(first, 10)),
+        ("page", "/a", at(first, 11)),
+        ("visitor", None, at(first, 10)),
+    ]
+
     # four visits (two on the first day, an hour apart); the visit rollups say when
     # the visitor, and the visitor on the same entry page, came before
     def visit(day: int) -> list[tuple[Any, ...]]:
@@ -223,10 +277,12 @@ async def test_a_late_file_in_an_earlier_day_is_counted_once(
     engine = QueryEngine(layout)
     query = query_for(dimension, [(END - dt.timedelta(days=6)).isoformat(), END.isoformat()])
     await assert_like_reference(engine, events, query, rolled=1)  # only the day before it
+    await assert_funnel_like_reference(engine, events, query, rolled=1)
 
     report = compact(layout, before=END)
     assert report.partitions == 1 and report.pair_days == 5  # the late day and every later one
     await assert_like_reference(engine, events, query, rolled=6)
+    await assert_funnel_like_reference(engine, events, query, rolled=6)
 
 
 @pytest.mark.parametrize("dimension", ["event:name", "visit:source", None])
@@ -240,9 +296,11 @@ async def test_erased_rows_leave_the_pairs(layout: DataLayout, dimension: str | 
     engine = QueryEngine(layout)
     query = query_for(dimension, [(END - dt.timedelta(days=7)).isoformat(), END.isoformat()])
     await assert_like_reference(engine, events, query, rolled=3)  # the days before it
+    await assert_funnel_like_reference(engine, events, query, rolled=3)
 
     compact(layout, before=END)
     await assert_like_reference(engine, events, query, rolled=7)
+    await assert_funnel_like_reference(engine, events, query, rolled=7)
 
 
 @pytest.mark.parametrize("dimension", ["event:page", "visit:entry_page", None])
@@ -260,6 +318,7 @@ async def test_unflushed_events_of_a_day_are_read_with_its_events(
     engine = QueryEngine(layout, pending=lambda: [("unflushed-batch", lambda _site: table)])
     query = query_for(dimension, [(END - dt.timedelta(days=7)).isoformat(), END.isoformat()])
     await assert_like_reference(engine, events + unflushed, query, rolled=5)
+    await assert_funnel_like_reference(engine, events + unflushed, query, rolled=5)
 
 
 async def test_lost_pairs_are_rebuilt(layout: DataLayout) -> None:
@@ -275,6 +334,16 @@ async def test_lost_pairs_are_rebuilt(layout: DataLayout) -> None:
         await assert_like_reference(engine, stored_events(layout.events), query, rolled=7)
         path = manifest_path(layout, SITE)  # as an older Mallard wrote it: built again
         path.write_text(path.read_text().replace(f'"version": {VERSION}', '"version": 1'))
+
+
+async def test_lost_steps_are_rebuilt(layout: DataLayout) -> None:
+    """Funnels read no day without its steps file, and compaction writes it again."""
+    shutil.rmtree(layout.steps / f"site_id={SITE}" / f"date={END - dt.timedelta(days=3)}")
+    engine = QueryEngine(layout)
+    query = query_for(None, [(END - dt.timedelta(days=7)).isoformat(), END.isoformat()])
+    await assert_funnel_like_reference(engine, stored_events(layout.events), query, rolled=4)
+    assert compact(layout, before=END).pair_days == 3  # that day and the later ones
+    await assert_funnel_like_reference(engine, stored_events(layout.events), query, rolled=7)
 
 
 async def test_seen_columns_are_built_from_events_when_the_rollups_are_lost(
@@ -304,7 +373,7 @@ def test_staging_left_by_a_crashed_build_is_removed(
         refresh_pairs(layout, SITE, END)
     monkeypatch.undo()
     left = sorted(layout.tmp.glob("*.tmp"))
-    assert len(left) == 2  # the day's pairs and visits
+    assert len(left) == 3  # the day's pairs, visits and steps
     compact(layout, before=END)
     assert sorted(layout.tmp.glob("*.tmp")) == left  # too recent: maybe still being written
     for file in left:
@@ -362,3 +431,4 @@ async def test_days_deleted_by_retention_are_not_counted_as_seen(
     await assert_like_reference(engine, events, query, rolled=0)  # the pairs list deleted days
     assert compact(layout, before=END).pair_days == 0  # nothing to rebuild
     await assert_like_reference(engine, events, query, rolled=4)
+    await assert_funnel_like_reference(engine, events, query, rolled=4)

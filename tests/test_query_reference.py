@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from mallard.query import behaviour
+from mallard.query import behaviour, funnels
 from mallard.query.engine import QueryEngine
 from mallard.query.model import Query, days_range, parse_query
 from mallard.query.stats import run_query
@@ -222,32 +222,32 @@ async def test_timeseries(engine: QueryEngine, data: Any, interval: str, timezon
 
 
 @pytest.mark.parametrize(
-    ("window", "text"),
+    ("window", "text", "timezone"),
     [
-        (600, "page:/,page:/pricing,page:/signup,event:signup"),
-        (1800, "page:/,page:/pricing,page:/signup,event:signup"),
-        (86_400, "page:/,page:/pricing,page:/signup,event:signup"),
-        (1800, "page:/,page:/,event:pageview,page:/pricing"),  # steps a step's event matches
+        (600, "page:/,page:/pricing,page:/signup,event:signup", "UTC"),
+        (1800, "page:/,page:/pricing,page:/signup,event:signup", "UTC"),
+        (86_400, "page:/,page:/pricing,page:/signup,event:signup", "UTC"),
+        (86_400, "page:/,page:/pricing,page:/signup,event:signup", "America/New_York"),
+        (1800, "page:/,page:/,event:pageview,page:/pricing", "UTC"),  # a step's event matches
+        (7 * 86_400, "page:/blog*,page:/pricing,event:signup,page:/*", "Asia/Kolkata"),
     ],
 )
-async def test_funnel(engine: QueryEngine, data: Any, window: int, text: str) -> None:
-    steps = behaviour.parse_steps(text)
+@pytest.mark.parametrize("count", [funnels.count_with_sql, funnels.count_from_steps])
+async def test_funnel(
+    engine: QueryEngine, data: Any, window: int, text: str, timezone: str, count: Any
+) -> None:
+    steps = funnels.parse_steps(text)
     query = parse_query(
         {
             "site_id": SITE,
             "metrics": ["visitors"],
             "date_range": [FIRST.isoformat(), END.isoformat()],
+            "timezone": timezone,
         },
         today=END,
     )
-    _, rows = await engine.fetch(
-        *behaviour.funnel_sql(query, steps, window),
-        site_id=SITE,
-        start=query.date_range.start,
-        end=query.date_range.end,
-    )
     expected = ref.funnel(data[1], [(s.kind, s.value) for s in steps], window, **bounds(query))
-    got = behaviour.funnel_result(steps, rows)
+    got = funnels.funnel_result(steps, await count(engine, query, steps, window))
     assert [s["visitors"] for s in got] == [s["visitors"] for s in expected]
     assert [s["conversion_rate"] for s in got] == [s["conversion_rate"] for s in expected]
     assert got[0]["visitors"] > got[-1]["visitors"] > 0  # the data has a real funnel

@@ -20,7 +20,7 @@ from quart import Blueprint, Response, current_app, jsonify, request
 
 from mallard.auth import access
 from mallard.ingest import dropped
-from mallard.query import behaviour, export
+from mallard.query import behaviour, export, funnels
 from mallard.query.engine import QueryEngine, QueryTimeout, QueryTooLarge, UnreadableFile
 from mallard.query.model import (
     DATE_PRESETS,
@@ -272,11 +272,11 @@ async def _fetch(
 @blueprint.get("/api/stats/funnel")
 async def funnel() -> Any:
     """``steps=page:/,page:/pricing,event:signup``; ``window`` seconds (default a day)."""
-    steps = behaviour.parse_steps(request.args.get("steps", ""))
+    steps = funnels.parse_steps(request.args.get("steps", ""))
     window = _positive_int("window", 86_400, 366 * 86_400)
     query = _legacy_query(["visitors"], [])
-    rows = await _fetch(query, *behaviour.funnel_sql(query, steps, window))
-    return jsonify({"steps": behaviour.funnel_result(steps, rows), "window": window})
+    counts = await funnels.visitors_per_step(_engine(), query, steps, window)
+    return jsonify({"steps": funnels.funnel_result(steps, counts), "window": window})
 
 
 @blueprint.get("/api/stats/retention")

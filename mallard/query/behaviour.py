@@ -1,4 +1,4 @@
-"""Behavioural reports: funnels, retention cohorts, page flow, visit distributions.
+"""Behavioural reports: retention cohorts, page flow, visit distributions.
 
 Each builder returns SQL over the same ``events``/``visits`` CTEs as every
 other query (:func:`mallard.query.sql.base_ctes`, or ``rollup_ctes`` where
@@ -8,8 +8,6 @@ visits are enough), with the query's filters.
 from __future__ import annotations
 
 import datetime as dt
-import re
-from dataclasses import dataclass
 from decimal import ROUND_HALF_UP, Decimal
 from typing import Any
 
@@ -20,122 +18,17 @@ from mallard.query.sql import (
     Parameters,
     Statement,
     base_ctes,
-    filter_sql,
     filters_only_visits,
     needs_sessions,
     rollup_ctes,
     time_bucket,
+    where_sql,
 )
 from mallard.storage.layout import day_number
 
-MAX_FUNNEL_STEPS = 8
-STEP = re.compile(r"(page|event):(.+)")
 RETENTION_PERIODS = {"day": "day", "week": "week", "month": "month"}
 MASK_PERIODS = 127  # a HUGEINT's bits below its sign (a BIGINT's 63 when they are enough)
 DURATION_BUCKETS = ((0, 10), (10, 30), (30, 60), (60, 180), (180, 600), (600, 1800), (1800, None))
-
-
-@dataclass(frozen=True)
-class FunnelStep:
-    kind: str  # "page" or "event"
-    value: str
-
-    @property
-    def label(self) -> str:
-        return f"{self.kind}:{self.value}"
-
-
-def parse_steps(text: str) -> tuple[FunnelStep, ...]:
-    """``page:/pricing,event:signup`` -> steps; a page step may end in ``*`` (prefix)."""
-    steps = []
-    for part in text.split(","):
-        match = STEP.fullmatch(part.strip())
-        if not match:
-            raise QueryError(f"funnel step {part!r} must be page:/path or event:name")
-        steps.append(FunnelStep(match[1], match[2]))
-    if not 2 <= len(steps) <= MAX_FUNNEL_STEPS:
-        raise QueryError(f"a funnel has 2 to {MAX_FUNNEL_STEPS} steps")
-    return tuple(steps)
-
-
-def _step_sql(step: FunnelStep, params: Parameters, alias: str = "") -> str:
-    prefix = f"{alias}." if alias else ""
-    if step.kind == "event":
-        return f"{prefix}event_name = {params.add(step.value)}"
-    if step.value.endswith("*"):
-        return (
-            f"({prefix}event_name = 'pageview' AND "
-            f"starts_with({prefix}pathname, {params.add(step.value[:-1])}))"
-        )
-    return f"({prefix}event_name = 'pageview' AND {prefix}pathname = {params.add(step.value)})"
-
-
-def _filters(query: Query, params: Parameters) -> str:
-    if not query.filters:
-        return "TRUE"
-    return " AND ".join(filter_sql(item, params, query.timezone) for item in query.filters)
-
-
-def funnel_sql(
-    query: Query, steps: tuple[FunnelStep, ...], window_seconds: int
-) -> tuple[str, dict[str, Any]]:
-    """Visitors per step of an ordered funnel.
-
-    A visitor enters at their first step-1 event (time t1); they reach step k
-    with the first step-k event at or after the time they reached step k-1,
-    and no later than ``t1 + window``. An event at that same time counts only
-    if it is not itself a step-(k-1) event: one pageview of ``/`` is not
-    ``page:/`` twice (events share a time when it is floored to the hour, so
-    the order within it is unknown).
-    """
-    params = Parameters()
-    ctes = [base_ctes(query, params, sessions=needs_sessions(query))]
-    any_step = " OR ".join(_step_sql(step, params) for step in steps)
-    ctes.append(  # only events that are some step: every join below reads them alone
-        f"candidates AS (SELECT * FROM rows WHERE ({any_step}) AND {_filters(query, params)})"
-    )
-    ctes.append(
-        f"""s0 AS (SELECT visitor_id, min(timestamp) AS reached, min(timestamp) AS entered
-        FROM candidates WHERE {_step_sql(steps[0], params)} GROUP BY visitor_id)"""
-    )
-    window = params.add(window_seconds)
-    for index, step in enumerate(steps[1:], start=1):
-        ctes.append(
-            f"""s{index} AS (
-        SELECT c.visitor_id, min(c.timestamp) AS reached, any_value(p.entered) AS entered
-        FROM candidates c JOIN s{index - 1} p USING (visitor_id)
-        WHERE {_step_sql(step, params, "c")}
-          AND (c.timestamp > p.reached
-               OR (c.timestamp = p.reached AND NOT {_step_sql(steps[index - 1], params, "c")}))
-          AND c.timestamp <= p.entered + to_seconds({window})
-        GROUP BY c.visitor_id)"""
-        )
-    counts = " UNION ALL ".join(
-        f"SELECT {i} AS step, count(*) AS visitors FROM s{i}" for i in range(len(steps))
-    )
-    return ",\n    ".join(ctes) + f"\nSELECT step, visitors FROM ({counts}) ORDER BY step", (
-        params.values
-    )
-
-
-def funnel_result(steps: tuple[FunnelStep, ...], rows: list[tuple[Any, ...]]) -> list[dict]:
-    counts = dict(rows)
-    first = counts.get(0, 0)
-    result = []
-    previous = None
-    for index, step in enumerate(steps):
-        visitors = counts.get(index, 0)
-        result.append(
-            {
-                "step": index + 1,
-                "name": step.label,
-                "visitors": visitors,
-                "dropoff": 0 if previous is None else previous - visitors,
-                "conversion_rate": percent(visitors, first),
-            }
-        )
-        previous = visitors
-    return result
 
 
 def retention_sql(query: Query, period: str) -> Statement:
@@ -163,7 +56,8 @@ def retention_sql(query: Query, period: str) -> Statement:
     else:
         slots = [_slot(query, period, "timestamp")]
         ctes = base_ctes(query, params, sessions=needs_sessions(query))
-    activity = f"FROM {'visits' if rollup else 'rows'} WHERE {_filters(query, params)}"
+    where = where_sql(query.filters, params, query.timezone)
+    activity = f"FROM {'visits' if rollup else 'rows'} WHERE {where}"
     first = _period_number(period, query.date_range.first_day)
     periods = _period_number(period, query.date_range.last_day) - first + 1
     if periods <= MASK_PERIODS:
@@ -274,14 +168,16 @@ def flow_sql(query: Query, page: str, limit: int) -> tuple[str, dict[str, Any]]:
     """The pages viewed right before and right after ``page`` within the same visit."""
     params = Parameters()
     target = params.add(page)
+    ctes = base_ctes(query, params, sessions=True)
+    where = where_sql(query.filters, params, query.timezone)
     sql = (
-        base_ctes(query, params, sessions=True)
+        ctes
         + f""",
     views AS (
         SELECT pathname,
                lag(pathname) OVER visit AS previous_page,
                lead(pathname) OVER visit AS next_page
-        FROM rows WHERE event_name = 'pageview' AND {_filters(query, params)}
+        FROM rows WHERE event_name = 'pageview' AND {where}
         WINDOW visit AS (PARTITION BY visitor_id, visit_no ORDER BY timestamp)
     ),
     here AS (SELECT * FROM views WHERE pathname = {target}),
@@ -314,11 +210,13 @@ def sessions_sql(query: Query) -> tuple[str, dict[str, Any]]:
         for low, high in DURATION_BUCKETS
         if high is not None
     )
+    ctes = base_ctes(query, params, sessions=True)
+    where = where_sql(query.filters, params, query.timezone)
     sql = (
-        base_ctes(query, params, sessions=True)
+        ctes
         + f""",
     matched AS (
-        SELECT DISTINCT visitor_id, visit_no FROM rows WHERE {_filters(query, params)}
+        SELECT DISTINCT visitor_id, visit_no FROM rows WHERE {where}
     ),
     chosen AS (
         SELECT v.*, epoch(visit_end - visit_start) AS duration

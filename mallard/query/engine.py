@@ -18,7 +18,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Hashable, Iterator, Sequence
 from functools import partial
 from pathlib import Path
 from typing import Any, TypeVar
@@ -52,6 +52,7 @@ from mallard.storage.pairs import (
     pair_file,
     read_manifest,
     rolled_pair_days,
+    step_file,
 )
 from mallard.storage.schema import (
     MICROS_PER_DAY,
@@ -382,9 +383,10 @@ class QueryEngine:
         unflushed ones for every day whose file is listed.
         A day with unflushed events has no current pairs, and its visit rollup
         is partial (see :meth:`_snapshot`). ``derived`` names the derived files
-        listed in ``rolled``: every visit rollup; the pairs of the days where
-        they are current; or the visit rollups of those days (their ``seen_*``
-        columns are current with the pairs), up to the first day without one.
+        listed in ``rolled``: every visit rollup; the pairs (or the funnel
+        steps) of the days where they are current; or the visit rollups of those
+        days (their ``seen_*`` columns are current with the pairs), up to the
+        first day without one.
         """
         parts = [*parts, *self._logged_elsewhere()]
         snapshot = self._snapshot(site_id, start, end)
@@ -403,6 +405,10 @@ class QueryEngine:
             ):
                 if derived == "pairs":
                     path = str(pair_file(self.layout, site_id, day, manifest.days[day]))
+                elif derived == "steps":
+                    path = str(step_file(self.layout, site_id, day, manifest.days[day]))
+                    if not os.path.exists(path):
+                        break  # deleted: the next compaction writes it again
                 elif (path := snapshot.rollups.get(day)) is None:
                     break  # the days read must be consecutive
                 snapshot.rolled[day] = path
@@ -518,9 +524,10 @@ class QueryEngine:
         *,
         derived: Derived = None,
     ) -> None:
-        """Bind ``source`` (not read with pairs or ``seen_*`` columns); with ``derived``
-        also ``fresh_source`` and ``rolled_visits`` or ``rolled_pairs``, and for pairs
-        and ``seen_*`` columns ``pair_span``.
+        """Bind ``source`` (not read with pairs, steps or ``seen_*`` columns); with
+        ``derived`` also ``fresh_source``, and ``rolled_visits`` or ``rolled_pairs``
+        (the caller reads steps itself), and for pairs and ``seen_*`` columns
+        ``pair_span``.
 
         ``fresh_source`` is ``source`` without the files of the days read from
         derived files: the events the query aggregates itself. For ``seen_*``
@@ -531,7 +538,7 @@ class QueryEngine:
         the day (its compacted file's too) ``fresh_source`` has instead.
         """
         cursor.register("pending_events", pending)
-        if derived in (None, "visits"):  # pairs and seen visits read fresh_source only
+        if derived in (None, "visits"):  # the others read fresh_source only
             _events_view(cursor, "source", snapshot.files, snapshot.foreign)
         if not derived:
             return
@@ -560,6 +567,8 @@ class QueryEngine:
             _parquet_view(
                 cursor, "fresh_rollups", aside, UNSEEN_VISIT_COLUMNS, EMPTY_VISITS, partial
             )
+        if derived == "steps":
+            return
         if derived == "pairs":
             _parquet_view(cursor, "rolled_pairs", rolled, PAIR_SCHEMA.names, EMPTY_PAIRS)
         else:  # rollups written before the seen_* columns existed lack them
@@ -588,13 +597,59 @@ class QueryEngine:
 
         Cancelling the calling task, or exceeding the timeout, interrupts DuckDB.
         """
+
+        def execute(
+            cursor: duckdb.DuckDBPyConnection, _: Snapshot, abandoned: Callable[[], bool]
+        ) -> tuple[list[str], list[tuple[Any, ...]]]:
+            return self._execute(cursor, sql, parameters, abandoned)
+
+        return await self._run(
+            execute, (sql, repr(parameters)), derived, site_id=site_id, start=start, end=end
+        )
+
+    async def compute(
+        self,
+        work: Callable[[duckdb.DuckDBPyConnection, Snapshot], T],
+        key: Hashable,
+        *,
+        site_id: str,
+        start: dt.datetime,
+        end: dt.datetime,
+    ) -> T:
+        """``work(cursor, snapshot)`` in a query thread, for the site and range: the
+        funnel steps of the days where they are current in ``snapshot.rolled``, and
+        ``fresh_source`` bound to the events of the others (derived "steps"). Its
+        answer is cached under ``key`` while the data stays the same. Cancelling
+        interrupts its DuckDB queries.
+        """
+
+        def execute(
+            cursor: duckdb.DuckDBPyConnection, snapshot: Snapshot, abandoned: Callable[[], bool]
+        ) -> T:
+            return self._within_memory(lambda: work(cursor, snapshot), abandoned)
+
+        return await self._run(execute, (key,), "steps", site_id=site_id, start=start, end=end)
+
+    async def _run(
+        self,
+        execute: Callable[[duckdb.DuckDBPyConnection, Snapshot, Callable[[], bool]], T],
+        what: tuple[Hashable, ...],
+        derived: Derived,
+        *,
+        site_id: str | None,
+        start: dt.datetime | None,
+        end: dt.datetime | None,
+    ) -> T:
+        """``execute(cursor, snapshot, abandoned)`` in a query thread, its answer cached
+        under ``what`` and the snapshot's fingerprint (see :meth:`fetch`)."""
         cursor = self._cursor()
         parts = self._pending() if site_id is not None else ()
         abandoned = threading.Event()
 
-        def run() -> tuple[list[str], list[tuple[Any, ...]]]:
-            tried = (sql, repr(parameters), derived, site_id, start, end)
+        def run() -> T:
+            tried = (*what, derived, site_id, start, end)
             key = None
+            snapshot = Snapshot()
             with contextlib.ExitStack() as stack:
                 stack.callback(cursor.close)
                 failed_at = self._too_large.get(tried)
@@ -605,12 +660,12 @@ class QueryEngine:
                     assert start is not None and end is not None
                     stack.enter_context(site_lock(self.layout, site_id))
                     snapshot, pending = self._view(site_id, start, end, parts, derived=derived)
-                    key = (sql, repr(parameters), derived, snapshot.fingerprint(), pending.num_rows)
+                    key = (*what, derived, snapshot.fingerprint(), pending.num_rows)
                     if (answer := self.cache.get(key)) is not None:
                         return answer
                     self._prepare_source(cursor, snapshot, pending, derived=derived)
                 try:
-                    answer = self._execute(cursor, sql, parameters, abandoned.is_set)
+                    answer = execute(cursor, snapshot, abandoned.is_set)
                 except QueryTooLarge:
                     self._too_large.put(tried, time.monotonic())
                     raise

@@ -66,8 +66,9 @@ from mallard.storage.schema import (
 )
 
 # Derived data a statement reads beside the events: visit rollups ("visits"), per-day
-# pairs ("pairs"), visit rollups with current ``seen_*`` columns ("seen"), or none.
-Derived = Literal["visits", "pairs", "seen"] | None
+# pairs ("pairs"), the pairs and funnel steps ("steps"), visit rollups with current
+# ``seen_*`` columns ("seen"), or none.
+Derived = Literal["visits", "pairs", "steps", "seen"] | None
 VISIT_TIMEOUT = "INTERVAL 30 MINUTE"
 UTC_DAY = "(epoch_us(timestamp) // 86400000000)"
 NONE_LABEL = "(none)"
@@ -388,6 +389,27 @@ PAIR_TOTALS = """count(*) AS events, sum(revenue_amount) AS revenue,
                count(revenue_amount) AS revenue_events"""
 
 
+def day_numbers_sql(events: str, earlier: str | None) -> str:
+    """Each visitor of the events relation ``events`` (one UTC day) with their number in
+    the site and their first event's time: the number the steps relation ``earlier``
+    (the steps of earlier days) gives them, or else the next free one, in the order of
+    their first event of the day."""
+    firsts = f"SELECT visitor_id, min(timestamp) AS first_seen FROM {events} GROUP BY visitor_id"
+    if earlier is None:
+        return f"""SELECT visitor_id, first_seen,
+        row_number() OVER (ORDER BY first_seen, visitor_id) AS visitor_number FROM ({firsts})"""
+    return f"""WITH day_visitors AS ({firsts}),
+    numbered AS (SELECT visitor_id, visitor_number FROM {earlier} WHERE kind = 'visitor'),
+    known AS (
+        SELECT visitor_id, min(visitor_number) AS known
+        FROM numbered SEMI JOIN day_visitors USING (visitor_id) GROUP BY visitor_id
+    ),
+    taken AS (SELECT coalesce(max(visitor_number), 0) AS taken FROM numbered)
+    SELECT visitor_id, first_seen, coalesce(known, taken + row_number() OVER (
+        ORDER BY known IS NOT NULL, first_seen, visitor_id)) AS visitor_number
+    FROM day_visitors LEFT JOIN known USING (visitor_id) CROSS JOIN taken"""
+
+
 def day_pairs_sql(events: str, earlier: str | None) -> str:
     """Each (page, visitor) pair among the pageviews of the events relation ``events``
     (one UTC day) and each (event name, visitor) pair among its events, in
@@ -413,6 +435,20 @@ def day_pairs_sql(events: str, earlier: str | None) -> str:
     )
     SELECT * FROM day_pairs LEFT JOIN seen USING (kind, value, visitor_id)
     ORDER BY kind, value, visitor_id"""
+
+
+def day_steps_sql(events: str, numbers: str) -> str:
+    """The rows of ``STEP_SCHEMA`` for the events relation ``events`` (one UTC day), its
+    visitors numbered by the relation ``numbers`` (:func:`day_numbers_sql`), sorted."""
+    return f"""SELECT kind, value, NULL::BIGINT AS visitor_id, visitor_number, timestamp FROM (
+        SELECT CASE WHEN event_name = 'pageview' THEN 'page' ELSE 'name' END AS kind,
+               CASE WHEN event_name = 'pageview' THEN pathname ELSE event_name END AS value,
+               visitor_id, timestamp
+        FROM {events}
+    ) JOIN {numbers} USING (visitor_id)
+    UNION ALL
+    SELECT 'visitor', NULL, visitor_id, visitor_number, first_seen FROM {numbers}
+    ORDER BY kind, value, visitor_id, visitor_number, timestamp"""
 
 
 # per visit, what a visit metric adds up
@@ -536,7 +572,7 @@ def _pair_stats_ctes(query: Query, params: Parameters) -> str:
         FROM fresh_events{" WHERE event_name = 'pageview'" if kind == "page" else ""}
         GROUP BY d0, visitor_id"""
     sums = ["events", "pageviews", "total_revenue", "revenue_events"]
-    return f"""WITH {_events_cte(query, params, "fresh_events", "fresh_source")},
+    return f"""WITH {events_cte(query, params, "fresh_events", "fresh_source")},
     {_first_seen_ctes("event_stats", rolled, fresh, sums, grouped=True)}"""
 
 
@@ -582,7 +618,7 @@ def _seen_stats_ctes(query: Query, params: Parameters) -> str:
                {"".join(f", sum({VISIT_SUMS[c]}) AS {c}" for c in sums)}
         FROM fresh_visits GROUP BY d0, visitor_id"""
     ctes = [
-        f"WITH {_events_cte(query, params, 'fresh_events', 'fresh_source')}",
+        f"WITH {events_cte(query, params, 'fresh_events', 'fresh_source')}",
         visit_ctes("fresh_events", "built_visits"),
         """fresh_visits AS (
         SELECT * FROM built_visits UNION ALL BY NAME SELECT * FROM fresh_rollups
@@ -605,7 +641,7 @@ def _seen_stats_ctes(query: Query, params: Parameters) -> str:
     return ",\n    ".join(ctes)
 
 
-def _events_cte(
+def events_cte(
     query: Query, params: Parameters, name: str = "events", relation: str = "source"
 ) -> str:
     site = params.add(query.site_id)
@@ -620,8 +656,8 @@ def _events_cte(
 def base_ctes(query: Query, params: Parameters, *, sessions: bool) -> str:
     """``events``, and with ``sessions`` also ``numbered``, ``visits`` and ``rows``."""
     if not sessions:
-        return f"WITH {_events_cte(query, params)}, rows AS (SELECT * FROM events)"
-    return f"""WITH {_events_cte(query, params)},
+        return f"WITH {events_cte(query, params)}, rows AS (SELECT * FROM events)"
+    return f"""WITH {events_cte(query, params)},
     {visit_ctes("events", "visits")},
     rows AS (
         SELECT numbered.*, visits.* EXCLUDE (visitor_id, visit_no)
@@ -638,8 +674,8 @@ def rollup_ctes(query: Query, params: Parameters) -> str:
     """
     start = params.add(query.date_range.start)
     end = params.add(query.date_range.end)
-    return f"""WITH {_events_cte(query, params)},
-    {_events_cte(query, params, "fresh_events", "fresh_source")},
+    return f"""WITH {events_cte(query, params)},
+    {events_cte(query, params, "fresh_events", "fresh_source")},
     {visit_ctes("fresh_events", "fresh_visits")},
     visits AS (
         SELECT * FROM rolled_visits WHERE visit_start >= {start} AND visit_start < {end}
@@ -707,7 +743,7 @@ def _without_goal_conditions(filters: tuple[Filter, ...]) -> tuple[Filter, ...]:
     )
 
 
-def _where(filters: tuple[Filter, ...], params: Parameters, timezone: str) -> str:
+def where_sql(filters: tuple[Filter, ...], params: Parameters, timezone: str) -> str:
     if not filters:
         return "TRUE"
     return " AND ".join(filter_sql(item, params, timezone) for item in filters)
@@ -745,7 +781,7 @@ def _stats_ctes(
     metrics aggregate the visits that contain at least one selected row.
     """
     tz = query.timezone
-    where = _where(query.filters, params, tz)
+    where = where_sql(query.filters, params, tz)
     group_by = ", ".join(names) or "()"
     if "event:page" in dimensions:  # pages are what pageviews were of
         where = f"({where}) AND event_name = 'pageview'"
@@ -875,7 +911,7 @@ def aggregate_sql(query: Query) -> Statement:
         using = f"USING ({', '.join(names)})" if names else "ON TRUE"
         join_sql += f" FULL JOIN visit_stats {using}"
     if "conversion_rate" in query.metrics:
-        goal_free = _where(_without_goal_conditions(query.filters), params, tz)
+        goal_free = where_sql(_without_goal_conditions(query.filters), params, tz)
         if "event:page" in dimensions:
             goal_free = f"({goal_free}) AND event_name = 'pageview'"
         kept = [
@@ -933,7 +969,7 @@ def revenue_currencies_sql(query: Query) -> Statement:
     would triple the cost) narrow them."""
     params = Parameters()
     filters = tuple(item for item in query.filters if not _mentions_visit_dimension(item))
-    where = _where(filters, params, query.timezone)
+    where = where_sql(filters, params, query.timezone)
     sql = (
         f"SELECT DISTINCT revenue_currency FROM source WHERE revenue_amount IS NOT NULL "
         f"AND {where} ORDER BY 1 LIMIT 10"

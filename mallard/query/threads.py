@@ -44,13 +44,16 @@ def _lower_own_priority() -> None:
     lower_priority({threading.get_native_id()})
 
 
+def low_priority_pool(workers: int, name: str) -> ThreadPoolExecutor:
+    """A thread pool whose threads have the query threads' low priority."""
+    return ThreadPoolExecutor(workers, thread_name_prefix=name, initializer=_lower_own_priority)
+
+
 class QueryThreads:
     """At most ``workers`` blocking calls at once, in low-priority threads, awaited from trio."""
 
     def __init__(self, workers: int) -> None:
-        self._executor = ThreadPoolExecutor(
-            workers, thread_name_prefix="mallard-query", initializer=_lower_own_priority
-        )
+        self._executor = low_priority_pool(workers, "mallard-query")
         self._calls = 0  # running or queued
         self._finished = threading.Condition()
 

@@ -64,6 +64,11 @@ class DataLayout:
         return self.root / "pairs"
 
     @property
+    def steps(self) -> Path:
+        """Per compacted day, its events as funnel steps, built with the pairs."""
+        return self.root / "steps"
+
+    @property
     def dropped(self) -> Path:
         """Counts of the events ingestion dropped, by site, day, reason (and bot)."""
         return self.root / "dropped"

@@ -36,10 +36,19 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import NamedTuple
 
 import duckdb
+import pyarrow as pa
 
-from mallard.query.sql import day_pairs_sql, file_list, rollup_sql, seen_visits_sql
+from mallard.query.sql import (
+    day_numbers_sql,
+    day_pairs_sql,
+    day_steps_sql,
+    file_list,
+    rollup_sql,
+    seen_visits_sql,
+)
 from mallard.storage.layout import (
     COMPACTED_PREFIX,
     DataLayout,
@@ -49,12 +58,17 @@ from mallard.storage.layout import (
     is_compacted,
 )
 from mallard.storage.locks import maintenance_lock, site_lock
-from mallard.storage.parquet import fsync_dir, write_aside
-from mallard.storage.schema import MICROS_PER_DAY, PAIR_SCHEMA, VISIT_SCHEMA
+from mallard.storage.parquet import fsync_dir, write_aside, write_grouped
+from mallard.storage.schema import MICROS_PER_DAY, PAIR_SCHEMA, STEP_SCHEMA, VISIT_SCHEMA
 
 MANIFEST = "manifest.json"
-VERSION = 2  # a manifest of another version is not current: everything is built again
+VERSION = 3  # a manifest of another version is not current: everything is built again
 ROW_GROUP_ROWS = 32 * 1024  # pages and event names in separate row groups, mostly
+OWN_ROW_GROUP = 1024  # steps: a value with this many events a day gets row groups of its own
+STEP_ENCODING = {  # numbers ascend within a value, times within a visitor: half the size
+    "use_dictionary": ["kind", "value"],
+    "column_encoding": {name: "DELTA_BINARY_PACKED" for name in ("visitor_number", "timestamp")},
+}
 
 
 @dataclass(frozen=True)
@@ -85,6 +99,12 @@ def _site_folder(layout: DataLayout, site_id: str) -> Path:
 def pair_file(layout: DataLayout, site_id: str, day: int, events_name: str) -> Path:
     """Where the pairs of ``day`` built from its events file ``events_name`` live."""
     return _site_folder(layout, site_id) / f"date={day_to_date(day).isoformat()}" / events_name
+
+
+def step_file(layout: DataLayout, site_id: str, day: int, events_name: str) -> Path:
+    """Where the funnel steps of ``day`` built from its events file ``events_name`` live."""
+    folder = layout.steps / f"site_id={site_id}" / f"date={day_to_date(day).isoformat()}"
+    return folder / events_name
 
 
 def manifest_path(layout: DataLayout, site_id: str) -> Path:
@@ -206,7 +226,11 @@ def refresh_pairs(
         changed = [
             day
             for day in {*files, *manifest.days}
-            if oldest <= day <= through and not manifest.current(day, files.get(day))
+            if oldest <= day <= through
+            and not (  # current, and its steps not deleted since (a day with events)
+                manifest.current(day, files.get(day))
+                and step_file(layout, site_id, day, manifest.days[day]).exists()
+            )
         ]
         if not changed and (manifest.through, manifest.since) == (through, since):
             return 0
@@ -216,19 +240,24 @@ def refresh_pairs(
         _site_folder(layout, site_id).mkdir(parents=True, exist_ok=True)
         for index, day in enumerate(todo, start=1):
             name = files[day][0]
-            pairs, visits = (_staging(layout, kind) for kind in ("pairs", "visits"))
-            _build_day(layout, site_id, day, name, kept, pairs, visits)
+            staged = _Staged(*(_staging(layout, kind) for kind in ("pairs", "visits", "steps")))
+            _build_day(layout, site_id, day, name, kept, staged)
             kept[day] = name
-            destination = pair_file(layout, site_id, day, name)
-            destination.parent.mkdir(exist_ok=True)
             rollup = layout.rollup(site_id, day_to_date(day), name)
             rollup.parent.mkdir(parents=True, exist_ok=True)
+            derived = {
+                staged.pairs: pair_file(layout, site_id, day, name),
+                staged.steps: step_file(layout, site_id, day, name),
+            }
+            for destination in derived.values():
+                destination.parent.mkdir(parents=True, exist_ok=True)
             with site_lock(layout, site_id, exclusive=True):
-                os.replace(visits, rollup)
-                os.replace(pairs, destination)
-                for other in destination.parent.glob("*.parquet"):
-                    if other != destination:
-                        other.unlink()
+                os.replace(staged.visits, rollup)
+                for staging, destination in derived.items():
+                    os.replace(staging, destination)
+                    for other in destination.parent.glob("*.parquet"):
+                        if other != destination:
+                            other.unlink()
                 _write_manifest(layout, site_id, PairManifest(day, dict(kept), since))
             if progress:
                 progress(index, len(todo))
@@ -261,17 +290,24 @@ def forget_pairs_from(layout: DataLayout, site_id: str, day: int) -> None:
     _remove_unlisted(layout, site_id, kept)
 
 
+class _Staged(NamedTuple):
+    """Where a day's derived files are written before they are swapped in."""
+
+    pairs: Path
+    visits: Path
+    steps: Path
+
+
 def _build_day(
     layout: DataLayout,
     site_id: str,
     day: int,
     name: str,
     earlier: dict[int, str],
-    pairs: Path,
-    visits_staging: Path,
+    staged: _Staged,
 ) -> None:
-    """Write the pairs of ``day`` (from its events file ``name``) to ``pairs``, and its
-    visit rollup with the ``seen_*`` columns to ``visits_staging``; ``earlier``: the days
+    """Write the pairs, the visit rollup with its ``seen_*`` columns and the funnel steps
+    of ``day`` (from its events file ``name``) to ``staged``; ``earlier``: the days
     before."""
     events = f"read_parquet({file_list([str(layout.partition(site_id, day) / name)])})"
 
@@ -288,22 +324,38 @@ def _build_day(
         visits = f"read_parquet({file_list([str(day_visits)])})"
     else:
         visits = f"({rollup_sql(events)})"
+    earlier_steps = earlier_files(partial(step_file, layout, site_id))
     with duckdb.connect(config={"threads": 1}) as connection:
+
+        def table(sql: str, schema: pa.Schema) -> pa.Table:
+            return connection.sql(sql).to_arrow_table().select(schema.names).cast(schema)
+
+        connection.execute(f"CREATE TABLE numbers AS {day_numbers_sql(events, earlier_steps)}")
         for sql, schema, staging in (
             (
                 day_pairs_sql(events, earlier_files(partial(pair_file, layout, site_id))),
                 PAIR_SCHEMA,
-                pairs,
+                staged.pairs,
             ),
-            (seen_visits_sql(visits, earlier_files(rollup)), VISIT_SCHEMA, visits_staging),
+            (seen_visits_sql(visits, earlier_files(rollup)), VISIT_SCHEMA, staged.visits),
         ):
-            table = connection.sql(sql).to_arrow_table().select(schema.names).cast(schema)
-            write_aside(table, staging, row_group_size=ROW_GROUP_ROWS)
+            write_aside(table(sql, schema), staging, row_group_size=ROW_GROUP_ROWS)
+        steps = table(day_steps_sql(events, "numbers"), STEP_SCHEMA)
+        write_grouped(
+            steps,
+            staged.steps,
+            ["kind", "value"],
+            own_group=OWN_ROW_GROUP,
+            max_rows=ROW_GROUP_ROWS,
+            **STEP_ENCODING,
+        )
 
 
 def _remove_unlisted(layout: DataLayout, site_id: str, days: dict[int, str]) -> None:
-    """Remove the pair folders of days the manifest does not list (their events changed or went)."""
+    """Remove the pair and step folders of days the manifest does not list (their events
+    changed or went)."""
     listed = {f"date={day_to_date(d).isoformat()}" for d in days}
-    for folder in _site_folder(layout, site_id).glob("date=*"):
-        if folder.name not in listed:
-            shutil.rmtree(folder, ignore_errors=True)
+    for area in (layout.pairs, layout.steps):
+        for folder in (area / f"site_id={site_id}").glob("date=*"):
+            if folder.name not in listed:
+                shutil.rmtree(folder, ignore_errors=True)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
@@ -27,6 +29,45 @@ def fsync_dir(path: Path) -> None:
 def write_aside(table: pa.Table, staging: Path, **options: Any) -> None:
     """Write ``table`` as ZSTD Parquet at ``staging`` and make it durable (not yet visible)."""
     pq.write_table(table, staging, compression="zstd", **options)
+    with open(staging, "rb") as file:
+        os.fsync(file.fileno())
+
+
+def write_grouped(
+    table: pa.Table,
+    staging: Path,
+    keys: list[str],
+    *,
+    own_group: int,
+    max_rows: int,
+    **options: Any,
+) -> None:
+    """``write_aside`` for a ``table`` sorted by ``keys``: every run of at least
+    ``own_group`` rows with the same keys gets row groups of its own (whose
+    statistics then name one value), the shorter runs share row groups of up to
+    ``max_rows`` rows. ``options`` go to ``pyarrow.parquet.ParquetWriter``."""
+    changes = pa.array(np.zeros(0, dtype=bool))
+    if table.num_rows > 1:
+        parts = []
+        for key in keys:
+            after, before = table[key][1:], table[key][:-1]
+            differs = pc.xor(pc.is_null(after), pc.is_null(before))  # where either is null
+            parts.append(pc.fill_null(pc.not_equal(after, before), differs))
+        changes = functools.reduce(pc.or_, parts)
+    starts = [0, *(np.flatnonzero(changes.to_numpy(zero_copy_only=False)) + 1)]
+    bounds = [*zip(starts, [*starts[1:], table.num_rows], strict=True)]
+    with pq.ParquetWriter(staging, table.schema, compression="zstd", **options) as writer:
+        shared = 0  # where the rows not written yet start
+        for start, end in bounds:
+            if end - start >= own_group or end - shared > max_rows:
+                if start > shared:
+                    writer.write_table(table.slice(shared, start - shared), max_rows)
+                shared = start
+            if end - start >= own_group:
+                writer.write_table(table.slice(start, end - start), max_rows)
+                shared = end
+        if shared < table.num_rows:
+            writer.write_table(table.slice(shared), max_rows)
     with open(staging, "rb") as file:
         os.fsync(file.fileno())
 

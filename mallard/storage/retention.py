@@ -33,7 +33,8 @@ def expire(layout: DataLayout, keep_days: int, today: dt.date | None = None) -> 
     today = today or dt.datetime.now(dt.UTC).date()
     oldest_kept = today - dt.timedelta(days=keep_days - 1)
     report = RetentionReport()
-    areas = (layout.visits, layout.pairs, layout.dropped, layout.events)  # events last
+    # events last: a day interrupted midway still has events, and goes next time
+    areas = (layout.visits, layout.pairs, layout.steps, layout.dropped, layout.events)
     sites = sorted({site.name for area in areas for site in area.glob("site_id=*")})
     for site_folder in sites:  # a site may have drop counts (bots only) but no events
         site_id = site_folder.removeprefix("site_id=")

@@ -142,6 +142,23 @@ PAIR_SCHEMA = pa.schema(
     ]
 )
 
+# Per compacted day (``data_dir/steps/``), every event once as a funnel step can match it:
+# a pageview as ("page", its page), any other event as ("name", its name); and every
+# visitor of the day once, as ("visitor", null) with their ``visitor_id`` and the time
+# of their first event. ``visitor_number`` is the visitor's number in the site, the
+# same on every day: funnels index arrays with it instead of hashing visitor ids.
+# Sorted by kind, value, visitor id and number, and time: a common value has row
+# groups of its own (mallard.storage.pairs).
+STEP_SCHEMA = pa.schema(
+    [
+        pa.field("kind", pa.string(), nullable=False),  # "page", "name" or "visitor"
+        pa.field("value", pa.string()),  # null: a visitor, or a pageview without a page
+        pa.field("visitor_id", pa.int64()),  # on visitor rows only
+        pa.field("visitor_number", pa.int64(), nullable=False),
+        pa.field("timestamp", TIMESTAMP_TYPE, nullable=False),
+    ]
+)
+
 
 class Event(NamedTuple):
     """One accepted event, held as a tuple until it is flushed.
