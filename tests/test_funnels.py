@@ -109,9 +109,9 @@ def test_steps_read_are_the_rows_each_step_matches(
         if any(matches(s, kind, value) for s in steps)
     )
     got = [
-        row
-        for matched, numbers, times in funnels._read_steps(str(path), steps)
-        for row in zip(matched.tolist(), numbers.tolist(), times.tolist(), strict=True)
+        (bits if isinstance(bits, int) else bits[index], number, us)
+        for bits, numbers, times in funnels._read_steps(str(path), steps)
+        for index, (number, us) in enumerate(zip(numbers.tolist(), times.tolist(), strict=True))
     ]
     assert sorted(got) == expected
 

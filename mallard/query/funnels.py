@@ -20,9 +20,12 @@ its visitor has in those days' steps, or a new one.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import re
+import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,6 +46,9 @@ STEP = re.compile(r"(page|event):(.+)")
 NEVER = np.iinfo(np.int64).max  # not reached
 SPARSE = 4  # numbers spread wider than this many per entrant: entrants are sorted instead
 READERS = low_priority_pool(max(os.cpu_count() or 1, 1), "mallard-steps")
+SCRATCH_BYTES = 32 * 1024 * 1024  # the largest array kept for the next funnel
+_SPARE: list[dict[str, np.ndarray]] = []  # arrays of funnels that are done, for the next ones
+_SPARE_LOCK = threading.Lock()
 
 
 @dataclass(frozen=True)
@@ -271,7 +277,9 @@ def _visitor_numbers(path: str, visitor_ids: np.ndarray) -> tuple[np.ndarray, np
     return np.flatnonzero(found), numbers[at[found]]
 
 
-Candidates = tuple[np.ndarray, np.ndarray, np.ndarray]  # steps matched, visitor, time
+# events that some step matches: the steps each matches (bit k: step k; one int when
+# they all match the same), their visitor's number, their time in microseconds
+Candidates = tuple[np.ndarray | int, np.ndarray, np.ndarray]
 
 
 def _read_steps(path: str, steps: tuple[FunnelStep, ...]) -> list[Candidates]:
@@ -297,7 +305,7 @@ def _read_steps(path: str, steps: tuple[FunnelStep, ...]) -> list[Candidates]:
                 by_bits.setdefault(bits, []).extend(pure[key])
         for bits, groups in by_bits.items():
             table = file.read_row_groups(groups, ["visitor_number", "timestamp"], use_threads=False)
-            parts.append((np.full(table.num_rows, bits, np.int32), *_numbers_and_times(table)))
+            parts.append((bits, *_numbers_and_times(table)))
     if mixed:
         table = file.read_row_groups(mixed, use_threads=False)
         matched = _steps_matched(steps, table["kind"], table["value"])
@@ -362,29 +370,40 @@ def _numbers_and_times(table: pa.Table) -> tuple[np.ndarray, np.ndarray]:
 
 def count_visitors(parts: list[Candidates], steps: int, window_us: int) -> list[int]:
     """Visitors per step, as :func:`funnel_sql` counts them, from candidate events in
-    parts (each part's arrays: the steps an event matches, bit k for step k; its
-    visitor's number; its time in microseconds). The parts stay apart: only arrays
-    over the entrants are large."""
-    slots, entrants = _entrant_slots(parts)
+    parts. The parts stay apart: only arrays over the entrants are large."""
+    with _scratch() as scratch:
+        return _count_visitors(scratch, parts, steps, window_us)
+
+
+def _count_visitors(
+    scratch: dict[str, np.ndarray], parts: list[Candidates], steps: int, window_us: int
+) -> list[int]:
+    slots, entrants = _entrant_slots(scratch, parts)
     if not entrants:
         return [0] * steps
     # slot -1 (visitors who never entered) is the last one, which stays NEVER
-    entered = np.full(entrants + 1, NEVER)
+    entered = _filled(scratch, "entered", entrants + 1, NEVER, np.int64)
     for (bits, _, when), who in zip(parts, slots, strict=True):
-        on = (bits & 1) != 0
-        np.minimum.at(entered, who[on], when[on])
+        if (on := _matching(bits, 0)) is not None:
+            np.minimum.at(entered, who[on], when[on])
     reached = entered
     counts = [entrants]
     for step in range(1, steps):
-        following = np.full(entrants + 1, NEVER)
+        following = _filled(scratch, f"reached-{step % 2}", entrants + 1, NEVER, np.int64)
         for (bits, _, part_times), part_slots in zip(parts, slots, strict=True):
-            on = ((bits >> step) & 1) != 0
+            if (on := _matching(bits, step)) is None:
+                continue
             who, when = part_slots[on], part_times[on]
-            also_before = ((bits[on] >> (step - 1)) & 1) != 0
             after = reached[who]
             going = after != NEVER
             who, when, after = who[going], when[going], after[going]
-            counted = (when > after) | ((when == after) & ~also_before[going])
+            counted = when > after
+            # at the same time only an event that is not the step before too
+            if isinstance(bits, int):
+                if not (bits >> (step - 1)) & 1:
+                    counted |= when == after
+            else:
+                counted |= (when == after) & (((bits[on][going] >> (step - 1)) & 1) == 0)
             counted &= when <= entered[who] + window_us
             np.minimum.at(following, who[counted], when[counted])
         reached = following
@@ -392,12 +411,26 @@ def count_visitors(parts: list[Candidates], steps: int, window_us: int) -> list[
     return counts
 
 
-def _entrant_slots(parts: list[Candidates]) -> tuple[list[np.ndarray], int]:
+def _matching(bits: np.ndarray | int, step: int) -> np.ndarray | slice | None:
+    """Which events of a part (the steps they match) match ``step``: a mask, all
+    (a slice), or none."""
+    if isinstance(bits, int):
+        return slice(None) if (bits >> step) & 1 else None
+    return ((bits >> step) & 1) != 0
+
+
+def _entrant_slots(
+    scratch: dict[str, np.ndarray], parts: list[Candidates]
+) -> tuple[list[np.ndarray], int]:
     """For each event of each part, the slot of its visitor among those with a step-1
     event (0 to n-1), or -1; and n. Through a table over the visitors' numbers, or by
     sorting the entrants' numbers when the numbers are too sparse for one."""
     numbers = [part_numbers for _, part_numbers, _ in parts if len(part_numbers)]
-    firsts = [part_numbers[(bits & 1) != 0] for bits, part_numbers, _ in parts]
+    firsts = [
+        part_numbers[on]
+        for bits, part_numbers, _ in parts
+        if (on := _matching(bits, 0)) is not None
+    ]
     entering = sum(len(part) for part in firsts)
     if not entering:
         return [np.full(len(part[1]), -1, np.int32) for part in parts], 0
@@ -410,12 +443,41 @@ def _entrant_slots(parts: list[Candidates]) -> tuple[list[np.ndarray], int]:
             at = np.minimum(np.searchsorted(present, part_numbers), len(present) - 1)
             slots.append(np.where(present[at] == part_numbers, at, -1).astype(np.int32))
         return slots, len(present)
-    table = np.full(high - low + 1, -1, np.int32)
+    table = _filled(scratch, "table", high - low + 1, -1, np.int32)
     for part in firsts:
         table[part - low] = 0
     present = np.flatnonzero(table == 0)
     table[present] = np.arange(len(present), dtype=np.int32)
     return [table[part_numbers - low] for _, part_numbers, _ in parts], len(present)
+
+
+@contextlib.contextmanager
+def _scratch() -> Iterator[dict[str, np.ndarray]]:
+    """Arrays for one funnel at a time, kept for the next: touching fresh memory costs
+    a page fault per 4 KiB, more than the funnel's work on it. There are as many sets
+    as funnels ever ran at once."""
+    with _SPARE_LOCK:
+        arrays = _SPARE.pop() if _SPARE else {}
+    try:
+        yield arrays
+    finally:
+        with _SPARE_LOCK:
+            _SPARE.append(arrays)
+
+
+def _filled(
+    scratch: dict[str, np.ndarray], name: str, size: int, value: int, dtype: type
+) -> np.ndarray:
+    """``np.full(size, value, dtype)``, in the ``scratch`` array ``name`` unless larger
+    than ``SCRATCH_BYTES``."""
+    if size * np.dtype(dtype).itemsize > SCRATCH_BYTES:
+        return np.full(size, value, dtype)
+    array = scratch.get(name)
+    if array is None or len(array) < size or array.dtype != dtype:
+        array = scratch[name] = np.empty(size, dtype)
+    view = array[:size]
+    view.fill(value)
+    return view
 
 
 def funnel_result(steps: tuple[FunnelStep, ...], counts: list[int]) -> list[dict]:
