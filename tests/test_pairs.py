@@ -336,6 +336,31 @@ async def test_lost_pairs_are_rebuilt(layout: DataLayout) -> None:
         path.write_text(path.read_text().replace(f'"version": {VERSION}', '"version": 1'))
 
 
+@pytest.mark.parametrize("too_many", ["rolled", "fresh"])
+async def test_funnels_too_large_for_memory_read_events(
+    layout: DataLayout, monkeypatch: pytest.MonkeyPatch, too_many: str
+) -> None:
+    """Candidates read from steps beyond query_memory_mb: the funnel runs in DuckDB."""
+    engine = QueryEngine(layout)
+    query = query_for(None, [(END - dt.timedelta(days=7)).isoformat(), END.isoformat()])
+    snapshot, _ = engine._view(
+        SITE, query.date_range.start, query.date_range.end, [], derived="steps"
+    )
+    rolled = sum(funnels._plan_steps(path, FUNNEL).rows for path in snapshot.rolled.values())
+    allowed = {"rolled": rolled - 1, "fresh": rolled + 1}[too_many]
+    monkeypatch.setattr(funnels, "CANDIDATE_BYTES", engine.memory_mb * 1024 * 1024 // allowed)
+    with_sql = []
+    original = funnels.count_with_sql
+
+    async def count_with_sql(*args: Any) -> list[int]:
+        with_sql.append(args)
+        return await original(*args)
+
+    monkeypatch.setattr(funnels, "count_with_sql", count_with_sql)
+    await assert_funnel_like_reference(engine, stored_events(layout.events), query, rolled=7)
+    assert len(with_sql) == 2  # both windows
+
+
 async def test_lost_steps_are_rebuilt(layout: DataLayout) -> None:
     """Funnels read no day without its steps file, and compaction writes it again."""
     shutil.rmtree(layout.steps / f"site_id={SITE}" / f"date={END - dt.timedelta(days=3)}")

@@ -364,6 +364,11 @@ class QueryEngine:
         self._manifests: dict[str, tuple[Any, PairManifest]] = {}
         self._shapes = FileShapes()
 
+    @property
+    def memory_mb(self) -> int:
+        """The MiB a query may hold (``query_memory_mb``)."""
+        return self._memory_mb
+
     # --- which data a query reads ---
 
     def _view(

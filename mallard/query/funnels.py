@@ -47,6 +47,7 @@ NEVER = np.iinfo(np.int64).max  # not reached
 SPARSE = 4  # numbers spread wider than this many per entrant: entrants are sorted instead
 READERS = low_priority_pool(max(os.cpu_count() or 1, 1), "mallard-steps")
 SCRATCH_BYTES = 32 * 1024 * 1024  # the largest array kept for the next funnel
+CANDIDATE_BYTES = 64  # memory per candidate event read from steps, its arrays' and work's
 _SPARE: list[dict[str, np.ndarray]] = []  # arrays of funnels that are done, for the next ones
 _SPARE_LOCK = threading.Lock()
 
@@ -138,7 +139,7 @@ def parse_steps(text: str) -> tuple[FunnelStep, ...]:
 async def visitors_per_step(
     engine: QueryEngine, query: Query, steps: tuple[FunnelStep, ...], window_seconds: int
 ) -> list[int]:
-    """The funnel's visitors at each step, from the funnel steps where they apply."""
+    """The funnel's visitors at each step; from the funnel steps without filters."""
     if query.filters:
         return await count_with_sql(engine, query, steps, window_seconds)
     return await count_from_steps(engine, query, steps, window_seconds)
@@ -201,14 +202,24 @@ def funnel_sql(
 async def count_from_steps(
     engine: QueryEngine, query: Query, steps: tuple[FunnelStep, ...], window_seconds: int
 ) -> list[int]:
-    def count(cursor: duckdb.DuckDBPyConnection, snapshot: Snapshot) -> list[int]:
-        paths = snapshot.rolled.values()
-        reads = [READERS.submit(_read_steps, path, steps) for path in paths]
+    """Visitors per step from the funnel steps of the days that have current ones, and
+    from events for the others; with :func:`count_with_sql` when no day has them or
+    the steps' events would need more memory than ``query_memory_mb``."""
+    most = engine.memory_mb * 1024 * 1024 // CANDIDATE_BYTES  # candidate events at most
+
+    def count(cursor: duckdb.DuckDBPyConnection, snapshot: Snapshot) -> list[int] | None:
+        plans = [_plan_steps(path, steps) for path in snapshot.rolled.values()]
+        rolled = sum(plan.rows for plan in plans)
+        if not plans or rolled > most:
+            return None
+        reads = [READERS.submit(_read_steps, plan, steps) for plan in plans]
         lookups = []
         try:
-            fresh = _fresh_candidates(cursor, query, steps)
+            fresh = _fresh_candidates(cursor, query, steps, most - rolled + 1)
+            if len(fresh["us"]) > most - rolled:
+                return None
             ids, fresh_visitors = np.unique(fresh["visitor_id"], return_inverse=True)
-            lookups = [READERS.submit(_visitor_numbers, path, ids) for path in paths]
+            lookups = [READERS.submit(_visitor_numbers, plan.path, ids) for plan in plans]
         finally:
             parts = [part for future in reads for part in future.result()]
             found = [future.result() for future in lookups]
@@ -223,20 +234,24 @@ async def count_from_steps(
         parts.append((fresh["steps"], numbers[fresh_visitors], fresh["us"]))
         return count_visitors(parts, len(steps), window_seconds * 1_000_000)
 
-    return await engine.compute(
+    counts = await engine.compute(
         count,
         ("funnel", steps, window_seconds, query.date_range.start, query.date_range.end),
         site_id=query.site_id,
         start=query.date_range.start,
         end=query.date_range.end,
     )
+    if counts is None:
+        return await count_with_sql(engine, query, steps, window_seconds)
+    return counts
 
 
 def _fresh_candidates(
-    cursor: duckdb.DuckDBPyConnection, query: Query, steps: tuple[FunnelStep, ...]
+    cursor: duckdb.DuckDBPyConnection, query: Query, steps: tuple[FunnelStep, ...], limit: int
 ) -> dict[str, np.ndarray]:
-    """The range's events that some step matches, from the engine's ``fresh_source``:
-    ``visitor_id``, ``us`` (the time) and ``steps`` (bit k: step k matches)."""
+    """The range's events that some step matches, from the engine's ``fresh_source``
+    (``limit`` at most): ``visitor_id``, ``us`` (the time) and ``steps`` (bit k: step k
+    matches)."""
     params = Parameters()
     matched = " + ".join(
         f"CASE WHEN {step.event_sql(params)} THEN {1 << index} ELSE 0 END"
@@ -244,7 +259,7 @@ def _fresh_candidates(
     )
     sql = f"""WITH {events_cte(query, params, "fresh_events", "fresh_source")}
     SELECT visitor_id, epoch_us(timestamp) AS us, ({matched})::INTEGER AS steps
-    FROM fresh_events WHERE ({matched}) > 0"""
+    FROM fresh_events WHERE ({matched}) > 0 LIMIT {int(limit)}"""
     columns = cursor.execute(sql, params.values).fetchnumpy()
     return {name: np.asarray(values) for name, values in columns.items()}
 
@@ -254,7 +269,7 @@ def _visitor_numbers(path: str, visitor_ids: np.ndarray) -> tuple[np.ndarray, np
     their numbers."""
     file, groups = _steps_file(path)
     pure, mixed = [], []
-    for group, kinds, _ in groups:
+    for group, _, kinds, _ in groups:
         if kinds == ("visitor", "visitor"):
             pure.append(group)
         elif kinds is None or kinds[0] <= "visitor" <= kinds[1]:
@@ -282,32 +297,50 @@ def _visitor_numbers(path: str, visitor_ids: np.ndarray) -> tuple[np.ndarray, np
 Candidates = tuple[np.ndarray | int, np.ndarray, np.ndarray]
 
 
-def _read_steps(path: str, steps: tuple[FunnelStep, ...]) -> list[Candidates]:
-    """The rows of a steps file that some step matches, in parts: (steps matched,
-    visitor number, time). A row group of one kind and value is read without them."""
-    file, groups = _steps_file(path)
+@dataclass(frozen=True)
+class _StepsPlan:
+    """What to read of a steps file: row groups of one value, by the steps they match,
+    and the others that may hold a step; ``rows`` in all."""
+
+    path: str
+    by_bits: dict[int, list[int]]
+    mixed: list[int]
+    rows: int
+
+
+def _plan_steps(path: str, steps: tuple[FunnelStep, ...]) -> _StepsPlan:
+    _, groups = _steps_file(path)
     pure: dict[tuple[str, str], list[int]] = {}  # (kind, value) -> row groups
     mixed = []
-    for group, kinds, values in groups:
+    rows = {group: count for group, count, _, _ in groups}
+    for group, _, kinds, values in groups:
         if kinds is None:
             mixed.append(group)
         elif values is not None and kinds[0] == kinds[1] and values[0] == values[1]:
             pure.setdefault((kinds[0], values[0]), []).append(group)
         elif any(step.may_hold(kinds, values) for step in steps):
             mixed.append(group)
-    parts = []
+    by_bits: dict[int, list[int]] = {}
     if pure:
         keys = list(pure)
         matched = _steps_matched(steps, *(pa.array(column) for column in zip(*keys, strict=True)))
-        by_bits: dict[int, list[int]] = {}
         for key, bits in zip(keys, matched.tolist(), strict=True):
             if bits:
                 by_bits.setdefault(bits, []).extend(pure[key])
-        for bits, groups in by_bits.items():
-            table = file.read_row_groups(groups, ["visitor_number", "timestamp"], use_threads=False)
-            parts.append((bits, *_numbers_and_times(table)))
-    if mixed:
-        table = file.read_row_groups(mixed, use_threads=False)
+    read = [*mixed, *(group for groups in by_bits.values() for group in groups)]
+    return _StepsPlan(path, by_bits, mixed, sum(rows[group] for group in read))
+
+
+def _read_steps(plan: _StepsPlan, steps: tuple[FunnelStep, ...]) -> list[Candidates]:
+    """The rows of a steps file that some step matches, in parts. A row group of one
+    kind and value is read without them."""
+    file, _ = _steps_file(plan.path)
+    parts: list[Candidates] = []
+    for bits, groups in plan.by_bits.items():
+        table = file.read_row_groups(groups, ["visitor_number", "timestamp"], use_threads=False)
+        parts.append((bits, *_numbers_and_times(table)))
+    if plan.mixed:
+        table = file.read_row_groups(plan.mixed, use_threads=False)
         matched = _steps_matched(steps, table["kind"], table["value"])
         keep = matched != 0
         numbers, times = _numbers_and_times(table)
@@ -329,7 +362,7 @@ def _steps_matched(
 
 
 Bounds = tuple[str, str] | None
-RowGroups = list[tuple[int, Bounds, Bounds]]  # each row group's kinds and values
+RowGroups = list[tuple[int, int, Bounds, Bounds]]  # each row group's rows, kinds and values
 
 
 def _steps_file(path: str) -> tuple[pq.ParquetFile, RowGroups]:
@@ -352,7 +385,7 @@ def _footer(path: str, version: tuple[int, int, int]) -> tuple[pq.FileMetaData, 
     for group in range(metadata.num_row_groups):
         columns = metadata.row_group(group)
         kinds, values = (_bounds(columns.column(at).statistics) for at in (kind_at, value_at))
-        groups.append((group, kinds, values))
+        groups.append((group, columns.num_rows, kinds, values))
     return metadata, groups
 
 
