@@ -78,16 +78,6 @@ class FunnelStep:
             )
         return f"({prefix}event_name = 'pageview' AND {prefix}pathname = {params.add(self.value)})"
 
-    def pair_sql(self, params: Parameters) -> str:
-        """SQL: a pair (``PAIR_SCHEMA``) holds events of this step (or a page labelled
-        like one: a superset, which finding visitor numbers allows)."""
-        kind, value = self._step_row()
-        if value is None:
-            return f"kind = '{kind}'"
-        if self.prefix is not None:
-            return f"(kind = 'page' AND starts_with(value, {params.add(self.prefix)}))"
-        return f"(kind = '{kind}' AND value = {params.add(value)})"
-
     def _step_row(self) -> tuple[str, str | None]:
         """The (kind, value) of this step's rows in ``STEP_SCHEMA``; None: any value."""
         if self.kind == "page":
