@@ -112,6 +112,8 @@ def test_erased_rows_not_yet_written_are_counted_once(tmp_path: Path) -> None:
 
 def test_erase_removes_exactly_the_range(layout: DataLayout) -> None:
     other_site = {f: f.stat().st_mtime_ns for f in layout.events.glob("site_id=b.org/**/*")}
+    derived = (layout.visits, layout.pairs, layout.steps)  # all hold visitor ids
+    assert all(list(area.glob("site_id=a.com/**/*.parquet")) for area in derived)
     report = erase(layout, Tombstones(layout), "a.com", at(0, 10), at(1, 5))
     assert report.rows_erased == 19 and report.files_rewritten == 2
     assert hours(layout, "a.com") == list(range(10)) + list(range(29, 72))
@@ -119,9 +121,9 @@ def test_erase_removes_exactly_the_range(layout: DataLayout) -> None:
     assert {f: f.stat().st_mtime_ns for f in layout.events.glob("site_id=b.org/**/*")} == (
         other_site
     )
-    # the touched days' rollups are gone, compaction writes them again
-    assert not list(layout.visits.glob("site_id=a.com/**/*.parquet"))
-    assert len(list(layout.visits.glob("site_id=b.org/**/*.parquet"))) == 2
+    # the touched days' rollups, pairs and steps are gone, compaction writes them again
+    assert not any(list(area.glob("site_id=a.com/**/*.parquet")) for area in derived)
+    assert all(len(list(area.glob("site_id=b.org/**/*.parquet"))) == 2 for area in derived)
     assert compact(layout, before=DAYS[2]).partitions == 2
     assert hours(layout, "a.com") == list(range(10)) + list(range(29, 72))
 

@@ -450,6 +450,9 @@ async def test_days_deleted_by_retention_are_not_counted_as_seen(
 ) -> None:
     """Later pairs may have been seen on deleted days: those visitors count on their next day."""
     expire(layout, keep_days=5, today=END)
+    for area in (layout.events, layout.visits, layout.pairs, layout.steps):
+        days = sorted(p.name for p in (area / f"site_id={SITE}").glob("date=*"))
+        assert days[0] == f"date={END - dt.timedelta(days=4)}"
     events = stored_events(layout.events)
     engine = QueryEngine(layout)
     query = query_for(dimension, [(END - dt.timedelta(days=9)).isoformat(), END.isoformat()])
