@@ -66,8 +66,8 @@ from mallard.storage.schema import (
 )
 
 # Derived data a statement reads beside the events: visit rollups ("visits"), per-day
-# pairs ("pairs"), the pairs and funnel steps ("steps"), visit rollups with current
-# ``seen_*`` columns ("seen"), or none.
+# pairs ("pairs"), per-day funnel steps ("steps", read by mallard.query.funnels), visit
+# rollups with current ``seen_*`` columns ("seen"), or none.
 Derived = Literal["visits", "pairs", "steps", "seen"] | None
 VISIT_TIMEOUT = "INTERVAL 30 MINUTE"
 UTC_DAY = "(epoch_us(timestamp) // 86400000000)"
