@@ -128,7 +128,7 @@ def _demo_traffic(layout: DataLayout, args: argparse.Namespace) -> None:
         compact(
             layout,
             progress=progress_bar("demo: compacting", "days"),
-            pairs_progress=progress_bar("demo: pairs", "days"),
+            pairs_progress=progress_bar("demo: pairs and funnel steps", "days"),
         )
 
 
@@ -162,12 +162,12 @@ def _compact(settings: Settings, before: str | None) -> int:
         layout,
         before=day,
         progress=progress_bar("compacting", "days"),
-        pairs_progress=progress_bar("pairs", "days"),
+        pairs_progress=progress_bar("pairs and funnel steps", "days"),
     )
     print(
         f"compacted {report.files_in} files into {report.files_out} "
         f"({report.rows} rows, {report.partitions} partitions), "
-        f"pairs of {report.pair_days} days, in {report.seconds:.1f} s",
+        f"pairs and funnel steps of {report.pair_days} days, in {report.seconds:.1f} s",
         file=sys.stderr,
     )
     for skipped in report.skipped:
