@@ -125,7 +125,8 @@ def test_visitor_rows_give_the_numbers_of_visitor_ids(tmp_path: Path, own_group:
         step_table(random_rows(3, 500)), path, ["kind", "value"], own_group=own_group, max_rows=16
     )
     wanted = np.array([5, 951, 952, 990, 2000], np.int64)  # visitor n has id 1000 - n
-    positions, numbers = funnels._visitor_numbers(str(path), wanted)
+    plan = funnels._plan_steps(str(path), funnels.parse_steps("page:/,page:/pricing"))
+    positions, numbers = funnels._visitor_numbers(plan, wanted)
     assert positions.tolist() == [1, 2, 3] and numbers.tolist() == [49, 48, 10]
 
 

@@ -209,7 +209,7 @@ async def count_from_steps(
             if len(fresh["us"]) > most - rolled:
                 return None
             ids, fresh_visitors = np.unique(fresh["visitor_id"], return_inverse=True)
-            lookups = [READERS.submit(_visitor_numbers, plan.path, ids) for plan in plans]
+            lookups = [READERS.submit(_visitor_numbers, plan, ids) for plan in plans]
         finally:
             parts = [part for future in reads for part in future.result()]
             found = [future.result() for future in lookups]
@@ -254,12 +254,12 @@ def _fresh_candidates(
     return {name: np.asarray(values) for name, values in columns.items()}
 
 
-def _visitor_numbers(path: str, visitor_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def _visitor_numbers(plan: _StepsPlan, visitor_ids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Which of the sorted ``visitor_ids`` a steps file numbers (their positions), and
     their numbers."""
-    file, groups = _steps_file(path)
+    file = plan.open()
     pure, mixed = [], []
-    for group, _, kinds, _ in groups:
+    for group, _, kinds, _ in plan.groups:
         if kinds == ("visitor", "visitor"):
             pure.append(group)
         elif kinds is None or kinds[0] <= "visitor" <= kinds[1]:
@@ -287,19 +287,30 @@ def _visitor_numbers(path: str, visitor_ids: np.ndarray) -> tuple[np.ndarray, np
 Candidates = tuple[np.ndarray | int, np.ndarray, np.ndarray]
 
 
+Bounds = tuple[str, str] | None
+RowGroups = list[tuple[int, int, Bounds, Bounds]]  # each row group's rows, kinds and values
+
+
 @dataclass(frozen=True)
 class _StepsPlan:
-    """What to read of a steps file: row groups of one value, by the steps they match,
-    and the others that may hold a step; ``rows`` in all."""
+    """What to read of a steps file (its footer and row ``groups`` as read before): row
+    groups of one value, by the steps they match, and the others that may hold a step;
+    ``rows`` in all."""
 
     path: str
+    metadata: pq.FileMetaData
+    groups: RowGroups
     by_bits: dict[int, list[int]]
     mixed: list[int]
     rows: int
 
+    def open(self) -> pq.ParquetFile:
+        return pq.ParquetFile(self.path, metadata=self.metadata)
+
 
 def _plan_steps(path: str, steps: tuple[FunnelStep, ...]) -> _StepsPlan:
-    _, groups = _steps_file(path)
+    info = os.stat(path)
+    metadata, groups = _footer(path, (info.st_ino, info.st_mtime_ns, info.st_size))
     pure: dict[tuple[str, str], list[int]] = {}  # (kind, value) -> row groups
     mixed = []
     rows = {group: count for group, count, _, _ in groups}
@@ -318,13 +329,14 @@ def _plan_steps(path: str, steps: tuple[FunnelStep, ...]) -> _StepsPlan:
             if bits:
                 by_bits.setdefault(bits, []).extend(pure[key])
     read = [*mixed, *(group for groups in by_bits.values() for group in groups)]
-    return _StepsPlan(path, by_bits, mixed, sum(rows[group] for group in read))
+    rows_read = sum(rows[group] for group in read)
+    return _StepsPlan(path, metadata, groups, by_bits, mixed, rows_read)
 
 
 def _read_steps(plan: _StepsPlan, steps: tuple[FunnelStep, ...]) -> list[Candidates]:
     """The rows of a steps file that some step matches, in parts. A row group of one
     kind and value is read without them."""
-    file, _ = _steps_file(plan.path)
+    file = plan.open()
     parts: list[Candidates] = []
     for bits, groups in plan.by_bits.items():
         table = file.read_row_groups(groups, ["visitor_number", "timestamp"], use_threads=False)
@@ -349,18 +361,6 @@ def _steps_matched(
         mask = step.row_mask(kinds, values).to_numpy(zero_copy_only=False)
         matched |= mask.astype(np.int32) << index
     return matched
-
-
-Bounds = tuple[str, str] | None
-RowGroups = list[tuple[int, int, Bounds, Bounds]]  # each row group's rows, kinds and values
-
-
-def _steps_file(path: str) -> tuple[pq.ParquetFile, RowGroups]:
-    """A steps file, opened with the footer and row group bounds read before (while
-    the file is the same)."""
-    info = os.stat(path)
-    metadata, groups = _footer(path, (info.st_ino, info.st_mtime_ns, info.st_size))
-    return pq.ParquetFile(path, metadata=metadata), groups
 
 
 @functools.lru_cache(maxsize=1024)

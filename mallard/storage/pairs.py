@@ -58,7 +58,7 @@ from mallard.storage.layout import (
     is_compacted,
 )
 from mallard.storage.locks import maintenance_lock, site_lock
-from mallard.storage.parquet import fsync_dir, write_aside, write_grouped
+from mallard.storage.parquet import fsync_dir, fsync_file, write_aside, write_grouped
 from mallard.storage.schema import MICROS_PER_DAY, PAIR_SCHEMA, STEP_SCHEMA, VISIT_SCHEMA
 
 MANIFEST = "manifest.json"
@@ -145,8 +145,7 @@ def _write_manifest(layout: DataLayout, site_id: str, manifest: PairManifest) ->
     }
     staging = _staging(layout, "pairs-manifest")
     staging.write_text(json.dumps(data, indent=1) + "\n")
-    with open(staging, "rb") as file:
-        os.fsync(file.fileno())
+    fsync_file(staging)
     destination = manifest_path(layout, site_id)
     os.replace(staging, destination)
     fsync_dir(destination.parent)

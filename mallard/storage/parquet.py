@@ -26,11 +26,15 @@ def fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def fsync_file(path: Path) -> None:
+    with open(path, "rb") as file:
+        os.fsync(file.fileno())
+
+
 def write_aside(table: pa.Table, staging: Path, **options: Any) -> None:
     """Write ``table`` as ZSTD Parquet at ``staging`` and make it durable (not yet visible)."""
     pq.write_table(table, staging, compression="zstd", **options)
-    with open(staging, "rb") as file:
-        os.fsync(file.fileno())
+    fsync_file(staging)
 
 
 def write_grouped(
@@ -59,17 +63,17 @@ def write_grouped(
     with pq.ParquetWriter(staging, table.schema, compression="zstd", **options) as writer:
         shared = 0  # where the rows not written yet start
         for start, end in bounds:
-            if end - start >= own_group or end - shared > max_rows:
+            own = end - start >= own_group
+            if own or end - shared > max_rows:
                 if start > shared:
                     writer.write_table(table.slice(shared, start - shared), max_rows)
                 shared = start
-            if end - start >= own_group:
+            if own:
                 writer.write_table(table.slice(start, end - start), max_rows)
                 shared = end
         if shared < table.num_rows:
             writer.write_table(table.slice(shared), max_rows)
-    with open(staging, "rb") as file:
-        os.fsync(file.fileno())
+    fsync_file(staging)
 
 
 def write_parquet_atomically(table: pa.Table, destination: Path, staging: Path) -> None:
