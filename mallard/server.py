@@ -33,6 +33,7 @@ from mallard.config import Settings
 from mallard.ingest.geo import GeoLookup
 from mallard.ingest.pipeline import Ingestor
 from mallard.ingest.ratelimit import RateLimiter
+from mallard.ingest.useragent import load_parsers
 from mallard.ingest.visitor import VisitorIds, load_or_create_secret
 from mallard.metrics import Metrics, worker_metrics
 from mallard.query.engine import QueryEngine
@@ -106,6 +107,7 @@ async def serve(
     tombstones.current()  # readable, or no start: no 202 for events that could not be written
     AuthStore(database_path(settings.data_dir)).check()  # before serving, not in its start-up
     known_zones()  # read once here (30 ms), not on the event loop at the first query
+    load_parsers()  # likewise for the User-Agent parsers (150 ms) and the first event
     await _replay_write_ahead_logs(layout, tombstones)
     if unfinished := await trio.to_thread.run_sync(finish_erasures, layout, tombstones):
         log.warning("finished %d erasures a crash had cut short", unfinished)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+
 import pytest
 
 from mallard.ingest.useragent import ANALYSED_LENGTH, analyse, is_bot
@@ -106,3 +109,17 @@ def test_only_the_start_of_a_long_user_agent_is_analysed() -> None:
     padded = browser + " " * (ANALYSED_LENGTH - len(browser))
     assert analyse(padded + "Googlebot" + "x" * 100_000) is analyse(padded)
     assert analyse(padded).browser == "Chrome"
+
+
+def test_load_parsers_compiles_the_regexes_before_the_first_event():
+    """They compile at start-up (``serve`` calls it), not on the event loop while
+    the first event waits."""
+    code = (
+        "import ua_parser\n"
+        "from crawlerdetect.crawlerdetect import get_compiled_crawler_regex as crawlers\n"
+        "from mallard.ingest.useragent import load_parsers\n"
+        "assert 'parser' not in vars(ua_parser) and crawlers.cache_info().currsize == 0\n"
+        "load_parsers()\n"
+        "assert 'parser' in vars(ua_parser) and crawlers.cache_info().currsize == 1\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
