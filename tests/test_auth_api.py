@@ -464,6 +464,10 @@ async def test_site_admins_manage_their_sites_members_only(
         await adam.put(f"/api/users/{vera['id']}/roles/{B}", json={"role": "viewer"}), 403
     )
     assert_json_error(await adam.put(f"/api/users/999/roles/{A}", json={"role": "viewer"}), 404)
+    for manager in (adam, admin):  # a superuser owns every site: no role of theirs to change
+        superuser_role = f"/api/users/1/roles/{A}"
+        assert_json_error(await manager.put(superuser_role, json={"role": "viewer"}), 409)
+        assert_json_error(await manager.delete(superuser_role), 409)
     vera_client = await log_in(clients(server), "vera")
     assert (await vera_client.get(main(A))).status_code == 200
     assert (await adam.delete(promote)).json()["user"]["roles"] == {}

@@ -354,6 +354,8 @@ async def _member(principal: Principal, user_id: int, site_id: str) -> tuple[Use
     user = await service().db(service().store.user, user_id)
     if user is None:
         raise Denied(404, f"no user {user_id}")
+    if user.superuser:
+        raise Denied(409, f"user {user_id} is a superuser: owner of every site, no role to change")
     return user, user.roles.get(site_id)
 
 
