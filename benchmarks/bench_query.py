@@ -518,13 +518,25 @@ def event_files(data_dir: Path) -> set[Path]:
     return set((data_dir / "events").glob("**/*.parquet"))
 
 
-def remove_ingested(data_dir: Path, generated: set[Path]) -> None:
-    """Keep the cached dataset as generated: drop every file the server added."""
-    for file in event_files(data_dir) - generated:
+def remove_ingested(data_dir: Path, generated: set[Path]) -> int:
+    """Keep the cached dataset as generated: drop every event file the server added
+    (how many)."""
+    added = event_files(data_dir) - generated
+    for file in added:
         file.unlink()
     for site_dir in (data_dir / "events").glob("site_id=*"):
         if site_dir.name != f"site_id={SITE}":
             shutil.rmtree(site_dir, ignore_errors=True)
+    return len(added)
+
+
+def remove_leftovers(directory: Path, manifest: dict[str, Any]) -> None:
+    """What a run killed before its clean-up (or anything else) added to a cached
+    dataset goes: its events, and the write-ahead logs a server would replay into it."""
+    removed = remove_ingested(directory, {directory / name for name in manifest["event_files"]})
+    shutil.rmtree(directory / "wal", ignore_errors=True)
+    if removed:
+        progress(f"  removed {removed} event files that an earlier run left behind")
 
 
 def parse_sizes(text: str) -> list[tuple[str, int]]:
@@ -569,11 +581,12 @@ def prepare_dataset(events: int, args: argparse.Namespace, today: dt.date) -> di
     }
     try:
         manifest = json.loads(manifest_path.read_text())
-        cached = {key: manifest.get(key) for key in wanted} == wanted
+        cached = {key: manifest.get(key) for key in wanted} == wanted and "event_files" in manifest
     except (OSError, ValueError):
         cached = False
     if cached:
         progress(f"  reusing {directory} (generated earlier)")
+        remove_leftovers(directory, manifest)
         # derived data of another Mallard version (pairs, steps) is built again here,
         # as the server's compaction would
         compact(DataLayout(directory), before=today, pairs_progress=progress_bar("  pairs", "days"))
@@ -607,6 +620,9 @@ def prepare_dataset(events: int, args: argparse.Namespace, today: dt.date) -> di
         manifest = wanted | {
             "generation": dataclasses.asdict(report),
             "compaction": dataclasses.asdict(compaction),
+            "event_files": sorted(
+                str(path.relative_to(directory)) for path in event_files(directory)
+            ),
         }
         manifest_path.write_text(json.dumps(manifest, indent=2) + "\n")
     files = list((directory / "events").glob("**/*.parquet"))
