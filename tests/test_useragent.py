@@ -111,7 +111,7 @@ def test_only_the_start_of_a_long_user_agent_is_analysed() -> None:
     assert analyse(padded).browser == "Chrome"
 
 
-def test_load_parsers_compiles_the_regexes_before_the_first_event():
+def test_load_parsers_compiles_the_regexes_before_the_first_event() -> None:
     """They compile at start-up (``serve`` calls it), not on the event loop while
     the first event waits."""
     code = (
