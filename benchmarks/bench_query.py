@@ -539,6 +539,19 @@ def remove_leftovers(directory: Path, manifest: dict[str, Any]) -> None:
         progress(f"  removed {removed} event files that an earlier run left behind")
 
 
+def parse_setting(text: str) -> tuple[str, str]:
+    """``MALLARD_DURABILITY=memory`` -> ("MALLARD_DURABILITY", "memory")."""
+    name, equals, value = text.partition("=")
+    if not equals or not name.strip():
+        raise argparse.ArgumentTypeError(f"{text!r} is not NAME=VALUE")
+    return name.strip(), value
+
+
+def server_target(args: argparse.Namespace) -> Target:
+    """The benchmark's server, with the ``--server-env`` settings added to its environment."""
+    return dataclasses.replace(SERVER, env={**SERVER.env, **dict(args.server_env)})
+
+
 def parse_sizes(text: str) -> list[tuple[str, int]]:
     """``10k,1m,2500`` -> [("10k", 10000), ("1m", 1000000), ("2500", 2500)]."""
     sizes = []
@@ -653,7 +666,7 @@ def run_size(
     )
     generated = event_files(Path(data["path"]))
     workdir = Path(tempfile.mkdtemp(prefix="mallard-bench-query-", dir=args.data_root))
-    server = Server(SERVER, workdir)
+    server = Server(server_target(args), workdir)
     server.data_dir = Path(data["path"])
     url = server.start()
     assert server.process is not None
@@ -892,6 +905,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--ingest-rounds", type=int, default=3, help="idle/under-queries pairs (median)"
     )
+    parser.add_argument(
+        "--server-env", type=parse_setting, action="append", default=[], metavar="NAME=VALUE",
+        help="add to the server's environment, e.g. MALLARD_DURABILITY=memory (repeatable)",
+    )  # fmt: skip
     parser.add_argument("--results-dir", type=Path, default=BENCH_DIR / "results")
     parser.add_argument("--no-chart", action="store_true")
     args = parser.parse_args(argv)
@@ -911,6 +928,7 @@ def main(argv: list[str] | None = None) -> int:
         f"sizes {', '.join(label for label, _ in args.sizes)}, {args.days} days to {today}, "
         f"{args.repeat} runs + 1 warm-up each; nproc {machine['nproc']}; mallard {commit}; "
         f"data under {args.data_root} ({filesystem_of(args.data_root)})"
+        + "".join(f"; server {name}={value}" for name, value in args.server_env)
     )
     sizes: list[dict[str, Any]] = []
     records: list[dict[str, Any]] = []
@@ -954,7 +972,7 @@ def main(argv: list[str] | None = None) -> int:
             "seed": args.seed,
             "repeat": args.repeat,
             "server_commit": commit,
-            "server_env": dict(SERVER.env),
+            "server_env": dict(server_target(args).env),
             "data_root": str(args.data_root),
             "data_filesystem": filesystem_of(args.data_root),
         },
